@@ -129,6 +129,9 @@ def api_passages():
                     continue
                 if not is_documentable(obj) or not owned(modname, module, name, obj):
                     continue
+                if (inspect.isclass(obj) and obj.__name__ != name
+                        and getattr(module, obj.__name__, None) is obj):
+                    continue  # alias of a class exported under its own name
                 qual = f"{modname}.{name}"
                 doc = clean_doc(getattr(obj, "__doc__", None))
                 if doc:
@@ -207,14 +210,14 @@ def main() -> None:
     records = {}
     for doc_id, title, text in list(api_passages()) + list(topic_passages()):
         records.setdefault(doc_id, (title, text))
-    seen_text = set()
-    rows = []
-    for doc_id in sorted(records, key=sort_key):
-        title, text = records[doc_id]
-        if text in seen_text:
-            continue
-        seen_text.add(text)
-        rows.append({"_id": doc_id, "title": title, "text": text})
+    # Duplicate texts: keep the shallowest id (``unicodedata.category`` over
+    # ``unicodedata.UCD.category``), ties broken by the sort order.
+    keep = {}
+    for doc_id in sorted(records, key=lambda i: (i.count("."), sort_key(i))):
+        keep.setdefault(records[doc_id][1], doc_id)
+    kept = set(keep.values())
+    rows = [{"_id": i, "title": records[i][0], "text": records[i][1]}
+            for i in sorted(kept, key=sort_key)]
     with OUT.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
