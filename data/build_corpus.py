@@ -160,9 +160,16 @@ def split_long(par: str, limit: int = TOPIC_TARGET) -> list[str]:
 
 
 def topic_passages():
+    """Chunk the pydoc topics.  Several topics are aggregates of others (e.g.
+    ``compound`` repeats ``if``/``for``/``try``/``with``/``function``), so
+    paragraphs are de-duplicated across topics first, visiting the shortest
+    (most specific) topics first; the aggregate keeps only what is unique to it.
+    """
     from pydoc_data.topics import topics
 
-    for key in sorted(topics):
+    seen_pars: set[str] = set()
+    out = []
+    for key in sorted(topics, key=lambda k: (len(topics[k]), k)):
         raw = topics[key]
         lines = raw.strip("\n").splitlines()
         title = key
@@ -173,8 +180,14 @@ def topic_passages():
         paragraphs = [p for p in paragraphs if p]
         if paragraphs and paragraphs[0] == title:
             paragraphs = paragraphs[1:]
-        pieces: list[str] = []
+        unique = []
         for p in paragraphs:
+            if len(p) >= 40 and p in seen_pars:
+                continue
+            seen_pars.add(p)
+            unique.append(p)
+        pieces: list[str] = []
+        for p in unique:
             pieces.extend(split_long(p))
         chunks: list[str] = []
         buf = ""
@@ -192,9 +205,12 @@ def topic_passages():
                 buf = p
         if buf:
             chunks.append(buf)
-        for i, chunk in enumerate(chunks, 1):
+        n = 0
+        for chunk in chunks:
             if len(chunk) >= MIN_CHARS:
-                yield f"topic:{key}:{i}", title, chunk
+                n += 1
+                out.append((f"topic:{key}:{n}", title, chunk))
+    return out
 
 
 def sort_key(doc_id: str):
