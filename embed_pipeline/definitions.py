@@ -1,0 +1,25 @@
+"""The whole graph at a glance: assets, checks, jobs, the nightly schedule and the promotion sensor."""
+
+import dagster as dg
+
+from embed_pipeline.defs import checks
+from embed_pipeline.defs.assets import evaluation, index, model, negatives, pairs, promotion, sources
+from embed_pipeline.defs.jobs import promotion_job, training_job
+from embed_pipeline.defs.resources import MlflowResource, PipelineResource
+from embed_pipeline.defs.schedules import nightly_retraining
+from embed_pipeline.defs.sensors import promotion_sensor
+
+
+def build_defs(config_path: str = "") -> dg.Definitions:
+    """Definitions bound to one config file (empty: $EMBED_PIPELINE_CONFIG, else the demo)."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([sources, pairs, negatives, model, index, evaluation, promotion]),
+        asset_checks=dg.load_asset_checks_from_modules([checks]),
+        jobs=[training_job, promotion_job],
+        schedules=[nightly_retraining],
+        sensors=[promotion_sensor],
+        resources={"pipeline": PipelineResource(config_path=config_path), "mlflow": MlflowResource()},
+    )
+
+
+defs = build_defs()

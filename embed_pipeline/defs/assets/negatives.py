@@ -1,0 +1,48 @@
+"""Hard negatives mined with the base model."""
+
+import dagster as dg
+import pandas as pd
+
+from embed_pipeline.defs import metadata as md
+from embed_pipeline.defs.assets.common import data_dir, encode_passages, encode_queries, read_corpus
+from embed_pipeline.defs.resources import PipelineResource
+from embed_pipeline.lib.embedding import load_model, model_fingerprint
+from embed_pipeline.lib.io import write_parquet
+from embed_pipeline.lib.negatives import mine_hard_negatives
+
+
+@dg.asset(group_name="pairs", kinds={"faiss", "parquet"})
+def hard_negatives(
+    context: dg.AssetExecutionContext, corpus: dict, training_pairs: dict, search_log_pairs: dict, pipeline: PipelineResource
+) -> dg.MaterializeResult:
+    """Training rows with mined negatives: one row per (query, positive) with up to N hard negative passage ids."""
+    config = pipeline.load()
+    passages = read_corpus(corpus)
+    pairs = pd.read_parquet(training_pairs["path"])
+    model = load_model(config.resolved_base_model, max_seq_length=None)
+    fingerprint = model_fingerprint(model)
+    context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}); encoding {len(passages)} passages")
+    corpus_vectors, corpus_stats = encode_passages(model, fingerprint, config, passages)
+    query_texts = list(dict.fromkeys(pairs["query"]))
+    query_vectors, _ = encode_queries(model, fingerprint, config, query_texts)
+    skip = pd.read_parquet(search_log_pairs["skip_above_path"])
+    extra = skip.groupby("query")["passage_id"].agg(list).to_dict() if len(skip) else {}
+    mined = mine_hard_negatives(pairs, query_texts, query_vectors, list(passages["passage_id"]), corpus_vectors, config.mining, extra)
+    triples = mined.triples.merge(pairs[["query", "passage_id", "source", "positive_text"]], on=["query", "passage_id"], how="left")
+    out = write_parquet(triples, data_dir(config) / "hard_negatives.parquet")
+    per_query = triples["negatives"].map(len)
+    return dg.MaterializeResult(
+        value={"path": str(out), "rows": len(triples), "base_model_fingerprint": fingerprint},
+        metadata={
+            "dagster/row_count": len(triples),
+            "candidates_seen": mined.candidates_seen,
+            "removed_by_margin": mined.removed_by_margin,
+            "removed_as_positive": mined.removed_as_positive,
+            "mean_negatives_per_row": round(float(per_query.mean()), 3),
+            "rows_without_negatives": int((per_query == 0).sum()),
+            "corpus_passages_encoded": corpus_stats.encoded,
+            "corpus_passages_from_cache": corpus_stats.reused,
+            "false_negative_audit": md.preview(mined.audit),
+            "path": md.path(out),
+        },
+    )

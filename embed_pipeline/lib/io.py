@@ -1,0 +1,127 @@
+"""Reading the input formats users bring, and writing outputs atomically.
+
+Stage boundaries are files: every writer here writes to a temporary sibling and renames it into
+place, so a crash mid-write never leaves a half-written file or folder where a reader looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+
+class InputError(ValueError):
+    """An input file cannot be read as the format it claims to be."""
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Parquet, CSV or JSON-lines, chosen by suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+    if suffix in (".jsonl", ".json"):
+        rows, bad = read_jsonl(path)
+        if bad:
+            raise InputError(f"{path}: {len(bad)} malformed line(s), first: line {bad[0][0]}: {bad[0][1]}")
+        return pd.DataFrame(rows)
+    raise InputError(f"{path}: unsupported file type {suffix!r} (use .parquet, .csv, .tsv or .jsonl)")
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:
+    """Rows of a JSON-lines file plus (line number, reason) for each line that is not a JSON object.
+
+    Blank lines are skipped and not counted as bad; undecodable bytes are reported per line.
+    """
+    rows: list[dict] = []
+    bad: list[tuple[int, str]] = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad.append((number, f"invalid UTF-8: {exc.reason}"))
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad.append((number, f"invalid JSON: {exc.msg}"))
+                continue
+            if not isinstance(obj, dict):
+                bad.append((number, "not a JSON object"))
+                continue
+            rows.append(obj)
+    return rows, bad
+
+
+def read_qrels(path: Path) -> pd.DataFrame:
+    """A BEIR qrels TSV (`query-id corpus-id score`, header optional) -> columns query_id, passage_id, score."""
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, header=None)
+    if len(frame) and frame.iloc[0, 0].strip().lower() in ("query-id", "query_id", "qid"):
+        frame = frame.iloc[1:]
+    if frame.shape[1] < 2:
+        raise InputError(f"{path}: a qrels file needs at least two tab-separated columns")
+    frame = frame.iloc[:, :3].copy()
+    frame.columns = ["query_id", "passage_id", "score"][: frame.shape[1]]
+    if "score" not in frame:
+        frame["score"] = "1"
+    frame["score"] = pd.to_numeric(frame["score"], errors="coerce").fillna(0).astype(int)
+    return frame[frame["score"] > 0].reset_index(drop=True)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success rename it onto `target` (file or folder).
+
+    A folder replaces an existing folder in two renames (old aside, new in); readers that resolve
+    the path see either the old or the new content, never a partial one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        if tmp.is_dir() and target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(frame: pd.DataFrame, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return target
+
+
+def write_json(obj: object, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    return target
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def scratch_dir(parent: Path, prefix: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
