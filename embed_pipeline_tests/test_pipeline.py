@@ -1,0 +1,74 @@
+"""The whole graph on the fixture project: real MLflow store, real FAISS index, real Dagster instance."""
+
+import json
+
+import dagster as dg
+import mlflow
+import pytest
+
+from embed_pipeline.cli import main
+from embed_pipeline.definitions import build_defs
+from embed_pipeline.lib.config import load_config
+from embed_pipeline.lib.indexing import load_index
+from embed_pipeline.lib.metrics import METRICS
+
+
+@pytest.mark.slow
+def test_full_graph_materialises_every_artifact(project, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+
+    assert main(["run", "--config", str(project), "--json"]) == 0
+
+    report = json.loads(capsys.readouterr().out)
+    config = load_config(project)
+    for model in ("base", "champion", "candidate", "candidate_exact"):
+        assert set(report[model]) == set(METRICS)
+        assert all(0.0 <= v <= 1.0 for v in report[model].values()), report[model]
+    assert report["lift"] == pytest.approx({m: report["candidate"][m] - report["base"][m] for m in METRICS}, abs=1e-6)
+
+    candidate = report["models"]["candidate"]
+    assert (config.artifacts_dir / "models").is_dir()
+    index = load_index(report["models"]["index"]["path"])
+    assert index.index.ntotal == index.meta["size"] == 20
+
+    client = mlflow.tracking.MlflowClient(config.tracking_uri)
+    run = client.get_run(candidate["run_id"])
+    assert run.info.status == "FINISHED"
+    assert "training.batch_size" in run.data.params
+    assert client.get_metric_history(candidate["run_id"], "train/loss"), "per-step loss must be logged"
+    assert "eval/recall_at_10" in run.data.metrics
+    version = client.get_model_version(config.registered_model_name, candidate["version"])
+    assert version.run_id == candidate["run_id"]
+
+    instance = dg.DagsterInstance.get()
+    for key in ("corpus", "training_pairs", "hard_negatives", "embedding_model", "corpus_index", "eval_report"):
+        assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+
+
+def test_definitions_graph():
+    defs = build_defs()
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"corpus", "search_log_pairs", "curated_pairs", "synthetic_pairs", "training_pairs",
+                    "hard_negatives", "embedding_model", "corpus_index", "eval_report", "served_model"}
+
+    def parents(key):
+        return {p.to_user_string() for p in graph.get(dg.AssetKey(key)).parent_keys}
+
+    assert parents("training_pairs") == {"search_log_pairs", "curated_pairs", "synthetic_pairs"}
+    assert {"training_pairs", "corpus"} <= parents("hard_negatives")
+    assert "hard_negatives" in parents("embedding_model")
+    assert "embedding_model" in parents("corpus_index")
+    assert {"corpus_index", "embedding_model"} <= parents("eval_report")
+    assert parents("served_model") == {"eval_report"}
+
+    training = defs.resolve_job_def("training_job")
+    assert "served_model" not in {k.to_user_string() for k in training.asset_layer.executable_asset_keys}
+    schedule = defs.resolve_schedule_def("nightly_retraining")
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone == "UTC"
+    assert schedule.job_name == "training_job"
+    sensor = defs.resolve_sensor_def("promotion_sensor")
+    assert sensor.job_name == "promotion_job"
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {"training_pairs_no_eval_leakage", "eval_report_promotion_gate"} <= checks
