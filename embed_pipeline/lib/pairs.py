@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embed_pipeline.lib.config import LabelledSet, SearchLogRules
-from embed_pipeline.lib.io import InputError, read_jsonl, read_qrels, read_table
+from embed_pipeline.lib.config import LabelledSet, SearchLogRules, SourceQuotas, SourceWeights
+from embed_pipeline.lib.io import InputError, read_jsonl, read_jsonl_numbered, read_qrels, read_table
 from embed_pipeline.lib.text import clean_text, query_key
 
 PAIR_COLUMNS = ["query", "passage_id", "source"]
@@ -38,9 +38,10 @@ class RuleCounts:
 @dataclass(frozen=True)
 class LogPairs:
     pairs: pd.DataFrame  # PAIR_COLUMNS + support (distinct satisfied sessions)
-    skip_above: pd.DataFrame  # query, passage_id: shown above a satisfied click and skipped
-    counts: RuleCounts
-    sessions: int
+    skip_above: pd.DataFrame  # query, passage_id, kind='skip_above': shown above a satisfied click, not clicked
+    counts: RuleCounts  # rows_in = impressions read; dropped = rows or clicks removed per rule
+    sessions: int  # distinct sessions in the log as read
+    clicks: int  # clicks that survived the row rules (candidates for satisfied clicks)
 
 
 def pairs_from_search_logs(logs: pd.DataFrame, known_ids: set[str], rules: SearchLogRules) -> LogPairs:
@@ -50,7 +51,16 @@ def pairs_from_search_logs(logs: pd.DataFrame, known_ids: set[str], rules: Searc
     (the user came back within `pogo_stick_seconds` and clicked another result of the same query in
     the same session). A (query, passage) becomes a pair when at least `min_sessions` distinct
     sessions had a satisfied click on it. Skip-above negatives (Joachims 2005) are results shown
-    above a satisfied click in the same session and not clicked.
+    above a satisfied click in the same session and not clicked; one that is a satisfied click in
+    another session is not kept (users disagree; it is no negative). They are candidates only:
+    the mining stage decides whether to use them.
+
+    Row rules, applied in order to impressions, each counted: `query_too_short` (fewer than
+    `min_query_chars` characters after cleaning: empty or near-empty queries carry no intent),
+    `query_too_long` (more than `max_query_chars`: pasted text, not a query),
+    `unparseable_position_or_time`, `unknown_passage_id` (not in the corpus). Then per click:
+    `pogo_stick_clicks`, `short_dwell_clicks` (dwell below `min_dwell_seconds`, or missing), and
+    per (query, passage): `pairs_below_min_sessions`.
     """
     missing = [c for c in LOG_COLUMNS if c not in logs.columns]
     if missing:
@@ -90,21 +100,27 @@ def pairs_from_search_logs(logs: pd.DataFrame, known_ids: set[str], rules: Searc
     sat_pos = satisfied.groupby(["session_id", "key"])["position"].max().rename("sat_position")
     shown = frame.join(sat_pos, on=["session_id", "key"], how="inner")
     skipped = shown[~shown["clicked"] & (shown["position"] < shown["sat_position"])]
-    skip_above = skipped.drop_duplicates(["key", "passage_id"]).join(surface, on="key", rsuffix="_surface")
-    skip_above = skip_above.assign(query=skip_above["query_surface"])[["query", "passage_id"]]
+    skipped = skipped.drop_duplicates(["key", "passage_id"])
+    # A result skipped in one session but a satisfied click in another is not a negative.
+    positive_keys = set(zip(satisfied["key"], satisfied["passage_id"], strict=True))
+    is_positive = pd.Series([k in positive_keys for k in zip(skipped["key"], skipped["passage_id"], strict=True)],
+                            index=skipped.index, dtype=bool)
+    skipped = skipped[~is_positive].join(surface, on="key", rsuffix="_surface")
+    skip_above = skipped.assign(query=skipped["query_surface"], kind="skip_above")[["query", "passage_id", "kind"]]
 
     counts = RuleCounts(
         rows_in=len(logs),
         rows_out=len(pairs),
         dropped={
             **dropped,
-            "clicks": int(len(clicks)),
             "pogo_stick_clicks": int(pogo.sum()),
             "short_dwell_clicks": int(short.sum()),
-            "below_min_sessions": int((support < rules.min_sessions).sum()),
+            "pairs_below_min_sessions": int((support < rules.min_sessions).sum()),
+            "skip_above_also_satisfied": int(is_positive.sum()),
         },
     )
-    return LogPairs(pairs.reset_index(drop=True), skip_above.reset_index(drop=True), counts, int(frame["session_id"].nunique()))
+    return LogPairs(pairs.reset_index(drop=True), skip_above.reset_index(drop=True), counts,
+                    sessions=int(logs["session_id"].nunique()), clicks=int(len(clicks)))
 
 
 # --- labelled sets (curated pairs, eval) ------------------------------------------------------
@@ -150,18 +166,70 @@ def load_labelled_pairs(labelled: LabelledSet, known_ids: set[str]) -> LabelledP
 
 
 def _read_pairs_table(path: Path, rejected: list[dict]) -> pd.DataFrame:
-    if Path(path).suffix.lower() in (".jsonl", ".json"):
-        rows, bad = read_jsonl(path)
+    """Rows of a pairs table with a `row` label each; unreadable rows go to `rejected` instead.
+
+    JSONL and CSV/TSV are read line by line so one bad line (invalid UTF-8, broken JSON, a wrong
+    number of fields, a row missing `query` or `passage_id`) is quarantined, not fatal. A file
+    whose header lacks a required column is an input error (every row would be rejected).
+    Blank lines are not rows: they are neither accepted nor quarantined.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        numbered, bad = read_jsonl_numbered(path)
         rejected += [{"row": f"line {n}", "reason": reason, "stage": "read"} for n, reason in bad]
-        raw = pd.DataFrame(rows)
+        rows, labels = [row for _, row in numbered], [f"line {n}" for n, _ in numbered]
+    elif suffix in (".csv", ".tsv"):
+        rows, labels = _read_delimited(Path(path), "\t" if suffix == ".tsv" else ",", rejected)
     else:
         raw = read_table(Path(path))
-    if len(raw) and not {"query", "passage_id"} <= set(raw.columns):
-        raise InputError(f"{path}: a pairs table needs columns `query` and `passage_id`; found {list(raw.columns)}")
-    raw = raw.reindex(columns=["query", "passage_id", "segment"]) if "segment" in raw else raw.reindex(columns=["query", "passage_id"])
-    raw["query_id"] = [f"row{i}" for i in range(len(raw))]
-    raw["row"] = [str(i + 2 if Path(path).suffix.lower() == ".csv" else i + 1) for i in range(len(raw))]
+        rows, labels = raw.to_dict("records"), [str(i + 1) for i in range(len(raw))]
+    keep_rows, keep_labels = [], []
+    for row, label in zip(rows, labels, strict=True):
+        missing = [c for c in ("query", "passage_id") if c not in row]
+        if missing:
+            rejected.append({"row": label, "reason": f"missing field(s) {missing}", "stage": "read",
+                             "query": str(row.get("query", "")), "passage_id": str(row.get("passage_id", ""))})
+        else:
+            keep_rows.append(row)
+            keep_labels.append(label)
+    raw = pd.DataFrame(keep_rows)
+    columns = ["query", "passage_id"] + (["segment"] if "segment" in raw.columns else [])
+    raw = raw.reindex(columns=columns)
+    raw["query_id"] = [label.replace(" ", "") for label in keep_labels]
+    raw["row"] = keep_labels
     return raw
+
+
+def _read_delimited(path: Path, sep: str, rejected: list[dict]) -> tuple[list[dict], list[str]]:
+    import csv
+
+    rows: list[dict] = []
+    labels: list[str] = []
+    header: list[str] | None = None
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                if header is None:
+                    raise InputError(f"{path}: the header line is not valid UTF-8") from None
+                rejected.append({"row": f"line {number}", "reason": f"invalid UTF-8: {exc.reason}", "stage": "read"})
+                continue
+            if not line.strip():
+                continue
+            fields = next(csv.reader([line.rstrip("\r\n")], delimiter=sep))
+            if header is None:
+                header = [f.strip() for f in fields]
+                if not {"query", "passage_id"} <= set(header):
+                    raise InputError(f"{path}: a pairs table needs columns `query` and `passage_id`; found {header}")
+                continue
+            if len(fields) != len(header):
+                rejected.append({"row": f"line {number}", "reason": f"malformed line: {len(fields)} fields, header has {len(header)}",
+                                 "stage": "read"})
+                continue
+            rows.append(dict(zip(header, fields, strict=True)))
+            labels.append(f"line {number}")
+    return rows, labels
 
 
 def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd.DataFrame:
@@ -201,24 +269,38 @@ def relevance_map(pairs: pd.DataFrame) -> dict[str, set[str]]:
 
 @dataclass(frozen=True)
 class MergedPairs:
-    pairs: pd.DataFrame  # PAIR_COLUMNS + positive_text ('' = the passage itself)
+    pairs: pd.DataFrame  # PAIR_COLUMNS + positive_text ('' = the passage itself) + weight
     counts: RuleCounts
     per_source: dict[str, int]
+    per_source_in: dict[str, int]
 
 
-def merge_pairs(sources: list[pd.DataFrame], max_synthetic_share: float, seed: int) -> MergedPairs:
+def merge_pairs(sources: list[pd.DataFrame], max_synthetic_share: float, seed: int,
+                quotas: SourceQuotas | None = None, weights: SourceWeights | None = None) -> MergedPairs:
     """Union of pair tables with provenance kept, normalised dedup and conflict resolution.
 
-    - Exact duplicates (same normalised query and passage) keep the highest-priority source.
-    - Conflicts: when sources give a query different passages, only the pairs of the
-      highest-priority source for that query survive (curated > click > synthetic); a query
-      with several positives from the same source keeps them all.
-    - Budget: synthetic pairs are subsampled (seeded) to at most `max_synthetic_share` of the result.
+    Applied in this order, each step counted in `counts.dropped`:
+    - `exact_duplicates`: same normalised query (`query_key`) and passage; the highest-priority
+      source keeps the row (curated > click > synthetic).
+    - `source_conflicts`: when sources give a query different passages, only the pairs of the
+      highest-priority source for that query survive; a query with several positives from the
+      same source keeps them all.
+    - `over_quota_<source>`: a source with a quota keeps a seeded sample of that many pairs.
+    - `synthetic_over_budget`: synthetic pairs are subsampled (seeded) to at most
+      `max_synthetic_share` of the result (0.5: at most as many synthetic as real pairs).
+    Each row gets `weight` = its source's weight (a per-row loss or sampling weight for trainers
+    that use one; 1.0 everywhere by default).
     """
+    quotas = quotas or SourceQuotas()
+    weights = weights or SourceWeights()
     columns = PAIR_COLUMNS + ["positive_text"]
     frame = pd.concat([s.reindex(columns=columns) for s in sources if len(s)], ignore_index=True)
+    if frame.empty:
+        empty = pd.DataFrame(columns=columns + ["weight"])
+        return MergedPairs(empty, RuleCounts(0, 0, {}), {}, {})
     frame["positive_text"] = frame["positive_text"].fillna("")
     rows_in = len(frame)
+    per_source_in = frame["source"].value_counts().to_dict()
     frame["key"] = frame["query"].map(query_key)
     frame["priority"] = frame["source"].map(SOURCE_PRIORITY)
     if frame["priority"].isna().any():
@@ -227,22 +309,38 @@ def merge_pairs(sources: list[pd.DataFrame], max_synthetic_share: float, seed: i
     deduped = frame.drop_duplicates(["key", "passage_id"], keep="first")
     best = deduped.groupby("key")["priority"].transform("max")
     resolved = deduped[deduped["priority"] == best]
+    rng = np.random.default_rng(seed)
+    dropped = {"exact_duplicates": rows_in - len(deduped), "source_conflicts": len(deduped) - len(resolved)}
+    for source in SOURCE_PRIORITY:
+        quota = getattr(quotas, source)
+        rows = resolved.index[resolved["source"] == source]
+        over = max(0, len(rows) - quota) if quota is not None else 0
+        dropped[f"over_quota_{source}"] = over
+        if over:
+            resolved = resolved.drop(index=rng.choice(rows, size=over, replace=False))
     synthetic = resolved["source"] == "synthetic"
     n_real = int((~synthetic).sum())
     cap = int(np.floor(max_synthetic_share / (1 - max_synthetic_share) * n_real)) if max_synthetic_share < 1 else int(synthetic.sum())
     over_budget = max(0, int(synthetic.sum()) - cap)
     if over_budget:
-        rng = np.random.default_rng(seed)
-        drop_idx = rng.choice(resolved.index[synthetic], size=over_budget, replace=False)
-        resolved = resolved.drop(index=drop_idx)
+        resolved = resolved.drop(index=rng.choice(resolved.index[synthetic], size=over_budget, replace=False))
+    dropped["synthetic_over_budget"] = over_budget
     out = resolved.sort_index()[columns].reset_index(drop=True)
-    counts = RuleCounts(
-        rows_in=rows_in,
-        rows_out=len(out),
-        dropped={
-            "exact_duplicates": rows_in - len(deduped),
-            "source_conflicts": len(deduped) - int((deduped["priority"] == best).sum()),
-            "synthetic_over_budget": over_budget,
-        },
-    )
-    return MergedPairs(out, counts, out["source"].value_counts().to_dict())
+    out["weight"] = out["source"].map(lambda src: float(getattr(weights, src)))
+    counts = RuleCounts(rows_in=rows_in, rows_out=len(out), dropped=dropped)
+    return MergedPairs(out, counts, out["source"].value_counts().to_dict(), per_source_in)
+
+
+def length_histogram(pairs: pd.DataFrame, bins: tuple[int, ...] = (1, 3, 5, 8, 12, 20, 40)) -> pd.DataFrame:
+    """Query length in words per source: rows = buckets ("1-2", ..., "40+"), columns = sources.
+
+    Synthetic queries that are much longer than real ones (ICT sentences) teach the model a
+    different task; this table makes that visible next to the counts.
+    """
+    words = pairs["query"].map(lambda q: len(str(q).split()))
+    edges = list(bins) + [np.inf]
+    labels = [f"{lo}-{hi - 1}" if hi != np.inf else f"{lo}+" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    bucket = pd.cut(words, bins=edges, right=False, labels=labels)
+    table = pd.crosstab(bucket, pairs["source"]).reindex(labels, fill_value=0)
+    table.index.name = "query words"
+    return table

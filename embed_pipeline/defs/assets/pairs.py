@@ -7,7 +7,7 @@ from embed_pipeline.defs import metadata as md
 from embed_pipeline.defs.assets.common import data_dir
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.io import write_parquet
-from embed_pipeline.lib.pairs import merge_pairs
+from embed_pipeline.lib.pairs import length_histogram, merge_pairs
 from embed_pipeline.lib.text import text_hash
 
 
@@ -15,26 +15,31 @@ from embed_pipeline.lib.text import text_hash
 def training_pairs(
     search_log_pairs: dict, curated_pairs: dict, synthetic_pairs: dict, pipeline: PipelineResource
 ) -> dg.MaterializeResult:
-    """The training set: one row per (query, positive passage), deduplicated, with its source (click/curated/synthetic)."""
+    """The training set: one row per (query, positive passage), deduplicated, with its source (click/curated/synthetic) and weight."""
     config = pipeline.load()
-    frames = {name: pd.read_parquet(h["path"]) for name, h in
-              [("click", search_log_pairs), ("curated", curated_pairs), ("synthetic", synthetic_pairs)]}
-    merged = merge_pairs(list(frames.values()), config.synthetic.max_share, config.synthetic.seed)
+    frames = [pd.read_parquet(h["path"]) for h in (search_log_pairs, curated_pairs, synthetic_pairs)]
+    merged = merge_pairs(frames, config.synthetic.max_share, config.synthetic.seed, config.merge.quotas, config.merge.weights)
     pairs = merged.pairs
     if pairs.empty:
         raise ValueError("no training pairs: every source is empty after its rules (see the upstream assets' metadata)")
     out = write_parquet(pairs, data_dir(config) / "training_pairs.parquet")
     version = text_hash(pairs.to_csv(index=False))
+    per_source = pd.DataFrame({"in": pd.Series(merged.per_source_in), "out": pd.Series(merged.per_source)}).fillna(0).astype(int)
     return dg.MaterializeResult(
         value={"path": str(out), "pairs": len(pairs), "version": version},
         metadata={
             "dagster/row_count": len(pairs),
             "dataset_version": version,
-            "per_source": md.counts_md(merged.per_source),
-            "rule_counts": md.counts_md({"rows_in": merged.counts.rows_in, **merged.counts.dropped}),
+            "per_source": dg.MetadataValue.md(per_source.rename_axis("source").to_markdown()),
+            "synthetic_share": round(merged.per_source.get("synthetic", 0) / len(pairs), 4),
+            "max_synthetic_share": config.synthetic.max_share,
+            "rule_counts": md.counts_md({"rows_in": merged.counts.rows_in, **merged.counts.dropped, "rows_out": len(pairs)}),
+            "duplicates_removed": merged.counts.dropped["exact_duplicates"],
+            "conflicts_resolved": merged.counts.dropped["source_conflicts"],
             "unique_queries": int(pairs["query"].nunique()),
+            "query_length_histogram": dg.MetadataValue.md(length_histogram(pairs).to_markdown()),
             "path": md.path(out),
-            "preview": md.preview(pairs[["query", "passage_id", "source"]].sample(min(10, len(pairs)), random_state=0)),
+            "preview": md.preview(pairs[["query", "passage_id", "source", "weight"]].sample(min(10, len(pairs)), random_state=0)),
         },
         data_version=dg.DataVersion(version),
     )

@@ -1,5 +1,7 @@
 """Source assets: the corpus and the three kinds of (query, passage) pairs."""
 
+import dataclasses
+
 import dagster as dg
 import pandas as pd
 
@@ -8,8 +10,11 @@ from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.corpus import load_corpus
 from embed_pipeline.lib.io import read_table, write_parquet
 from embed_pipeline.lib.pairs import PAIR_COLUMNS, load_labelled_pairs, pairs_from_search_logs
-from embed_pipeline.lib.synthetic import inverse_cloze_pairs
-from embed_pipeline.defs.assets.common import data_dir, read_corpus
+from embed_pipeline.defs.assets.common import data_dir, encode_passages, encode_queries, eval_split_path, read_corpus
+from embed_pipeline.defs.query_generators import QueryGeneratorResource
+from embed_pipeline.lib.embedding import load_model, model_fingerprint
+from embed_pipeline.lib.leakage import split_labelled_pairs
+from embed_pipeline.lib.synthetic import round_trip_filter, sample_passages
 
 GROUP = "sources"
 
@@ -43,7 +48,7 @@ def search_log_pairs(corpus: dict, pipeline: PipelineResource) -> dg.Materialize
     if config.search_logs is None:
         empty = pd.DataFrame(columns=PAIR_COLUMNS + ["support"])
         out = write_parquet(empty, data_dir(config) / "search_log_pairs.parquet")
-        skip = write_parquet(pd.DataFrame(columns=["query", "passage_id"]), data_dir(config) / "skip_above.parquet")
+        skip = write_parquet(pd.DataFrame(columns=["query", "passage_id", "kind"]), data_dir(config) / "skip_above.parquet")
         return dg.MaterializeResult(
             value={"path": str(out), "skip_above_path": str(skip), "pairs": 0},
             metadata={"dagster/row_count": 0, "note": "no search_logs in the config"},
@@ -58,8 +63,12 @@ def search_log_pairs(corpus: dict, pipeline: PipelineResource) -> dg.Materialize
             "dagster/row_count": len(result.pairs),
             "impressions_read": result.counts.rows_in,
             "sessions": result.sessions,
+            "clicks": result.clicks,
+            "pairs_out": len(result.pairs),
             "skip_above_negatives": len(result.skip_above),
-            "rule_counts": md.counts_md(result.counts.dropped),
+            "dropped_by_rule": md.counts_md(result.counts.dropped),
+            "rules": dg.MetadataValue.json(dataclasses.asdict(config.search_log_rules)),
+            "path": md.path(out),
             "preview": md.preview(result.pairs),
         },
     )
@@ -67,7 +76,9 @@ def search_log_pairs(corpus: dict, pipeline: PipelineResource) -> dg.Materialize
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
 def curated_pairs(corpus: dict, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """Hand-labelled (query, passage) pairs, validated; rejected rows go to a quarantine file with a reason each."""
+    """Hand-labelled (query, passage) pairs, validated; rejected rows go to a quarantine file with a reason each.
+
+    With no `eval` set in the config, a seeded share of these queries is held out as the eval set."""
     config = pipeline.load()
     if config.curated_pairs is None:
         out = write_parquet(pd.DataFrame(columns=PAIR_COLUMNS), data_dir(config) / "curated_pairs.parquet")
@@ -76,38 +87,65 @@ def curated_pairs(corpus: dict, pipeline: PipelineResource) -> dg.MaterializeRes
     passages = read_corpus(corpus)
     loaded = load_labelled_pairs(config.curated_pairs, set(passages["passage_id"]))
     accepted = loaded.pairs.assign(source="curated")
-    out = write_parquet(accepted, data_dir(config) / "curated_pairs.parquet")
     quarantine = write_parquet(loaded.quarantine, data_dir(config) / "curated_quarantine.parquet")
     share = len(loaded.quarantine) / loaded.rows_in if loaded.rows_in else 0.0
+    split_md = {}
+    if config.eval is None:
+        lk = config.leakage
+        accepted, held_out, split = split_labelled_pairs(accepted, lk.eval_fraction, lk.split_seed,
+                                                         lk.near_duplicate_jaccard, lk.shingle_words)
+        split_path = write_parquet(held_out.drop(columns=["source"]), eval_split_path(config))
+        split_md = {"eval_split_queries": int(held_out["query_id"].nunique()), "eval_split_pairs": len(held_out),
+                    "eval_split_fraction": lk.eval_fraction, "eval_split_seed": lk.split_seed,
+                    "near_duplicate_groups_kept_together": split.grouped_queries, "eval_split_path": md.path(split_path)}
+    out = write_parquet(accepted, data_dir(config) / "curated_pairs.parquet")
     return dg.MaterializeResult(
         value={"path": str(out), "pairs": len(accepted), "rows_in": loaded.rows_in, "quarantined": len(loaded.quarantine)},
         metadata={
             "dagster/row_count": len(accepted),
             "rows_in": loaded.rows_in,
-            "accepted": len(accepted),
+            "accepted": len(loaded.pairs),
             "quarantined": len(loaded.quarantine),
+            "rows_in == accepted + quarantined": loaded.rows_in == len(loaded.pairs) + len(loaded.quarantine),
             "quarantined_share": round(share, 4),
             "quarantine_reasons": md.counts_md(loaded.quarantine["reason"].value_counts().to_dict()),
             "quarantine_path": md.path(quarantine),
+            **split_md,
             "preview": md.preview(accepted),
         },
     )
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
-def synthetic_pairs(corpus: dict, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """Offline synthetic pairs from the corpus: a sentence (inverse cloze) or the title as the query."""
+def synthetic_pairs(corpus: dict, pipeline: PipelineResource, query_generator: QueryGeneratorResource) -> dg.MaterializeResult:
+    """Synthetic (query, passage) pairs from the corpus (offline inverse cloze/titles or an LLM), round-trip filtered."""
     config = pipeline.load()
-    passages = read_corpus(corpus)
     s = config.synthetic
-    pairs = inverse_cloze_pairs(passages, s.pairs_per_passage, s.min_query_words, s.seed)
+    passages = read_corpus(corpus)
+    generated = query_generator.generate(sample_passages(passages, s.max_passages, s.seed), s, config.artifacts_dir / "llm_cache")
+    pairs, round_trip_md = generated.pairs, {"round_trip": "off"}
+    if s.round_trip and len(pairs):
+        model = load_model(config.resolved_base_model)
+        fingerprint = model_fingerprint(model)
+        corpus_vectors, corpus_stats = encode_passages(model, fingerprint, config, passages)
+        query_vectors, _ = encode_queries(model, fingerprint, config, list(pairs["query"]))
+        kept, ranks = round_trip_filter(pairs, query_vectors, list(passages["passage_id"]), corpus_vectors, s.round_trip_k)
+        round_trip_md = {"round_trip_k": s.round_trip_k, "generated": len(pairs), "kept_by_round_trip": len(kept),
+                         "round_trip_keep_rate": round(len(kept) / len(pairs), 4),
+                         "round_trip_keep_rate_by_method": md.counts_md(
+                             pairs.assign(kept=ranks <= s.round_trip_k).groupby("method")["kept"].mean().round(4).to_dict()),
+                         "corpus_passages_from_cache": corpus_stats.reused}
+        pairs = kept
     out = write_parquet(pairs, data_dir(config) / "synthetic_pairs.parquet")
     return dg.MaterializeResult(
         value={"path": str(out), "pairs": len(pairs)},
         metadata={
             "dagster/row_count": len(pairs),
+            **generated.stats,
+            **round_trip_md,
             "by_method": md.counts_md(pairs["method"].value_counts().to_dict()),
             "passages_used": int(pairs["passage_id"].nunique()),
+            "path": md.path(out),
             "preview": md.preview(pairs[["query", "passage_id", "method"]]),
         },
     )
