@@ -41,7 +41,13 @@ def read_jsonl(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:
 
     Blank lines are skipped and not counted as bad; undecodable bytes are reported per line.
     """
-    rows: list[dict] = []
+    numbered, bad = read_jsonl_numbered(path)
+    return [row for _, row in numbered], bad
+
+
+def read_jsonl_numbered(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+    """As `read_jsonl`, with each good row's 1-based line number (for quarantine reports)."""
+    rows: list[tuple[int, dict]] = []
     bad: list[tuple[int, str]] = []
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -60,7 +66,7 @@ def read_jsonl(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:
             if not isinstance(obj, dict):
                 bad.append((number, "not a JSON object"))
                 continue
-            rows.append(obj)
+            rows.append((number, obj))
     return rows, bad
 
 

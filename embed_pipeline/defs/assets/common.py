@@ -19,14 +19,30 @@ def read_corpus(handle: dict) -> pd.DataFrame:
     return pd.read_parquet(handle["path"])
 
 
-def load_eval_set(config: PipelineConfig, passage_ids: set[str]):
-    """The held-out eval set as an `EvalSet` plus the validated rows (with `segment` when given)."""
-    from embed_pipeline.lib.evaluation import EvalSet
-    from embed_pipeline.lib.pairs import load_labelled_pairs, relevance_map
+def eval_split_path(config: PipelineConfig) -> Path:
+    """Where curated_pairs writes the eval split it holds out when the config names no `eval` set."""
+    return data_dir(config) / "eval_split.parquet"
 
-    loaded = load_labelled_pairs(config.eval, passage_ids)
+
+def load_eval_set(config: PipelineConfig, passage_ids: set[str]):
+    """The held-out eval set as an `EvalSet` plus the validated rows (with `segment` when given).
+
+    With no `eval` in the config, the split that curated_pairs held out (`eval_split_path`) is the
+    eval set, so eval_report and the leakage check always see the same queries.
+    """
+    from embed_pipeline.lib.evaluation import EvalSet
+    from embed_pipeline.lib.pairs import LabelledPairs, load_labelled_pairs, relevance_map
+
+    if config.eval is None:
+        path = eval_split_path(config)
+        if not path.exists():
+            raise ValueError(f"no eval set in the config and no held-out split at {path}: materialise curated_pairs first")
+        split = pd.read_parquet(path)
+        loaded = LabelledPairs(split, split.iloc[0:0].assign(reason=""), len(split))
+    else:
+        loaded = load_labelled_pairs(config.eval, passage_ids)
     if loaded.pairs.empty:
-        raise ValueError(f"the eval set {config.eval} has no usable rows ({len(loaded.quarantine)} quarantined)")
+        raise ValueError(f"the eval set {config.eval or eval_split_path(config)} has no usable rows ({len(loaded.quarantine)} quarantined)")
     queries = loaded.pairs.drop_duplicates("query_id").set_index("query_id")["query"].to_dict()
     return EvalSet(queries=queries, relevant=relevance_map(loaded.pairs)), loaded
 
