@@ -6,7 +6,7 @@ import pandas as pd
 from embed_pipeline.defs.assets.common import load_eval_set, read_corpus
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.io import read_json
-from embed_pipeline.lib.text import query_key
+from embed_pipeline.lib.leakage import find_leaks
 
 LEAKAGE_CHECK = "training_pairs_no_eval_leakage"
 GATE_CHECK = "eval_report_promotion_gate"
@@ -14,16 +14,26 @@ GATE_CHECK = "eval_report_promotion_gate"
 
 @dg.asset_check(asset="training_pairs", name=LEAKAGE_CHECK, blocking=True, additional_ins={"corpus": dg.AssetIn("corpus")})
 def training_pairs_no_eval_leakage(training_pairs: dict, corpus: dict, pipeline: PipelineResource) -> dg.AssetCheckResult:
-    """No training query equals an eval query after normalisation (case, whitespace, unicode)."""
+    """No training query equals an eval query after normalisation, or is a near duplicate of one
+    (Jaccard of word shingles >= `leakage.near_duplicate_jaccard`; lib/leakage.py says why)."""
     config = pipeline.load()
+    lk = config.leakage
     eval_set, _ = load_eval_set(config, set(read_corpus(corpus)["passage_id"]))
-    eval_keys = {query_key(q): q for q in eval_set.queries.values()}
     pairs = pd.read_parquet(training_pairs["path"])
-    leaked = pairs[pairs["query"].map(query_key).isin(eval_keys)]
+    leaks = find_leaks(pairs[["query", "passage_id", "source"]], list(eval_set.queries.values()), lk.near_duplicate_jaccard, lk.shingle_words)
+    shown = leaks.head(lk.max_offenders_shown)[["query", "eval_query", "kind", "jaccard", "source", "passage_id"]]
     return dg.AssetCheckResult(
-        passed=leaked.empty,
-        metadata={"leaked_pairs": len(leaked), "threshold": 0,
-                  "offenders": dg.MetadataValue.md(leaked.head(10)[["query", "passage_id", "source"]].to_markdown(index=False) if len(leaked) else "none")},
+        passed=leaks.empty,
+        metadata={
+            "leaked_pairs": len(leaks),
+            "exact_leaks": int((leaks["kind"] == "exact").sum()),
+            "near_duplicate_leaks": int((leaks["kind"] == "near-duplicate").sum()),
+            "threshold (leaked pairs allowed)": 0,
+            "near_duplicate_jaccard": lk.near_duplicate_jaccard,
+            "eval_queries": len(eval_set.queries),
+            "training_queries": int(pairs["query"].nunique()),
+            "offenders": dg.MetadataValue.md(shown.to_markdown(index=False) if len(shown) else "none"),
+        },
     )
 
 

