@@ -3,6 +3,9 @@
 `run` executes the training job in this process against the Dagster instance in $DAGSTER_HOME
 (default: `<artifacts_dir>/dagster_home`, seeded with the project's dagster.yaml), so every run,
 materialisation and check result shows in the Dagster UI afterwards.
+
+Exit codes: 0 success; 1 a step or a blocking check failed; 2 config error; 3 (`run` only)
+everything ran and only the promotion gate refused the candidate (the report is still printed).
 """
 
 import argparse
@@ -38,7 +41,16 @@ def _prepare(args: argparse.Namespace) -> PipelineConfig:
 
 
 def _failed_checks(result) -> list:
-    return [e for e in result.get_asset_check_evaluations() if not e.passed]
+    """Failed checks of ERROR severity (a failed WARN check, like a small eval set, is reported but fails nothing)."""
+    import dagster as dg
+
+    return [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity != dg.AssetCheckSeverity.WARN]
+
+
+def _warned_checks(result) -> list:
+    import dagster as dg
+
+    return [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.WARN]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -57,6 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for event in result.all_events:
         if event.event_type_value == "STEP_SUCCESS":
             _say(f"step {event.step_key}: done in {event.event_specific_data.duration_ms / 1000:.1f}s")
+    for check in _warned_checks(result):
+        _say(f"check WARNING: {check.check_name} on {check.asset_key.to_user_string()}: "
+             + ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in check.metadata.items()))
     failed_checks = _failed_checks(result)
     for check in failed_checks:
         _say(f"check FAILED: {check.check_name} on {check.asset_key.to_user_string()}")
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help=f"pipeline YAML (default: ${CONFIG_ENV_VAR}, else the bundled demo)")
         if name == "run":
-            p.add_argument("--json", action="store_true", help="print only the eval report as JSON on stdout")
+            p.add_argument("--json", action="store_true", help="print only the eval report (with `gate`) as JSON on stdout; exit 3 when only the gate refused")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
     try:

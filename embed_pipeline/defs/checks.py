@@ -10,6 +10,7 @@ from embed_pipeline.lib.leakage import find_leaks
 
 LEAKAGE_CHECK = "training_pairs_no_eval_leakage"
 GATE_CHECK = "eval_report_promotion_gate"
+EVAL_SIZE_CHECK = "eval_report_eval_set_size"
 
 
 @dg.asset_check(asset="training_pairs", name=LEAKAGE_CHECK, blocking=True, additional_ins={"corpus": dg.AssetIn("corpus")})
@@ -48,11 +49,24 @@ def curated_pairs_quarantine_share(curated_pairs: dict, pipeline: PipelineResour
 
 @dg.asset_check(asset="eval_report", name=GATE_CHECK, blocking=True)
 def eval_report_promotion_gate(eval_report: dict) -> dg.AssetCheckResult:
-    """The candidate clears every clause of the promotion gate (values beside thresholds in the metadata)."""
+    """The candidate clears every clause of the promotion gate: eval size, recall@10 lift, its CI lower bound, segment regressions."""
     gate = read_json(eval_report["path"])["gate"]
-    metadata = {}
+    metadata: dict = {"summary": gate["summary"]}
     for clause in gate["clauses"]:
-        metadata[f"{clause['name']}"] = clause["value"]
-        metadata[f"{clause['name']} (threshold)"] = clause["threshold"]
-        metadata[f"{clause['name']} (passed)"] = clause["passed"]
+        metadata[clause["name"]] = "n/a" if clause["value"] is None else clause["value"]
+        metadata[f"{clause['name']} (needs {clause['comparison']})"] = clause["threshold"]
+        metadata[f"{clause['name']} (verdict)"] = clause["verdict"] + (f": {clause['detail']}" if clause["detail"] else "")
     return dg.AssetCheckResult(passed=gate["passed"], metadata=metadata)
+
+
+@dg.asset_check(asset="eval_report", name=EVAL_SIZE_CHECK)
+def eval_report_eval_set_size(eval_report: dict) -> dg.AssetCheckResult:
+    """Warns when the eval set is too small to judge a lift (the gate then refuses unless `gate.allow_small_eval`)."""
+    report = read_json(eval_report["path"])
+    size = next(c for c in report["gate"]["clauses"] if c["name"] == "eval queries")
+    return dg.AssetCheckResult(
+        passed=report["eval"]["queries"] >= size["threshold"],
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"eval_queries": report["eval"]["queries"], "threshold": size["threshold"], "gate": size["verdict"],
+                  "note": "recall@10's standard error is about sqrt(p(1-p)/n): 0.05 at 50 queries, 0.02 at 300"},
+    )

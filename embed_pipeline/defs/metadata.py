@@ -8,6 +8,7 @@ import pandas as pd
 # Keys read back by the promotion sensor and the CLI.
 REPORT_PATH = "report_path"
 GATE_PASSED = "gate_passed"
+GATE_SUMMARY = "gate_summary"
 RECALL10_LIFT = "recall@10 lift over champion"
 RECALL10_THRESHOLD = "min_recall_at_10_lift"
 CANDIDATE_VERSION = "candidate_model_version"

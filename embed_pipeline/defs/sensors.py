@@ -17,9 +17,10 @@ def promotion_decision(event: dg.EventLogEntry) -> dg.RunRequest | dg.SkipReason
     lift = meta[md.RECALL10_LIFT].value
     threshold = meta[md.RECALL10_THRESHOLD].value
     if not meta[md.GATE_PASSED].value:
+        summary = meta[md.GATE_SUMMARY].value if md.GATE_SUMMARY in meta else "see the eval_report_promotion_gate check"
         return dg.SkipReason(
-            f"not promoting model v{version}: gate failed (recall@10 lift over champion {lift:+.4f}, "
-            f"threshold {threshold:+.4f}; see the eval_report_promotion_gate check for every clause)"
+            f"not promoting model v{version}: gate refused (recall@10 lift over champion {lift:+.4f}, "
+            f"threshold {threshold:+.4f}); failed: {summary}"
         )
     return dg.RunRequest(
         run_key=f"promote-{event.run_id}",

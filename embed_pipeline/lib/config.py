@@ -164,7 +164,25 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
+    """When a candidate may replace the champion (lib/promotion.py evaluates every clause).
+
+    Lifts are in recall units (0.01 = one point of recall@10). The CI clause asks that the lower
+    end of the paired-bootstrap interval of the recall@10 lift over the champion exceed
+    `min_ci_lower_bound` (0.0: the lift is distinguishable from noise). A segment (query source,
+    length bucket, metadata `segment`) with at least `min_segment_queries` queries may lose at
+    most `max_segment_regression` recall@10. Eval sets under `min_eval_queries` queries are too
+    small to judge: the gate refuses them unless `allow_small_eval` is true.
+    """
+
     min_recall_at_10_lift: float = 0.01
+    min_ci_lower_bound: float = 0.0
+    max_segment_regression: float = 0.03
+    min_segment_queries: int = 30
+    min_eval_queries: int = 50
+    allow_small_eval: bool = False
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
 
 
 @dataclass(frozen=True)

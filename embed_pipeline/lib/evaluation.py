@@ -1,9 +1,20 @@
 """Scoring models on the held-out eval set and assembling the eval report.
 
 The report is a JSON contract read by the CLI (`--json`), the promotion gate and the sensor:
-`base`, `champion`, `candidate` (served index) and `candidate_exact` (exact search) map each
-metric to its mean; `lift` is candidate minus base; `lift_over_champion` is candidate minus
-champion (the number the gate judges); `approximate_search_loss` is exact minus index.
+- `eval`: `queries` (how many eval queries were scored).
+- `base`, `champion`, `candidate` (through the served FAISS index) and `candidate_exact` (exact
+  search) map each metric in `metrics.METRICS` to its mean over queries.
+- `lift` is candidate minus base; `lift_over_champion` is candidate minus champion (the number
+  the gate judges); `approximate_search_loss` is exact minus index (what the served index costs).
+- `ci`: for `recall@10` and `ndcg@10`, the paired-bootstrap interval of the lift of the candidate
+  over the champion (`point`, `low`, `high`, `confidence`, `resamples`, `seed`, `queries`).
+- `segments`: one row per (kind, segment) with its query count, the champion's and candidate's
+  recall@10 and the recall@10 / nDCG@10 lifts over the champion. Kinds: `source` (when the eval
+  set names one), `length` (query length bucket) and `segment` (the eval queries' metadata).
+- `recall_curves`: model -> {k: mean recall@k}, for the recall@k plot.
+- `models`: what was compared (base name, champion version, candidate run/version, index).
+- `gate`: added by `lib.promotion.evaluate_gate`: `passed` and each clause's value, threshold,
+  comparison and verdict.
 """
 
 from __future__ import annotations
@@ -13,8 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from embed_pipeline.lib.bootstrap import paired_bootstrap
 from embed_pipeline.lib.indexing import build_faiss_index, search
 from embed_pipeline.lib.metrics import MAX_K, METRICS, mean_metrics, per_query_metrics
+
+CI_METRICS = ("recall@10", "ndcg@10")
+REPORT_MODELS = ("base", "champion", "candidate", "candidate_exact")
+# Query length buckets (in words): short keyword searches, phrases, full questions.
+LENGTH_BUCKETS = ((1, 3, "1-3 words"), (4, 6, "4-6 words"), (7, 10_000, "7+ words"))
 
 
 @dataclass(frozen=True)
@@ -41,30 +58,115 @@ def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {m: round(a[m] - b[m], 6) for m in METRICS}
 
 
+def length_bucket(query: str) -> str:
+    words = len(query.split())
+    return next(label for low, high, label in LENGTH_BUCKETS if low <= words <= high) if words else LENGTH_BUCKETS[0][2]
+
+
+def query_groups(eval_pairs: pd.DataFrame, queries: dict[str, str]) -> dict[str, dict[str, str]]:
+    """kind -> {query_id: group} for every way the eval set can be sliced.
+
+    `eval_pairs` is the validated eval table (`query_id`, optional `source` and `segment`
+    columns, as `lib.pairs.load_labelled_pairs` returns it). A query with several rows takes its
+    first non-empty value. Every query gets a length bucket; `source`/`segment` appear only when
+    at least one query carries one (a query without one is grouped as "(none)").
+    """
+    groups = {"length": {qid: length_bucket(text) for qid, text in queries.items()}}
+    for kind in ("source", "segment"):
+        if kind not in eval_pairs.columns:
+            continue
+        values = eval_pairs[["query_id", kind]].astype(str).replace({"nan": "", "None": ""})
+        values = values[values[kind] != ""].drop_duplicates("query_id").set_index("query_id")[kind]
+        if len(values):
+            groups[kind] = {qid: values.get(qid, "(none)") for qid in queries}
+    return groups
+
+
+def segment_lifts(champion: pd.DataFrame, candidate: pd.DataFrame, groups: dict[str, dict[str, str]]) -> list[dict]:
+    """Lift of the candidate over the champion per segment, with each segment's query count.
+
+    A segment's lift is the mean over its queries, so small segments are noisy: the gate only
+    judges segments with at least `gate.min_segment_queries` queries.
+    """
+    rows = []
+    for kind, mapping in groups.items():
+        labels = pd.Series(mapping).reindex(candidate.index)
+        for label, qids in labels.groupby(labels, sort=True).groups.items():
+            champ, cand = champion.loc[qids], candidate.loc[qids]
+            rows.append({
+                "kind": kind,
+                "segment": str(label),
+                "queries": int(len(qids)),
+                "champion_recall@10": round(float(champ["recall@10"].mean()), 6),
+                "candidate_recall@10": round(float(cand["recall@10"].mean()), 6),
+                "recall@10_lift": round(float((cand["recall@10"] - champ["recall@10"]).mean()), 6),
+                "ndcg@10_lift": round(float((cand["ndcg@10"] - champ["ndcg@10"]).mean()), 6),
+            })
+    return rows
+
+
+def lift_intervals(champion: pd.DataFrame, candidate: pd.DataFrame, resamples: int, confidence: float, seed: int) -> dict[str, dict]:
+    """Paired-bootstrap interval of the candidate's lift over the champion for each of `CI_METRICS`."""
+    champion = champion.reindex(candidate.index)
+    return {
+        m: paired_bootstrap(candidate[m].to_numpy(), champion[m].to_numpy(), resamples, confidence, seed).as_dict()
+        for m in CI_METRICS
+    }
+
+
+def per_query_table(per_query: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per (model, query) with every metric: the raw material of the CI and segment tables."""
+    return pd.concat([frame.rename_axis("query_id").reset_index().assign(model=name) for name, frame in per_query.items()],
+                     ignore_index=True)
+
+
 def build_report(
     per_query: dict[str, pd.DataFrame],
     models: dict[str, dict],
-    extra: dict | None = None,
+    groups: dict[str, dict[str, str]] | None = None,
+    recall_curves: dict[str, dict[int, float]] | None = None,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict:
-    """The report dict from per-query tables keyed 'base', 'champion', 'candidate', 'candidate_exact'."""
-    means = {name: mean_metrics(frame) for name, frame in per_query.items()}
-    report = {
+    """The report dict (module docstring) from per-query tables keyed as in `REPORT_MODELS`."""
+    means = {name: mean_metrics(per_query[name]) for name in REPORT_MODELS}
+    return {
         "eval": {"queries": int(len(per_query["candidate"]))},
         **means,
         "lift": diff(means["candidate"], means["base"]),
         "lift_over_champion": diff(means["candidate"], means["champion"]),
         "approximate_search_loss": diff(means["candidate_exact"], means["candidate"]),
+        "ci": lift_intervals(per_query["champion"], per_query["candidate"], resamples, confidence, seed),
+        "segments": segment_lifts(per_query["champion"], per_query["candidate"], groups or {}),
+        "recall_curves": {name: {str(k): v for k, v in curve.items()} for name, curve in (recall_curves or {}).items()},
         "models": models,
     }
-    report.update(extra or {})
-    return report
 
 
 def report_markdown(report: dict) -> str:
-    """The headline table (metric x model, plus lifts) as Markdown for the Dagster UI."""
-    names = [n for n in ("base", "champion", "candidate", "candidate_exact") if n in report]
+    """The report as Markdown for the Dagster UI and the terminal: metrics, CI, segments, gate."""
+    names = [n for n in REPORT_MODELS if n in report]
     lines = ["| metric | " + " | ".join(names) + " | lift vs base | lift vs champion |", "|---" * (len(names) + 3) + "|"]
     for m in METRICS:
         cells = [f"{report[n][m]:.4f}" for n in names]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {report['lift'][m]:+.4f} | {report['lift_over_champion'][m]:+.4f} |")
+    if report.get("ci"):
+        lines += ["", "| lift over champion | point | 95% interval |" if all(c["confidence"] == 0.95 for c in report["ci"].values())
+                  else "| lift over champion | point | interval |", "|---|---|---|"]
+        for m, c in report["ci"].items():
+            lines.append(f"| {m} | {c['point']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] ({c['resamples']} resamples, {c['queries']} queries) |")
+    if report.get("segments"):
+        lines += ["", "| kind | segment | queries | champion recall@10 | candidate recall@10 | recall@10 lift | nDCG@10 lift |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in report["segments"]:
+            lines.append(f"| {s['kind']} | {s['segment']} | {s['queries']} | {s['champion_recall@10']:.4f} | "
+                         f"{s['candidate_recall@10']:.4f} | {s['recall@10_lift']:+.4f} | {s['ndcg@10_lift']:+.4f} |")
+    if report.get("gate"):
+        lines += ["", f"**Promotion gate: {'PASSED' if report['gate']['passed'] else 'REFUSED'}**", "",
+                  "| clause | value | needs | verdict |", "|---|---|---|---|"]
+        for c in report["gate"]["clauses"]:
+            value = "n/a" if c["value"] is None else (f"{c['value']:+.4f}" if isinstance(c["value"], float) else str(c["value"]))
+            threshold = f"{c['threshold']:+.4f}" if isinstance(c["threshold"], float) else str(c["threshold"])
+            lines.append(f"| {c['name']} | {value} | {c['comparison']} {threshold} | {c['verdict']} |")
     return "\n".join(lines)

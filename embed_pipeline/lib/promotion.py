@@ -19,18 +19,49 @@ SERVED_FILE = "served.json"
 HISTORY_FILE = "served_history.jsonl"
 
 
+def _clause(name: str, value, threshold, comparison: str, passed: bool, detail: str = "") -> dict:
+    return {"name": name, "value": value, "threshold": threshold, "comparison": comparison,
+            "passed": bool(passed), "verdict": "pass" if passed else "fail", "detail": detail}
+
+
 def evaluate_gate(report: dict, gate: GateConfig) -> dict:
-    """{"passed": bool, "clauses": [{name, value, threshold, passed}]} for `report`."""
+    """Every clause of the promotion gate on `report`; `passed` only when all of them pass.
+
+    Clauses (values in recall units, beside their thresholds):
+    - eval set size >= `min_eval_queries` (or `allow_small_eval`): under ~50 queries one model's
+      recall@10 has a standard error near 0.05, and no lift is judgeable.
+    - recall@10 lift over the champion >= `min_recall_at_10_lift`.
+    - the lower end of its paired-bootstrap interval > `min_ci_lower_bound` (0: not noise).
+    - the worst recall@10 lift among segments with >= `min_segment_queries` queries is
+      >= -`max_segment_regression` (a model may not buy its average by breaking one slice).
+    Returns {"passed", "clauses": [{name, value, threshold, comparison, passed, verdict, detail}],
+    "summary"}; `summary` is one line naming the failed clauses (or "all clauses passed").
+    """
+    queries = int(report["eval"]["queries"])
+    small = queries < gate.min_eval_queries
     lift = report["lift_over_champion"]["recall@10"]
+    ci = report["ci"]["recall@10"]
+    judged = [s for s in report.get("segments", []) if s["queries"] >= gate.min_segment_queries]
+    worst = min(judged, key=lambda s: s["recall@10_lift"]) if judged else None
     clauses = [
-        {
-            "name": "recall@10 lift over champion",
-            "value": lift,
-            "threshold": gate.min_recall_at_10_lift,
-            "passed": bool(lift >= gate.min_recall_at_10_lift),
-        }
+        _clause("eval queries", queries, gate.min_eval_queries, ">=", not small or gate.allow_small_eval,
+                "below the minimum, allowed by gate.allow_small_eval" if small and gate.allow_small_eval
+                else "too few eval queries to judge a lift (set gate.allow_small_eval to override)" if small else ""),
+        _clause("recall@10 lift over champion", lift, gate.min_recall_at_10_lift, ">=", lift >= gate.min_recall_at_10_lift),
+        _clause("recall@10 lift CI lower bound", ci["low"], gate.min_ci_lower_bound, ">", ci["low"] > gate.min_ci_lower_bound,
+                f"{ci['confidence']:.0%} paired-bootstrap interval [{ci['low']:+.4f}, {ci['high']:+.4f}], {ci['resamples']} resamples"),
+        _clause("worst segment recall@10 lift", worst["recall@10_lift"] if worst else None, -gate.max_segment_regression, ">=",
+                worst is None or worst["recall@10_lift"] >= -gate.max_segment_regression,
+                f"{worst['kind']}={worst['segment']} ({worst['queries']} queries; {len(judged)} segments judged)" if worst
+                else f"no segment has >= {gate.min_segment_queries} queries"),
     ]
-    return {"passed": all(c["passed"] for c in clauses), "clauses": clauses}
+    failed = [c for c in clauses if not c["passed"]]
+    summary = "; ".join(f"{c['name']} {_fmt(c['value'])} is not {c['comparison']} {_fmt(c['threshold'])}" for c in failed)
+    return {"passed": not failed, "clauses": clauses, "summary": summary or "all clauses passed"}
+
+
+def _fmt(value) -> str:
+    return f"{value:+.4f}" if isinstance(value, float) else str(value)
 
 
 def read_served(artifacts_dir: Path) -> dict | None:

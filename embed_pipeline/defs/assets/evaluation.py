@@ -6,11 +6,39 @@ from embed_pipeline.defs import metadata as md
 from embed_pipeline.defs.assets.common import encode_passages, encode_queries, load_eval_set, read_corpus
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.embedding import load_model, model_fingerprint
-from embed_pipeline.lib.evaluation import build_report, rank_exact, report_markdown, score_rankings
+from embed_pipeline.lib.evaluation import (
+    build_report,
+    per_query_table,
+    query_groups,
+    rank_exact,
+    report_markdown,
+    score_rankings,
+)
 from embed_pipeline.lib.indexing import load_index
-from embed_pipeline.lib.io import write_json
-from embed_pipeline.lib.metrics import MAX_K
+from embed_pipeline.lib.io import write_json, write_parquet
+from embed_pipeline.lib.metrics import MAX_K, recall_curve
+from embed_pipeline.lib.plots import png_markdown, recall_curves_png, segment_lifts_png
 from embed_pipeline.lib.promotion import evaluate_gate
+
+
+def report_metadata(report: dict, path, plots: dict[str, bytes]) -> dict:
+    """The eval_report materialisation's metadata; the keys in `defs/metadata.py` are read by the sensor."""
+    ci = report["ci"]["recall@10"]
+    return {
+        md.REPORT_PATH: md.path(path),
+        md.GATE_PASSED: report["gate"]["passed"],
+        md.GATE_SUMMARY: report["gate"]["summary"],
+        md.RECALL10_LIFT: report["lift_over_champion"]["recall@10"],
+        md.RECALL10_THRESHOLD: next(c["threshold"] for c in report["gate"]["clauses"] if c["name"] == "recall@10 lift over champion"),
+        md.CANDIDATE_VERSION: str(report["models"]["candidate"]["version"]),
+        "eval_queries": report["eval"]["queries"],
+        "recall@10 lift CI": f"[{ci['low']:+.4f}, {ci['high']:+.4f}] ({ci['confidence']:.0%}, {ci['resamples']} resamples)",
+        "candidate recall@10": report["candidate"]["recall@10"],
+        "candidate ndcg@10": report["candidate"]["ndcg@10"],
+        "approximate search recall@10 loss": report["approximate_search_loss"]["recall@10"],
+        "report": dg.MetadataValue.md(report_markdown(report)),
+        **{f"plot: {name}": dg.MetadataValue.md(png_markdown(png, name)) for name, png in plots.items()},
+    }
 
 
 @dg.asset(group_name="evaluation", kinds={"json"})
@@ -22,58 +50,57 @@ def eval_report(
     pipeline: PipelineResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Retrieval metrics of the base model, the champion and the candidate on the eval set, the lifts and the gate's verdict."""
+    """Base model, champion and candidate (served index and exact search) on the eval set: metrics, bootstrap CI, segments, plots and the gate's verdict."""
     config = pipeline.load()
     tracker = mlflow.tracker(config)
     passages = read_corpus(corpus)
     ids = list(passages["passage_id"])
-    eval_set, _ = load_eval_set(config, set(ids))
+    eval_set, loaded = load_eval_set(config, set(ids))
     query_texts = list(eval_set.queries.values())
 
-    def exact_scores(model_ref: str):
+    def exact_rankings(model_ref: str):
         model = load_model(model_ref)
         fingerprint = model_fingerprint(model)
         corpus_vectors, _ = encode_passages(model, fingerprint, config, passages)
         query_vectors, _ = encode_queries(model, fingerprint, config, query_texts)
-        return score_rankings(eval_set, rank_exact(query_vectors, corpus_vectors, ids, MAX_K)), model, fingerprint
+        return dict(zip(eval_set.queries, rank_exact(query_vectors, corpus_vectors, ids, MAX_K), strict=True)), model, fingerprint
 
-    per_query = {}
-    per_query["base"], _, _ = exact_scores(config.resolved_base_model)
+    rankings = {"base": exact_rankings(config.resolved_base_model)[0]}
     champion = tracker.alias_version(config.registered_model_name)
     if champion is not None:
-        per_query["champion"], _, _ = exact_scores(champion.tags["model_path"])
+        rankings["champion"] = exact_rankings(champion.tags["model_path"])[0]
         champion_info = {"name": champion.name, "version": str(champion.version), "run_id": champion.run_id}
     else:
-        per_query["champion"] = per_query["base"]
+        rankings["champion"] = rankings["base"]
         champion_info = {"name": config.base_model, "version": None, "note": "no champion yet: the base model stands in"}
-    per_query["candidate_exact"], candidate_model, fingerprint = exact_scores(embedding_model["model_dir"])
-    served = load_index(corpus_index["path"])
+    rankings["candidate_exact"], candidate_model, fingerprint = exact_rankings(embedding_model["model_dir"])
     query_vectors, _ = encode_queries(candidate_model, fingerprint, config, query_texts)
-    _, ranked = served.search_ids(query_vectors, MAX_K)
-    per_query["candidate"] = score_rankings(eval_set, ranked)
+    _, served_ranked = load_index(corpus_index["path"]).search_ids(query_vectors, MAX_K)
+    rankings["candidate"] = dict(zip(eval_set.queries, served_ranked, strict=True))
 
+    per_query = {name: score_rankings(eval_set, list(r.values())) for name, r in rankings.items()}
+    curves = {name: recall_curve(rankings[name], eval_set.relevant) for name in ("base", "champion", "candidate")}
     models = {"base": config.base_model, "champion": champion_info, "candidate": embedding_model,
               "index": {k: corpus_index[k] for k in ("path", "type", "size")}}
-    report = build_report(per_query, models)
-    report["gate"] = evaluate_gate(report, config.gate)
+    gate = config.gate
+    report = build_report(per_query, models, query_groups(loaded.pairs, eval_set.queries), curves,
+                          gate.bootstrap_resamples, gate.confidence, gate.bootstrap_seed)
+    report["gate"] = evaluate_gate(report, gate)
+
     report_dir = config.artifacts_dir / "reports" / context.run_id
     path = write_json(report, report_dir / "eval_report.json")
-    tracker.log_metrics(embedding_model["run_id"], {f"eval/{m}": v for m, v in report["candidate"].items()})
-    tracker.log_artifact(embedding_model["run_id"], path, "eval")
-    tracker.set_tags(embedding_model["run_id"], {"gate_passed": report["gate"]["passed"]})
-    lift = report["lift_over_champion"]["recall@10"]
+    write_parquet(per_query_table(per_query), report_dir / "per_query.parquet")
+    plots = {"recall_at_k": recall_curves_png(report["recall_curves"]),
+             "segment_lift": segment_lifts_png(report["segments"], gate.min_segment_queries)}
+    for name, png in plots.items():
+        (report_dir / f"{name}.png").write_bytes(png)
+    run_id = embedding_model["run_id"]
+    tracker.log_metrics(run_id, {f"eval/{m}": v for m, v in report["candidate"].items()}
+                        | {f"eval/lift_over_champion/{m}": v for m, v in report["lift_over_champion"].items()}
+                        | {f"eval/ci_low/{m}": c["low"] for m, c in report["ci"].items()})
+    tracker.log_artifacts(run_id, report_dir, "eval")
+    decision = "gate passed: awaiting promotion" if report["gate"]["passed"] else f"not promoted: {report['gate']['summary']}"
+    tracker.set_tags(run_id, {"gate_passed": report["gate"]["passed"], "promotion_decision": decision})
     context.log.info("eval report:\n" + report_markdown(report))
-    return dg.MaterializeResult(
-        value={"path": str(path)},
-        metadata={
-            md.REPORT_PATH: md.path(path),
-            md.GATE_PASSED: report["gate"]["passed"],
-            md.RECALL10_LIFT: lift,
-            md.RECALL10_THRESHOLD: config.gate.min_recall_at_10_lift,
-            md.CANDIDATE_VERSION: str(embedding_model["version"]),
-            "eval_queries": report["eval"]["queries"],
-            "report": dg.MetadataValue.md(report_markdown(report)),
-            "candidate recall@10": report["candidate"]["recall@10"],
-            "candidate ndcg@10": report["candidate"]["ndcg@10"],
-        },
-    )
+    return dg.MaterializeResult(value={"path": str(path)}, metadata=report_metadata(report, path, plots))
+

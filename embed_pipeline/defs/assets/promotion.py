@@ -18,7 +18,8 @@ def served_model(config: PromotionConfig, pipeline: PipelineResource, mlflow: Ml
     settings = pipeline.load()
     report = read_json(config.report_path)
     if not report["gate"]["passed"]:
-        raise dg.Failure(f"refusing to promote: the gate did not pass for {config.report_path}", metadata={"gate": report["gate"]})
+        raise dg.Failure(f"refusing to promote: the gate did not pass for {config.report_path}: {report['gate']['summary']}",
+                         metadata={"gate": report["gate"]["summary"]})
     candidate = report["models"]["candidate"]
     tracker = mlflow.tracker(settings)
     previous = read_served(settings.artifacts_dir)
@@ -31,10 +32,12 @@ def served_model(config: PromotionConfig, pipeline: PipelineResource, mlflow: Ml
         "index_path": report["models"]["index"]["path"],
         "report_path": config.report_path,
     })
-    tracker.set_tags(candidate["run_id"], {"promotion": "promoted", "promoted_at": pointer["served_since"]})
+    decision = f"promoted: {report['gate']['summary']}" + (f"; replaced v{previous['model_version']}" if previous else "")
+    tracker.set_tags(candidate["run_id"], {"promotion": "promoted", "promotion_decision": decision,
+                                           "promoted_at": pointer["served_since"]})
     return dg.MaterializeResult(
         metadata={
-            "decision": "promoted",
+            "decision": decision,
             "model": f"{candidate['name']} v{candidate['version']}",
             "previous": f"v{previous['model_version']}" if previous else "none",
             "recall@10 lift over champion": report["lift_over_champion"]["recall@10"],
