@@ -186,6 +186,35 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """The corpus index, and how the corpus is split into shards for incremental re-embedding.
+
+    `type: auto` picks by corpus size: exact `flat` (IndexFlatIP) up to `flat_max_passages`,
+    `hnsw` (graph, `hnsw_m` links per node, ~(4*dim + 8*hnsw_m) bytes per passage) up to
+    `hnsw_max_passages`, `ivfpq` (`pq_m` bytes per passage, `ivf_nlist` lists, 0 = 4*sqrt(n))
+    above. `shards` is the number of hash buckets of passage ids (one Dagster partition each).
+    `encode_threads` is the torch CPU thread count (0 = the cores this process may use).
+    """
+
+    type: str = "auto"
+    flat_max_passages: int = 200_000
+    hnsw_max_passages: int = 5_000_000
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 16
+    pq_m: int = 16
+    shards: int = 8
+    encode_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.type not in ("auto", "flat", "hnsw", "ivfpq"):
+            raise ConfigError(f"index.type must be auto, flat, hnsw or ivfpq, got {self.type!r}")
+        if not 1 <= self.shards <= 999:
+            raise ConfigError(f"index.shards must be in [1, 999], got {self.shards}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     corpus: Path
     artifacts_dir: Path
@@ -206,6 +235,7 @@ class PipelineConfig:
     mining: MiningConfig = field(default_factory=MiningConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     source: Path | None = None
 
     @property

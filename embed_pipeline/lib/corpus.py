@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +70,46 @@ def load_corpus(path: Path) -> Corpus:
 def passage_texts(passages: pd.DataFrame) -> list[str]:
     """What the model encodes for each passage: "title\\ntext" (BEIR practice), or the text alone."""
     return [f"{t}\n{x}" if t else x for t, x in zip(passages["title"], passages["text"], strict=True)]
+
+
+def shard_key(shard: int, num_shards: int) -> str:
+    """The partition key of one shard, e.g. `shard-03-of-08`.
+
+    The bucket count is part of the key: changing `index.shards` yields a new set of keys rather
+    than silently reusing shard files that hold a different set of passages.
+    """
+    return f"shard-{shard:03d}-of-{num_shards:03d}" if num_shards > 99 else f"shard-{shard:02d}-of-{num_shards:02d}"
+
+
+def shard_keys(num_shards: int) -> list[str]:
+    return [shard_key(i, num_shards) for i in range(num_shards)]
+
+
+def shard_of(passage_id: str, num_shards: int) -> int:
+    """The bucket of a passage: SHA-256 of its id modulo `num_shards`.
+
+    Stable across runs, machines and Python versions (unlike `hash()`), and independent of the
+    passage's text and of which file it came from, so an edit moves no passage between shards
+    and a re-embedding touches only the shards whose passages changed.
+    """
+    return int(hashlib.sha256(passage_id.encode("utf-8")).hexdigest()[:8], 16) % num_shards
+
+
+def split_shards(passages: pd.DataFrame, num_shards: int) -> dict[str, pd.DataFrame]:
+    """Every shard key -> its passages (sorted by id; an empty frame for an empty bucket)."""
+    buckets = passages["passage_id"].map(lambda pid: shard_of(pid, num_shards))
+    return {
+        shard_key(i, num_shards): passages[buckets == i].sort_values("passage_id").reset_index(drop=True)
+        for i in range(num_shards)
+    }
+
+
+def shard_hashes(passages: pd.DataFrame, num_shards: int) -> dict[str, str]:
+    """Shard key -> content hash over its (id, title, text) rows: equal hashes mean nothing to re-embed."""
+    out = {}
+    for key, frame in split_shards(passages, num_shards).items():
+        digest = hashlib.sha256()
+        for row in frame[CORPUS_COLUMNS].itertuples(index=False):
+            digest.update(json.dumps(list(row)).encode("utf-8"))
+        out[key] = digest.hexdigest()[:16]
+    return out

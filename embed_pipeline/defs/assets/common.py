@@ -61,3 +61,16 @@ def encode_queries(model, fingerprint: str, config: PipelineConfig, queries: lis
 
     return encode_cached(model, queries, cache_dir(config), fingerprint,
                          config.encode_batch_size, config.query_prompt, progress=False)
+
+
+def shard_dir(config: PipelineConfig, fingerprint: str) -> Path:
+    """Per-shard embedding files of one model (by content fingerprint)."""
+    return config.artifacts_dir / "embeddings" / fingerprint
+
+
+def served_model_ref(config: PipelineConfig) -> str:
+    """The model serving queries: the served pointer's model folder, else the base model."""
+    from embed_pipeline.lib.promotion import read_served
+
+    served = read_served(config.artifacts_dir)
+    return served["model_dir"] if served else config.resolved_base_model

@@ -2,35 +2,39 @@
 
 import dagster as dg
 
-from embed_pipeline.defs.assets.common import encode_passages, read_corpus
+from embed_pipeline.defs.assets.common import cache_dir, read_corpus, shard_dir
 from embed_pipeline.defs.resources import PipelineResource
-from embed_pipeline.lib.embedding import load_model, model_fingerprint
-from embed_pipeline.lib.indexing import build_faiss_index, save_index
+from embed_pipeline.lib.corpus import split_shards
+from embed_pipeline.lib.embedding import embed_shards, load_model, merge_shard_embeddings, model_fingerprint
+from embed_pipeline.lib.indexing import publish_index
 
 
 @dg.asset(group_name="serving", kinds={"faiss"}, pool="gpu")
 def corpus_index(context: dg.AssetExecutionContext, corpus: dict, embedding_model: dict, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """A FAISS index of every passage embedded by the candidate model, with its row -> passage id map."""
+    """A FAISS index of every passage embedded by the candidate model, merged from its per-shard embeddings."""
     config = pipeline.load()
-    passages = read_corpus(corpus)
-    model = load_model(embedding_model["model_dir"])
+    model = load_model(embedding_model["model_dir"], threads=config.index.encode_threads)
     fingerprint = model_fingerprint(model)
-    vectors, stats = encode_passages(model, fingerprint, config, passages)
-    index_type = "flat"
-    index = build_faiss_index(vectors, index_type)
+    shards = split_shards(read_corpus(corpus), config.index.shards)
+    done = embed_shards(model, fingerprint, shards, shard_dir(config, fingerprint), cache_dir(config),
+                        config.encode_batch_size, config.corpus_prompt)
+    ids, vectors = merge_shard_embeddings([s.path for s in done.values()])
     target = config.artifacts_dir / "indexes" / context.run_id
-    save_index(index, list(passages["passage_id"]), {"type": index_type, "model_dir": embedding_model["model_dir"],
-                                                      "model_version": embedding_model["version"],
-                                                      "model_fingerprint": fingerprint}, target)
+    meta = {"model_dir": embedding_model["model_dir"], "model_version": embedding_model["version"],
+            "model_fingerprint": fingerprint}
+    published = publish_index(ids, vectors, config.index, meta, target)
+    encoded = sum(s.encoded for s in done.values())
+    reused = sum(s.reused for s in done.values())
     return dg.MaterializeResult(
-        value={"path": str(target), "type": index_type, "size": int(index.ntotal), "model_fingerprint": fingerprint,
-               "encoded": stats.encoded, "reused": stats.reused},
+        value={"path": str(target), "type": published.type, "size": published.size, "model_fingerprint": fingerprint,
+               "encoded": encoded, "reused": reused},
         metadata={
-            "dagster/row_count": int(index.ntotal),
-            "index_type": index_type,
-            "dimension": int(index.d),
-            "passages_encoded": stats.encoded,
-            "passages_from_cache": stats.reused,
-            "path": dg.MetadataValue.path(str(target)),
+            "dagster/row_count": published.size,
+            "index_type": published.type,
+            "dimension": published.dimension,
+            "shards": len(done),
+            "passages_encoded": encoded,
+            "passages_from_cache": reused,
+            "index_path": dg.MetadataValue.path(str(target)),
         },
     )
