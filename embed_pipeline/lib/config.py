@@ -139,27 +139,66 @@ class MiningConfig:
 
     A candidate scoring above (1 - relative_margin) x the positive's score is dropped as a likely
     false negative; ranks below `range_min` are skipped; up to `num_negatives` are taken from the
-    top `range_max` results.
+    top `range_max` results. Mining keeps more negatives than training uses
+    (`training.num_negatives`): the extra ones feed the audit and let training change without
+    re-mining.
     """
 
     num_negatives: int = 5
     range_min: int = 0
     range_max: int = 50
     relative_margin: float = 0.05
+    audit_rows: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.range_min < self.range_max:
+            raise ConfigError(f"mining: need 0 <= range_min < range_max, got {self.range_min}, {self.range_max}")
+        if not 0.0 <= self.relative_margin < 1.0:
+            raise ConfigError(f"mining.relative_margin must be in [0, 1), got {self.relative_margin}")
+
+
+TRAINING_LOSSES = ("mnrl", "cached_mnrl")
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Fine-tuning knobs. `batch_size` is the in-batch-negatives batch (bigger is better for MNRL)."""
+    """Fine-tuning knobs (defaults chosen by benchmarks/scifact_quality.py; see benchmarks/README.md).
+
+    `batch_size` is the in-batch-negatives batch (bigger is better for MNRL). `loss: cached_mnrl`
+    (GradCache) keeps that batch while holding only `mini_batch_size` rows in memory at a time:
+    plain gradient accumulation would not add in-batch negatives. `num_negatives` hard negatives
+    per row are trained on (each one adds a full passage forward/backward per row).
+    `max_seq_length` truncates texts during training only (a speed knob): the saved model keeps
+    the base model's length for encoding. `checkpoint_steps` is also the dev-evaluation interval;
+    `dev_share` of the training queries (at most `dev_max_queries`) are held out to pick the best
+    checkpoint and stop early after `early_stopping_patience` evaluations without improvement
+    (0 = never stop early).
+    """
 
     epochs: float = 1.0
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
     max_seq_length: int = 128
+    num_negatives: int = 1
+    loss: str = "mnrl"
+    mini_batch_size: int = 16
     scale: float = 20.0
     seed: int = 42
     logging_steps: int = 5
+    checkpoint_steps: int = 20
+    dev_share: float = 0.1
+    dev_max_queries: int = 200
+    dev_max_passages: int = 500
+    early_stopping_patience: int = 3
+
+    def __post_init__(self) -> None:
+        if self.loss not in TRAINING_LOSSES:
+            raise ConfigError(f"training.loss must be one of {TRAINING_LOSSES}, got {self.loss!r}")
+        if self.num_negatives < 0 or self.batch_size < 2 or self.checkpoint_steps < 1:
+            raise ConfigError("training: need num_negatives >= 0, batch_size >= 2, checkpoint_steps >= 1")
+        if not 0.0 <= self.dev_share < 0.5:
+            raise ConfigError(f"training.dev_share must be in [0, 0.5), got {self.dev_share}")
 
 
 @dataclass(frozen=True)

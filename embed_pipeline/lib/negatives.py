@@ -29,6 +29,15 @@ class MinedNegatives:
     removed_by_margin: int
     removed_as_positive: int
     audit: pd.DataFrame  # the kept negatives scoring closest to the margin: eyeball them for false negatives
+    removed_scores: np.ndarray  # cosine scores of the candidates the margin dropped (likely false negatives)
+
+    @property
+    def positive_scores(self) -> np.ndarray:
+        return self.triples["positive_score"].to_numpy(dtype=float)
+
+    @property
+    def negative_scores(self) -> np.ndarray:
+        return np.array([s for scores in self.triples["negative_scores"] for s in scores], dtype=float)
 
 
 def mine_hard_negatives(
@@ -57,7 +66,7 @@ def mine_hard_negatives(
     q_row = {q: i for i, q in enumerate(query_texts)}
     _, ranked = search(index, query_vectors, settings.range_max)
 
-    out, audit = [], []
+    out, audit, removed_scores = [], [], []
     seen = removed_margin = removed_pos = 0
     for query, pid in zip(pairs["query"], pairs["passage_id"], strict=True):
         qv = query_vectors[q_row[query]]
@@ -75,14 +84,47 @@ def mine_hard_negatives(
             score = float(qv @ corpus_vectors[r])
             if score > ceiling:
                 removed_margin += 1
+                removed_scores.append(score)
                 continue
             kept.append((score, cid))
         kept.sort(reverse=True)
         kept = kept[: settings.num_negatives]
         out.append((query, pid, pos_score, [c for _, c in kept], [s for s, _ in kept]))
         if kept:
-            audit.append((query, pid, pos_score, kept[0][1], kept[0][0], ceiling - kept[0][0]))
+            audit.extend((query, pid, pos_score, cid, score, ceiling - score) for score, cid in kept)
     triples = pd.DataFrame(out, columns=["query", "passage_id", "positive_score", "negatives", "negative_scores"])
     audit_frame = pd.DataFrame(audit, columns=["query", "positive_id", "positive_score", "negative_id", "negative_score", "gap_to_margin"])
-    audit_frame = audit_frame.sort_values("gap_to_margin").head(10).reset_index(drop=True)
-    return MinedNegatives(triples, seen, removed_margin, removed_pos, audit_frame)
+    audit_frame = audit_frame.sort_values("gap_to_margin", kind="stable").head(settings.audit_rows).reset_index(drop=True)
+    return MinedNegatives(triples, seen, removed_margin, removed_pos, audit_frame, np.array(removed_scores, dtype=float))
+
+
+def score_histogram_png(mined: MinedNegatives) -> bytes:
+    """PNG: how the base model scores positives, kept negatives and margin-removed candidates.
+
+    Kept negatives should sit clearly left of the positives; a large removed mass right next to
+    the positives means many unlabelled positives (or a margin set too wide).
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    series = [("positives", mined.positive_scores, "#2ca02c"), ("kept negatives", mined.negative_scores, "#d62728"),
+              ("removed by margin", mined.removed_scores, "#7f7f7f")]
+    values = np.concatenate([v for _, v, _ in series if len(v)]) if any(len(v) for _, v, _ in series) else np.zeros(1)
+    bins = np.linspace(float(values.min()), float(values.max()) + 1e-6, 31)
+    for label, v, color in series:
+        if len(v):
+            axis.hist(v, bins=bins, alpha=0.5, color=color, label=f"{label} (n={len(v)})", density=True)
+    axis.set_xlabel("cosine score of the base model")
+    axis.set_ylabel("density")
+    axis.set_title("hard-negative mining: score distributions")
+    axis.legend(fontsize=8)
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return buffer.getvalue()

@@ -3,15 +3,29 @@
 MultipleNegativesRankingLoss (InfoNCE): for each anchor, its positive must outscore every other
 positive and negative in the batch. `scale` = 1 / temperature, so 20.0 means temperature 0.05.
 In-batch negatives make the batch size a quality knob, and duplicates in a batch would act as
-false negatives, hence `BatchSamplers.NO_DUPLICATES`.
+false negatives, hence `BatchSamplers.NO_DUPLICATES`. CachedMultipleNegativesRankingLoss
+(GradCache) computes the same loss over the full batch while holding only `mini_batch_size` rows
+of activations: the way to a large batch on small memory (gradient accumulation would split the
+in-batch negatives too).
+
+Crash safety: checkpoints are written every `checkpoint_steps` to a folder the caller keys by
+(training data, config), not by the orchestrator's run id, so a retry finds the last complete
+checkpoint and resumes from it (optimizer, scheduler, RNG and data order included).
+
+Model selection: a dev split is carved from the *training* queries (never the eval set); the
+trainer evaluates nDCG@10 on it at every checkpoint, keeps the best checkpoint, stops early when
+it stops improving, and the best weights are what gets saved.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +36,8 @@ from embed_pipeline.lib.io import atomic_path
 
 log = logging.getLogger(__name__)
 
+DEV_METRIC = "eval_dev_cosine_ndcg@10"
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -29,9 +45,63 @@ class TrainResult:
     steps: int
     pairs: int
     train_seconds: float
-    pairs_per_second: float
+    pairs_per_second: float  # training rows processed per second of optimisation (dev evaluation excluded)
     final_loss: float
     device: str
+    resumed_from_step: int  # 0 when training started from the base model
+    best_dev_ndcg_at_10: float | None
+    dev_seconds: float
+
+
+@dataclass(frozen=True)
+class DevSet:
+    """A small retrieval task for checkpoint selection: queries, a passage pool, and the relevant ids."""
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    relevant: dict[str, set[str]]
+
+
+def split_dev(triples: pd.DataFrame, share: float, max_queries: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, dev) rows split by query, so no dev query's wording is trained on.
+
+    Dev queries are drawn (seeded) from real queries (`source` != 'synthetic' when the column is
+    there): synthetic inverse-cloze queries are easy and would flatter every checkpoint.
+    """
+    queries = pd.Series(triples["query"].unique())
+    if "source" in triples:
+        synthetic = set(triples.loc[triples["source"] == "synthetic", "query"])
+        real = queries[~queries.isin(synthetic)]
+        queries = real if len(real) else queries
+    wanted = min(int(round(share * triples["query"].nunique())), max_queries, len(queries))
+    if wanted < 1:
+        return triples.reset_index(drop=True), triples.iloc[0:0]
+    dev_queries = set(queries.sample(n=wanted, random_state=seed))
+    is_dev = triples["query"].isin(dev_queries)
+    return triples[~is_dev].reset_index(drop=True), triples[is_dev].reset_index(drop=True)
+
+
+def dev_set(dev: pd.DataFrame, passage_text: dict[str, str], max_passages: int, seed: int) -> DevSet:
+    """Dev queries against their positives, their mined negatives and random fill up to `max_passages`.
+
+    A pool, not the whole corpus: evaluating at every checkpoint must cost seconds. Mined
+    negatives keep it hard; the random fill keeps it from being only hard.
+    """
+    queries = {f"q{i}": q for i, q in enumerate(dev["query"].unique())}
+    qid = {q: k for k, q in queries.items()}
+    relevant: dict[str, set[str]] = {}
+    pool: list[str] = []
+    for row in dev.itertuples(index=False):
+        relevant.setdefault(qid[row.query], set()).add(row.passage_id)
+        pool.append(row.passage_id)
+        pool.extend(row.negatives)
+    pool = list(dict.fromkeys(pool))
+    rest = [p for p in passage_text if p not in set(pool)]
+    fill = max(0, max_passages - len(pool))
+    if fill and rest:
+        picked = np.random.default_rng(seed).choice(len(rest), size=min(fill, len(rest)), replace=False)
+        pool += [rest[int(i)] for i in sorted(picked)]
+    return DevSet(queries=queries, corpus={p: passage_text[p] for p in pool}, relevant=relevant)
 
 
 def training_columns(
@@ -45,6 +115,8 @@ def training_columns(
     MNRL needs the same number of negatives on every row. A row with fewer mined negatives is
     topped up with random corpus passages (seeded) that are not positives of its query: a random
     passage is a weak but valid negative, and dropping the row would lose its positive.
+    The mined negatives are sorted hardest first, so `num_negatives=1` trains on the hardest one
+    that survived the margin.
     """
     rng = np.random.default_rng(seed)
     all_ids = list(passage_text)
@@ -67,29 +139,76 @@ def training_columns(
     return columns, padded
 
 
+def checkpoint_key(data_version: str, settings: TrainingConfig, base_model_fingerprint: str) -> str:
+    """A stable folder name for one training job: the same data, config and base model -> the same key.
+
+    Keyed this way (not by the orchestrator's run id) so a retry after a crash finds the
+    checkpoints of the attempt that crashed.
+    """
+    payload = json.dumps({"data": data_version, "base": base_model_fingerprint, "training": asdict(settings)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The highest-step `checkpoint-N` folder whose trainer state was fully written, else None.
+
+    A process killed while saving leaves a folder without `trainer_state.json` (written last);
+    resuming from it would fail, so it is skipped.
+    """
+    done = [p for p in Path(checkpoint_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    done = [p for p in done if p.name.removeprefix("checkpoint-").isdigit()]
+    return max(done, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
+
+
 def train_model(
     base_model: str,
     columns: dict[str, list[str]],
     settings: TrainingConfig,
     output_dir: Path,
     checkpoint_dir: Path,
+    dev: DevSet | None = None,
     callbacks: list | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train from `base_model` on `columns` and save the model atomically to `output_dir`."""
+    """Train from `base_model` on `columns`, resuming from `checkpoint_dir` when it holds a checkpoint.
+
+    Saves the model (the best dev checkpoint when `dev` is given) atomically to `output_dir`,
+    with the base model's max sequence length restored, then deletes the checkpoints: a finished
+    job has nothing to resume. One code path for both devices: CUDA gets bf16 autocast and TF32
+    matmuls, CPU gets fp32.
+    """
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
+    from transformers import EarlyStoppingCallback, set_seed
 
     from embed_pipeline.lib.embedding import load_model, pick_device
 
     device = pick_device()
     on_cuda = device == "cuda"
-    model = load_model(base_model, device=device, max_seq_length=settings.max_seq_length)
+    set_seed(settings.seed)
+    model = load_model(base_model, device=device)
+    serving_length = model.max_seq_length
+    model.max_seq_length = settings.max_seq_length
     dataset = Dataset.from_dict(columns)
-    loss = MultipleNegativesRankingLoss(model, scale=settings.scale)
+    if settings.loss == "cached_mnrl":
+        loss = CachedMultipleNegativesRankingLoss(model, scale=settings.scale, mini_batch_size=settings.mini_batch_size)
+    else:
+        loss = MultipleNegativesRankingLoss(model, scale=settings.scale)
+    evaluator = None
+    if dev is not None and dev.queries:
+        evaluator = InformationRetrievalEvaluator(
+            dev.queries, dev.corpus, dev.relevant, name="dev", main_score_function="cosine",
+            accuracy_at_k=[1, 10], precision_recall_at_k=[10], map_at_k=[10], batch_size=64, write_csv=False,
+        )
+    checkpoint_dir = Path(checkpoint_dir)
+    resume = last_complete_checkpoint(checkpoint_dir)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=settings.epochs,
@@ -102,39 +221,126 @@ def train_model(
         tf32=on_cuda or None,
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         logging_steps=settings.logging_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=settings.checkpoint_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if evaluator else "no",
+        eval_steps=settings.checkpoint_steps if evaluator else None,
+        load_best_model_at_end=evaluator is not None,
+        metric_for_best_model=DEV_METRIC if evaluator else None,
+        greater_is_better=True,
         report_to="none",
-        disable_tqdm=False,
+        disable_tqdm=True,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks or [])
-    if on_progress:
-        on_progress(f"training on {len(dataset)} rows, device={device}, torch threads={torch.get_num_threads()}")
-    start = time.perf_counter()
-    output = trainer.train()
-    seconds = time.perf_counter() - start
+    timer = _timer()
+    progress = _progress_log(on_progress or log.info)
+    extra = [timer, progress]
+    if evaluator and settings.early_stopping_patience > 0:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator, callbacks=(callbacks or []) + extra,
+    )
+    resumed_from = int(resume.name.removeprefix("checkpoint-")) if resume else 0
+    progress.say(
+        f"training on {len(dataset)} rows ({len(columns) - 2} negatives each), loss={settings.loss}, device={device}, "
+        f"bf16={on_cuda}, torch threads={torch.get_num_threads()}, "
+        + (f"resuming from {resume.name}" if resume else "from the base model")
+    )
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    model.max_seq_length = serving_length
     with atomic_path(Path(output_dir)) as tmp:
         model.save(str(tmp))
-    pairs_seen = int(len(dataset) * settings.epochs)
+    best = trainer.state.best_metric if evaluator else None
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    steps = int(output.global_step)
+    rows_seen = min((steps - resumed_from) * settings.batch_size, int(len(dataset) * settings.epochs))
+    train_seconds = max(timer.total - timer.in_eval, 1e-9)
     return TrainResult(
         model_dir=Path(output_dir),
-        steps=int(output.global_step),
+        steps=steps,
         pairs=len(dataset),
-        train_seconds=seconds,
-        pairs_per_second=pairs_seen / seconds if seconds else 0.0,
+        train_seconds=train_seconds,
+        pairs_per_second=rows_seen / train_seconds,
         final_loss=float(output.training_loss),
         device=device,
+        resumed_from_step=resumed_from,
+        best_dev_ndcg_at_10=float(best) if best is not None else None,
+        dev_seconds=timer.in_eval,
     )
+
+
+def _timer():
+    """A callback timing training and the dev evaluations within it, so pairs/s can exclude evaluation."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.total = self.in_eval = 0.0
+            self._start = self._eval_start = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.total = time.perf_counter() - self._start
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_evaluate:
+                self._eval_start = time.perf_counter()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            if self._eval_start is not None:
+                self.in_eval += time.perf_counter() - self._eval_start
+                self._eval_start = None
+
+    return Timer()
+
+
+def _progress_log(say: Callable[[str], None]):
+    """A callback writing one readable line per logging step (step/max, loss, dev nDCG@10, eta)."""
+    from transformers import TrainerCallback
+
+    class ProgressLog(TrainerCallback):
+        def __init__(self):
+            self.say = say
+            self._start = None
+            self._first_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+            self._first_step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            done = state.global_step - self._first_step
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            if "loss" in logs:
+                parts.append(f"loss {logs['loss']:.4f}")
+            if DEV_METRIC in logs:
+                parts.append(f"dev nDCG@10 {logs[DEV_METRIC]:.4f}")
+            if done:
+                per_step = (time.perf_counter() - self._start) / done
+                parts.append(f"{per_step:.1f} s/step, eta {per_step * (state.max_steps - state.global_step):.0f} s")
+            self.say(", ".join(parts))
+
+    return ProgressLog()
 
 
 def mlflow_callback(tracker, run_id: str):
-    """A Trainer callback that sends every logged value (loss, learning rate, grad norm) to MLflow per step."""
+    """A Trainer callback that sends every logged value to MLflow per step.
+
+    Training values (loss, learning rate, grad norm) go under `train/`, dev evaluation values
+    (`eval_dev_cosine_ndcg@10`, ...) under `dev/`; the tracker sanitises '@'.
+    """
+
     from transformers import TrainerCallback
 
     class _MlflowCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             numeric = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            if numeric:
-                tracker.log_metrics(run_id, {f"train/{k}": v for k, v in numeric.items()}, step=state.global_step)
+            named = {(f"dev/{k.removeprefix('eval_')}" if k.startswith("eval_") else f"train/{k}"): v for k, v in numeric.items()}
+            if named:
+                tracker.log_metrics(run_id, named, step=state.global_step)
 
     return _MlflowCallback()
 
@@ -144,7 +350,8 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "sentence-transformers", "transformers", "faiss-cpu", "faiss-gpu", "dagster", "mlflow"):
+    for name in ("torch", "sentence-transformers", "transformers", "datasets", "accelerate", "faiss-cpu", "faiss-gpu",
+                 "dagster", "mlflow", "numpy"):
         try:
             out[f"version.{name}"] = version(name)
         except PackageNotFoundError:

@@ -1,5 +1,7 @@
 """Hard negatives mined with the base model."""
 
+import base64
+
 import dagster as dg
 import pandas as pd
 
@@ -8,7 +10,8 @@ from embed_pipeline.defs.assets.common import data_dir, encode_passages, encode_
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.embedding import load_model, model_fingerprint
 from embed_pipeline.lib.io import write_parquet
-from embed_pipeline.lib.negatives import mine_hard_negatives
+from embed_pipeline.lib.negatives import mine_hard_negatives, score_histogram_png
+from embed_pipeline.lib.text import text_hash
 
 
 @dg.asset(group_name="pairs", kinds={"faiss", "parquet"})
@@ -30,9 +33,13 @@ def hard_negatives(
     mined = mine_hard_negatives(pairs, query_texts, query_vectors, list(passages["passage_id"]), corpus_vectors, config.mining, extra)
     triples = mined.triples.merge(pairs[["query", "passage_id", "source", "positive_text"]], on=["query", "passage_id"], how="left")
     out = write_parquet(triples, data_dir(config) / "hard_negatives.parquet")
+    png = score_histogram_png(mined)
+    plot = data_dir(config) / "hard_negatives_scores.png"
+    plot.write_bytes(png)
     per_query = triples["negatives"].map(len)
+    version = text_hash(triples[["query", "passage_id", "negatives"]].to_json(orient="records"))
     return dg.MaterializeResult(
-        value={"path": str(out), "rows": len(triples), "base_model_fingerprint": fingerprint},
+        value={"path": str(out), "rows": len(triples), "base_model_fingerprint": fingerprint, "version": version},
         metadata={
             "dagster/row_count": len(triples),
             "candidates_seen": mined.candidates_seen,
@@ -42,7 +49,16 @@ def hard_negatives(
             "rows_without_negatives": int((per_query == 0).sum()),
             "corpus_passages_encoded": corpus_stats.encoded,
             "corpus_passages_from_cache": corpus_stats.reused,
-            "false_negative_audit": md.preview(mined.audit),
+            "relative_margin": config.mining.relative_margin,
+            "negatives_per_row": md.counts_md(per_query.value_counts().sort_index().rename(lambda n: f"{n} negatives").to_dict()),
+            "score_histogram": dg.MetadataValue.md(f"![score distributions](data:image/png;base64,{base64.b64encode(png).decode()})"),
+            "score_histogram_path": md.path(plot),
+            "mean_positive_score": round(float(mined.positive_scores.mean()), 4) if len(triples) else 0.0,
+            "mean_negative_score": round(float(mined.negative_scores.mean()), 4) if len(mined.negative_scores) else 0.0,
+            "false_negative_audit": md.preview(mined.audit.merge(passages[["passage_id", "text"]].rename(
+                columns={"passage_id": "negative_id", "text": "negative_text"}), on="negative_id", how="left"),
+                rows=config.mining.audit_rows),
+            "dataset_version": version,
             "path": md.path(out),
         },
     )

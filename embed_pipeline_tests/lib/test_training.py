@@ -1,0 +1,183 @@
+"""Training: dev split, columns, best-checkpoint selection on the dev split, and resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from embed_pipeline.lib.config import ConfigError, TrainingConfig
+from embed_pipeline.lib.training import (
+    DEV_METRIC,
+    checkpoint_key,
+    dev_set,
+    last_complete_checkpoint,
+    split_dev,
+    train_model,
+    training_columns,
+)
+from embed_pipeline_tests.fixture_data import CURATED, PASSAGES
+
+TEXTS = {pid: f"{title}\n{text}" for pid, (title, text) in PASSAGES.items()}
+# Hand-picked hard negatives: same component, wrong job (the distractors a real miner finds).
+NEGATIVES = {"chain-lube": ["chain-clean", "chain-wear"], "chain-wear": ["chain-lube"], "chain-clean": ["chain-lube"],
+             "tire-puncture": ["tubeless-setup"], "tire-pressure": ["tubeless-setup"], "brake-bleed": ["brake-pads", "brake-rub"],
+             "brake-rub": ["brake-pads"], "derailleur-index": ["derailleur-limit"], "derailleur-limit": ["derailleur-index"],
+             "wheel-true": ["hub-bearings"]}
+
+
+def triples(extra_synthetic: bool = False) -> pd.DataFrame:
+    rows = [(q, p, NEGATIVES[p], "curated") for q, p in CURATED]
+    if extra_synthetic:
+        rows += [(title, pid, [], "synthetic") for pid, (title, _) in list(PASSAGES.items())[:6]]
+    return pd.DataFrame(rows, columns=["query", "passage_id", "negatives", "source"])
+
+
+def test_split_dev_holds_out_whole_real_queries():
+    frame = triples(extra_synthetic=True)
+    frame = pd.concat([frame, frame.iloc[[0]].assign(passage_id="chain-clean", negatives=[["chain-wear"]])], ignore_index=True)
+    train, dev = split_dev(frame, share=0.25, max_queries=100, seed=3)
+    assert len(dev["query"].unique()) == round(0.25 * frame["query"].nunique())
+    assert set(dev["query"]).isdisjoint(train["query"])
+    assert (dev["source"] == "curated").all(), "synthetic queries must not be dev queries"
+    assert len(train) + len(dev) == len(frame)
+    again_train, again_dev = split_dev(frame, share=0.25, max_queries=100, seed=3)
+    assert again_dev.equals(dev) and again_train.equals(train)
+    _, capped = split_dev(frame, share=0.25, max_queries=1, seed=3)
+    assert capped["query"].nunique() == 1
+
+
+def test_dev_set_pools_positives_negatives_and_seeded_fill():
+    dev = triples().iloc[:2]
+    pool = dev_set(dev, TEXTS, max_passages=8, seed=0)
+    assert len(pool.corpus) == 8
+    assert {"chain-lube", "chain-clean", "chain-wear"} <= set(pool.corpus)
+    assert sorted(pool.relevant.values(), key=sorted) == [{"chain-lube"}, {"chain-wear"}]
+    assert set(pool.queries.values()) == set(dev["query"])
+    assert dev_set(dev, TEXTS, max_passages=8, seed=0) == pool
+
+
+def test_training_columns_takes_hardest_negatives_and_pads_without_positives():
+    frame = triples()
+    columns, padded = training_columns(frame, TEXTS, num_negatives=2, seed=0)
+    assert list(columns) == ["anchor", "positive", "negative_1", "negative_2"]
+    assert columns["negative_1"][0] == TEXTS["chain-clean"] and columns["negative_2"][0] == TEXTS["chain-wear"]
+    assert padded == sum(max(0, 2 - len(n)) for n in frame["negatives"])
+    for i, (_, pid) in enumerate(CURATED):
+        assert TEXTS[pid] not in (columns["negative_1"][i], columns["negative_2"][i])
+    none, _ = training_columns(frame, TEXTS, num_negatives=0, seed=0)
+    assert list(none) == ["anchor", "positive"]
+
+
+def test_config_rejects_unknown_loss_and_checkpoint_key_tracks_config():
+    with pytest.raises(ConfigError, match="loss"):
+        TrainingConfig(loss="triplet")
+    a = checkpoint_key("v1", TrainingConfig(), "fp")
+    assert a == checkpoint_key("v1", TrainingConfig(), "fp")
+    assert a != checkpoint_key("v2", TrainingConfig(), "fp")
+    assert a != checkpoint_key("v1", TrainingConfig(learning_rate=1e-4), "fp")
+
+
+def small_config(**overrides) -> TrainingConfig:
+    values = {"epochs": 4, "batch_size": 4, "max_seq_length": 32, "logging_steps": 1, "checkpoint_steps": 2,
+              "num_negatives": 1, "dev_max_passages": 12, "early_stopping_patience": 0, "learning_rate": 1e-3}
+    return TrainingConfig(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "cached_mnrl"])
+def test_train_model_selects_best_dev_checkpoint_and_restores_serving_length(tiny_model_path, tmp_path, loss):
+    from sentence_transformers import SentenceTransformer
+
+    settings = small_config(loss=loss, mini_batch_size=2)
+    train, dev = split_dev(triples(), share=0.3, max_queries=10, seed=0)
+    columns, _ = training_columns(train, TEXTS, settings.num_negatives, settings.seed)
+    logs, lines = [], []
+
+    from transformers import TrainerCallback
+
+    class Capture(TrainerCallback):
+        def on_log(self, args, state, control, logs_=None, **kwargs):
+            logs.append(dict(kwargs.get("logs") or logs_ or {}))
+
+    result = train_model(tiny_model_path, columns, settings, tmp_path / "model", tmp_path / "ckpt",
+                         dev=dev_set(dev, TEXTS, settings.dev_max_passages, 0), callbacks=[Capture()], on_progress=lines.append)
+
+    dev_scores = [entry[DEV_METRIC] for entry in logs if DEV_METRIC in entry]
+    assert len(dev_scores) >= 2, logs
+    assert result.best_dev_ndcg_at_10 == pytest.approx(max(dev_scores))
+    assert result.resumed_from_step == 0 and result.steps > 0
+    assert not (tmp_path / "ckpt").exists(), "a finished job leaves nothing to resume"
+    saved = SentenceTransformer(str(result.model_dir), device="cpu")
+    assert saved.max_seq_length == SentenceTransformer(tiny_model_path, device="cpu").max_seq_length
+    assert any(line.startswith("step ") and "loss" in line for line in lines), lines
+
+
+CHILD = textwrap.dedent("""
+    import json, sys, time
+    import pandas as pd
+    from transformers import TrainerCallback
+    from embed_pipeline.lib.config import TrainingConfig
+    from embed_pipeline.lib.training import train_model
+
+    model, columns, settings, out, ckpt = sys.argv[1:6]
+    columns = json.loads(open(columns).read())
+    settings = TrainingConfig(**json.loads(settings))
+
+    class Slow(TrainerCallback):  # a real job's steps take seconds; keep the child alive until it is killed
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(0.05)
+
+    train_model(model, columns, settings, out, ckpt, callbacks=[Slow()])
+""")
+
+
+def test_training_resumes_from_last_checkpoint_after_a_kill(tiny_model_path, tmp_path):
+    import dataclasses
+
+    settings = small_config(epochs=200)
+    columns, _ = training_columns(triples(), TEXTS, settings.num_negatives, settings.seed)
+    (tmp_path / "columns.json").write_text(json.dumps(columns))
+    (tmp_path / "child.py").write_text(CHILD)
+    ckpt = tmp_path / "ckpt"
+    child = subprocess.Popen(
+        [sys.executable, str(tmp_path / "child.py"), tiny_model_path, str(tmp_path / "columns.json"),
+         json.dumps(dataclasses.asdict(settings)), str(tmp_path / "model"), str(ckpt)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while last_complete_checkpoint(ckpt) is None:
+            assert child.poll() is None, child.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    killed_at = int(last_complete_checkpoint(ckpt).name.removeprefix("checkpoint-"))
+    assert not (tmp_path / "model").exists(), "the killed run must not have finished"
+
+    from transformers import TrainerCallback
+
+    started = []
+
+    class StopSoon(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            started.append(state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = True
+
+    result = train_model(tiny_model_path, columns, settings, tmp_path / "model", ckpt, callbacks=[StopSoon()])
+
+    assert result.resumed_from_step == killed_at > 0
+    assert started == [killed_at]
+    assert result.steps == killed_at + 1
+    assert (tmp_path / "model" / "modules.json").is_file()
