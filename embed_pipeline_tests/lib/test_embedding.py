@@ -1,0 +1,70 @@
+"""Encoding through the cache: a 1% corpus change re-encodes 1%, duplicates are encoded once."""
+
+import numpy as np
+
+from embed_pipeline.lib.embedding import (
+    available_cpus,
+    encode,
+    encode_cached,
+    load_model,
+    merge_shard_embeddings,
+    model_fingerprint,
+    write_shard_embeddings,
+)
+from embed_pipeline_tests.fixture_data import PASSAGES
+
+# 100 distinct passages: the 20 fixture passages, each in five phrasings of a repair note.
+TEXTS = [f"{title} note {n}: {text}" for n in range(5) for title, text in PASSAGES.values()]
+
+
+def test_one_percent_change_reencodes_one_percent(tiny_model_path, tmp_path):
+    model = load_model(tiny_model_path, device="cpu")
+    fingerprint = model_fingerprint(model)
+    full, first = encode_cached(model, TEXTS, tmp_path / "cache", fingerprint, progress=False)
+    assert (first.encoded, first.reused) == (100, 0)
+
+    changed = list(TEXTS)
+    changed[37] = "Wrap the handlebar tape from the bar end towards the stem, overlapping each turn by a third."
+    again, second = encode_cached(model, changed, tmp_path / "cache", fingerprint, progress=False)
+    assert (second.encoded, second.reused) == (1, 99)
+    unchanged = [i for i in range(100) if i != 37]
+    np.testing.assert_allclose(again[unchanged], full[unchanged], atol=1e-6)
+    np.testing.assert_allclose(again[37], encode(model, [changed[37]], progress=False)[0], atol=1e-5)
+
+
+def test_duplicate_texts_are_encoded_once(tiny_model_path, tmp_path):
+    model = load_model(tiny_model_path, device="cpu")
+    texts = [TEXTS[0], TEXTS[1], TEXTS[0], TEXTS[0]]
+    vectors, stats = encode_cached(model, texts, tmp_path / "cache", model_fingerprint(model), progress=False)
+    assert (stats.texts, stats.unique, stats.encoded) == (4, 2, 2)
+    np.testing.assert_array_equal(vectors[0], vectors[3])
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_shard_file_drops_deleted_passages(tiny_model_path, tmp_path):
+    model = load_model(tiny_model_path, device="cpu")
+    fingerprint = model_fingerprint(model)
+    ids = [f"p{i}" for i in range(5)]
+    target = tmp_path / "shards" / "shard-00-of-01.npz"
+    write_shard_embeddings(model, fingerprint, ids, TEXTS[:5], tmp_path / "cache", target)
+    after = write_shard_embeddings(model, fingerprint, ids[:2] + ids[3:], TEXTS[:2] + TEXTS[3:5], tmp_path / "cache", target)
+    assert (after.passages, after.encoded, after.reused, after.removed) == (4, 0, 4, 1)
+    merged_ids, vectors = merge_shard_embeddings([target])
+    assert merged_ids == ["p0", "p1", "p3", "p4"] and vectors.shape[0] == 4
+
+
+def test_cpu_threads_fit_the_cores_this_process_may_use():
+    import os
+
+    import torch
+
+    from embed_pipeline.lib.embedding import set_cpu_threads
+
+    cpus = available_cpus()
+    assert 1 <= cpus <= len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads() == cpus == torch.get_num_threads()
+        assert set_cpu_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
