@@ -2,13 +2,10 @@
 
 import json
 
-import pandas as pd
 import pytest
 
 from embed_pipeline.lib import io as io_module
 from embed_pipeline.lib.config import GateConfig
-from embed_pipeline.lib.evaluation import build_report
-from embed_pipeline.lib.metrics import METRICS
 from embed_pipeline.lib.promotion import (
     HISTORY_FILE,
     SERVED_FILE,
@@ -18,22 +15,7 @@ from embed_pipeline.lib.promotion import (
     served_history,
     write_served,
 )
-
-
-def _frame(hits: list[float]) -> pd.DataFrame:
-    """Per-query table where every metric equals the query's hit (1.0) or miss (0.0)."""
-    return pd.DataFrame({m: hits for m in METRICS}, index=[f"q{i}" for i in range(len(hits))])
-
-
-def make_report(champion: list[float], candidate: list[float], segments: dict[str, int] | None = None) -> dict:
-    """A report from constructed per-query hits; `segments` names consecutive runs of queries."""
-    groups = {}
-    if segments:
-        labels = [name for name, count in segments.items() for _ in range(count)]
-        groups["segment"] = {f"q{i}": label for i, label in enumerate(labels)}
-    per_query = {"base": _frame(champion), "champion": _frame(champion), "candidate": _frame(candidate),
-                 "candidate_exact": _frame(candidate)}
-    return build_report(per_query, {"candidate": {"version": "2"}}, groups, resamples=1000, seed=0)
+from embed_pipeline_tests.reports import make_report
 
 
 def clause(gate: dict, name: str) -> dict:
