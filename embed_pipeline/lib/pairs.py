@@ -193,7 +193,7 @@ def _read_pairs_table(path: Path, rejected: list[dict]) -> pd.DataFrame:
             keep_rows.append(row)
             keep_labels.append(label)
     raw = pd.DataFrame(keep_rows)
-    columns = ["query", "passage_id"] + (["segment"] if "segment" in raw.columns else [])
+    columns = ["query", "passage_id"] + [c for c in ("segment", "source") if c in raw.columns]
     raw = raw.reindex(columns=columns)
     raw["query_id"] = [label.replace(" ", "") for label in keep_labels]
     raw["row"] = keep_labels
@@ -241,6 +241,7 @@ def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd
     queries["_id"] = queries["_id"].astype(str)
     queries = queries.drop_duplicates("_id").set_index("_id")
     segments = queries["metadata"].map(lambda m: m.get("segment") if isinstance(m, dict) else None) if "metadata" in queries else None
+    sources = queries["metadata"].map(lambda m: m.get("source") if isinstance(m, dict) else None) if "metadata" in queries else None
     qrels = read_qrels(qrels_path)
     table = pd.DataFrame(
         {
@@ -256,6 +257,8 @@ def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd
     table["query"] = table["query_id"].map(queries["text"])
     if segments is not None and segments.notna().any():
         table["segment"] = table["query_id"].map(segments).fillna("").astype(str)
+    if sources is not None and sources.notna().any():  # eval reports slice by query source (issue 5)
+        table["source"] = table["query_id"].map(sources).fillna("").astype(str)
     return table.reset_index(drop=True)
 
 

@@ -127,3 +127,22 @@ def test_rollback_restores_the_previous_champion(tmp_path):
     assert restored["model_version"] == "1" and restored["rolled_back_from"] == "2"
     assert read_served(tmp_path)["index_path"] == "/indexes/1"
     assert [h["model_version"] for h in served_history(tmp_path)] == ["1", "2", "1"]
+
+
+def test_eval_queries_are_sliced_by_source_length_and_segment(tmp_path):
+    from embed_pipeline.lib.config import LabelledSet
+    from embed_pipeline.lib.evaluation import query_groups
+    from embed_pipeline.lib.pairs import load_labelled_pairs
+
+    rows = [("e1", "chain lube", {"segment": "drivetrain", "source": "logs"}),
+            ("e2", "how do I stop my disc brakes from rubbing on the rotor", {"segment": "brakes", "source": "support"}),
+            ("e3", "tubeless sealant top up", {"segment": "wheels"})]
+    (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps({"_id": i, "text": t, "metadata": m}) for i, t, m in rows) + "\n")
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\ne1\tchain-lube\t1\ne2\tbrake-rub\t1\ne3\ttubeless-setup\t1\n")
+    loaded = load_labelled_pairs(LabelledSet(queries=tmp_path / "queries.jsonl", qrels=tmp_path / "qrels.tsv"),
+                                 {"chain-lube", "brake-rub", "tubeless-setup"})
+    queries = dict(zip(loaded.pairs["query_id"], loaded.pairs["query"], strict=True))
+    groups = query_groups(loaded.pairs, queries)
+    assert groups["source"] == {"e1": "logs", "e2": "support", "e3": "(none)"}
+    assert groups["segment"] == {"e1": "drivetrain", "e2": "brakes", "e3": "wheels"}
+    assert groups["length"] == {"e1": "1-3 words", "e2": "7+ words", "e3": "4-6 words"}
