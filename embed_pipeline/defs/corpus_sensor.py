@@ -74,6 +74,8 @@ def corpus_change_sensor(context: dg.SensorEvaluationContext, pipeline: Pipeline
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[reembed_job], request_job=served_index_job,
                       name="served_index_sensor", default_status=dg.DefaultSensorStatus.RUNNING)
-def served_index_sensor(context: dg.RunStatusSensorContext):
-    """After a successful re-embedding run, rebuild the served index from the shard files."""
+def served_index_sensor(context: dg.RunStatusSensorContext, pipeline: PipelineResource):
+    """After a successful re-embedding run, rebuild the served index from the shard files (when a champion is served)."""
+    if read_served(pipeline.load().artifacts_dir) is None:
+        return dg.SkipReason("no champion is served yet: nothing to re-index")
     return dg.RunRequest(run_key=f"index-after-{context.dagster_run.run_id}")
