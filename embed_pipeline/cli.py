@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(f"promotion gate: {'PASSED' if gate['passed'] else 'REFUSED'}"
              + ("" if not gate["passed"] else " (the promotion sensor promotes it; or run `embed-pipeline promote`)"))
         if args.json:
-            print(json.dumps(report, indent=2))
+            print(json.dumps({**report, **_index_summary(result)}, indent=2))
     if result.success:
         return 0
     only_gate = report is not None and failed_checks and all(c.check_name == "eval_report_promotion_gate" for c in failed_checks)
@@ -95,6 +95,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             if event.event_type_value == "STEP_FAILURE":
                 _say(f"step {event.step_key} FAILED: {event.event_specific_data.error.message.strip()}")
     return EXIT_GATE_REFUSED if only_gate else EXIT_FAILED
+
+
+def _index_summary(result) -> dict:
+    """`index`: passages in the candidate's index, encoded in this run, reused from the cache, type."""
+    if not _has_output(result, "corpus_index"):
+        return {}
+    built = result.output_for_node("corpus_index")
+    return {"index": {"passages": built["size"], "encoded": built["encoded"], "reused_from_cache": built["reused"],
+                      "type": built["type"], "path": built["path"]}}
 
 
 def _has_output(result, node: str) -> bool:
