@@ -270,7 +270,11 @@ def train_model(
 
 
 def _timer():
-    """A callback timing training and the dev evaluations within it, so pairs/s can exclude evaluation."""
+    """A callback timing training and the dev evaluations within it, so pairs/s can exclude evaluation.
+
+    It also makes the final step evaluate and save when a dev set is in use, so the best-checkpoint
+    choice includes the finished model even when `checkpoint_steps` does not divide the step count.
+    """
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
@@ -285,6 +289,8 @@ def _timer():
             self.total = time.perf_counter() - self._start
 
         def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and args.eval_strategy != "no":
+                control.should_evaluate = control.should_save = True  # the last step is a candidate too
             if control.should_evaluate:
                 self._eval_start = time.perf_counter()
 

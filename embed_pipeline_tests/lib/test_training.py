@@ -90,26 +90,26 @@ def small_config(**overrides) -> TrainingConfig:
     return TrainingConfig(**{**values, **overrides})
 
 
-@pytest.mark.parametrize("loss", ["mnrl", "cached_mnrl"])
-def test_train_model_selects_best_dev_checkpoint_and_restores_serving_length(tiny_model_path, tmp_path, loss):
+def test_train_model_selects_best_dev_checkpoint_and_restores_serving_length(tiny_model_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    settings = small_config(loss=loss, mini_batch_size=2)
+    settings = small_config(loss="cached_mnrl", mini_batch_size=2, epochs=3, checkpoint_steps=4)  # MNRL: test_model_asset.py
     train, dev = split_dev(triples(), share=0.3, max_queries=10, seed=0)
     columns, _ = training_columns(train, TEXTS, settings.num_negatives, settings.seed)
-    logs, lines = [], []
+    seen, lines = [], []
 
     from transformers import TrainerCallback
 
     class Capture(TrainerCallback):
-        def on_log(self, args, state, control, logs_=None, **kwargs):
-            logs.append(dict(kwargs.get("logs") or logs_ or {}))
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append({**(logs or {}), "step": state.global_step})
 
     result = train_model(tiny_model_path, columns, settings, tmp_path / "model", tmp_path / "ckpt",
                          dev=dev_set(dev, TEXTS, settings.dev_max_passages, 0), callbacks=[Capture()], on_progress=lines.append)
 
-    dev_scores = [entry[DEV_METRIC] for entry in logs if DEV_METRIC in entry]
-    assert len(dev_scores) >= 2, logs
+    dev_scores = [entry[DEV_METRIC] for entry in seen if DEV_METRIC in entry]
+    assert len(dev_scores) >= 2, seen
+    assert max(e["step"] for e in seen if DEV_METRIC in e) == result.steps, "the final step is a candidate too"
     assert result.best_dev_ndcg_at_10 == pytest.approx(max(dev_scores))
     assert result.resumed_from_step == 0 and result.steps > 0
     assert not (tmp_path / "ckpt").exists(), "a finished job leaves nothing to resume"
