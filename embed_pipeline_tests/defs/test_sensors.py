@@ -86,12 +86,19 @@ def test_sensor_decision_promotes_then_rollback_restores_alias_and_pointer(tmp_p
     for n, candidate in enumerate(candidates, start=1):
         models = {"candidate": candidate, "index": {"path": str(tmp_path / "indexes" / str(n)), "type": "flat", "size": 20}}
         materialise_report(instance, make_report(*CLEAR_LIFT, models=models, gate=GateConfig()), tmp_path / f"r{n}" / "eval_report.json")
-        result = tick(instance, cursor)
-        cursor = result.cursor
-        request = result.run_requests[0]
-        assert job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags).success
+        if n == 1:  # as the daemon would: the sensor's request, run with its run key
+            result = tick(instance, cursor)
+            cursor = result.cursor
+            request = result.run_requests[0]
+            assert job.execute_in_process(run_config=request.run_config, instance=instance,
+                                          tags={**request.tags, "dagster/run_key": request.run_key}).success
+        else:  # `embed-pipeline promote` applies the same decision; a second call finds the run key and does nothing
+            assert main(["promote", "--config", str(config_path)]) == 0
+            assert main(["promote", "--config", str(config_path)]) == 0
         assert str(tracker.alias_version(config.registered_model_name).version) == candidate["version"]
         assert read_served(config.artifacts_dir)["index_path"] == str(tmp_path / "indexes" / str(n))
+    promotions = instance.get_run_records(dg.RunsFilter(job_name="promotion_job"))
+    assert len(promotions) == 2, "each report promotes exactly once"
     run = tracker.client.get_run(candidates[1]["run_id"])
     assert run.data.tags["promotion"] == "promoted"
     assert run.data.tags["promotion_decision"].startswith("promoted: all clauses passed; replaced v1")
