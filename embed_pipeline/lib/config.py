@@ -223,6 +223,14 @@ class GateConfig:
     confidence: float = 0.95
     bootstrap_seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.bootstrap_resamples < 1000:
+            raise ConfigError(f"gate.bootstrap_resamples must be >= 1000 (a stable 95% interval), got {self.bootstrap_resamples}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ConfigError(f"gate.confidence must be in [0.5, 1), got {self.confidence}")
+        if self.max_segment_regression < 0 or self.min_segment_queries < 1 or self.min_eval_queries < 1:
+            raise ConfigError("gate: need max_segment_regression >= 0, min_segment_queries >= 1, min_eval_queries >= 1")
+
 
 @dataclass(frozen=True)
 class IndexConfig:

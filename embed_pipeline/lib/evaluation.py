@@ -20,13 +20,16 @@ The report is a JSON contract read by the CLI (`--json`), the promotion gate and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from embed_pipeline.lib.bootstrap import paired_bootstrap
+from embed_pipeline.lib.config import GateConfig
 from embed_pipeline.lib.indexing import build_faiss_index, search
-from embed_pipeline.lib.metrics import MAX_K, METRICS, mean_metrics, per_query_metrics
+from embed_pipeline.lib.io import write_json, write_parquet
+from embed_pipeline.lib.metrics import MAX_K, METRICS, mean_metrics, per_query_metrics, recall_curve
 
 CI_METRICS = ("recall@10", "ndcg@10")
 REPORT_MODELS = ("base", "champion", "candidate", "candidate_exact")
@@ -142,6 +145,44 @@ def build_report(
         "recall_curves": {name: {str(k): v for k, v in curve.items()} for name, curve in (recall_curves or {}).items()},
         "models": models,
     }
+
+
+def assemble_report(
+    eval_set: EvalSet,
+    eval_pairs: pd.DataFrame,
+    rankings: dict[str, dict[str, list[str]]],
+    models: dict[str, dict],
+    gate: GateConfig,
+) -> tuple[dict, pd.DataFrame]:
+    """The full report (with the gate's verdict) and the per-query table, from each model's rankings.
+
+    `rankings` maps every name in `REPORT_MODELS` to {query_id: ranked passage ids}; `eval_pairs`
+    is the validated eval table (for source/segment slices).
+    """
+    from embed_pipeline.lib.promotion import evaluate_gate
+
+    per_query = {name: per_query_metrics(rankings[name], eval_set.relevant) for name in REPORT_MODELS}
+    curves = {name: recall_curve(rankings[name], eval_set.relevant) for name in ("base", "champion", "candidate")}
+    report = build_report(per_query, models, query_groups(eval_pairs, eval_set.queries), curves,
+                          gate.bootstrap_resamples, gate.confidence, gate.bootstrap_seed)
+    report["gate"] = evaluate_gate(report, gate)
+    return report, per_query_table(per_query)
+
+
+def write_report(report: dict, per_query: pd.DataFrame, folder: Path, min_segment_queries: int) -> tuple[Path, dict[str, bytes]]:
+    """Write `eval_report.json`, `per_query.parquet` and the two plots (PNG) into `folder`.
+
+    Returns the report's path and the plots' bytes (for the asset's metadata).
+    """
+    from embed_pipeline.lib.plots import recall_curves_png, segment_lifts_png
+
+    path = write_json(report, Path(folder) / "eval_report.json")
+    write_parquet(per_query, Path(folder) / "per_query.parquet")
+    plots = {"recall_at_k": recall_curves_png(report["recall_curves"]),
+             "segment_lift": segment_lifts_png(report["segments"], min_segment_queries)}
+    for name, png in plots.items():
+        (Path(folder) / f"{name}.png").write_bytes(png)
+    return path, plots
 
 
 def report_markdown(report: dict) -> str:

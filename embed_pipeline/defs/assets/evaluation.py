@@ -6,19 +6,10 @@ from embed_pipeline.defs import metadata as md
 from embed_pipeline.defs.assets.common import encode_passages, encode_queries, load_eval_set, read_corpus
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.embedding import load_model, model_fingerprint
-from embed_pipeline.lib.evaluation import (
-    build_report,
-    per_query_table,
-    query_groups,
-    rank_exact,
-    report_markdown,
-    score_rankings,
-)
+from embed_pipeline.lib.evaluation import assemble_report, rank_exact, report_markdown, write_report
 from embed_pipeline.lib.indexing import load_index
-from embed_pipeline.lib.io import write_json, write_parquet
-from embed_pipeline.lib.metrics import MAX_K, recall_curve
-from embed_pipeline.lib.plots import png_markdown, recall_curves_png, segment_lifts_png
-from embed_pipeline.lib.promotion import evaluate_gate
+from embed_pipeline.lib.metrics import MAX_K
+from embed_pipeline.lib.plots import png_markdown
 
 
 def report_metadata(report: dict, path, plots: dict[str, bytes]) -> dict:
@@ -78,27 +69,15 @@ def eval_report(
     _, served_ranked = load_index(corpus_index["path"]).search_ids(query_vectors, MAX_K)
     rankings["candidate"] = dict(zip(eval_set.queries, served_ranked, strict=True))
 
-    per_query = {name: score_rankings(eval_set, list(r.values())) for name, r in rankings.items()}
-    curves = {name: recall_curve(rankings[name], eval_set.relevant) for name in ("base", "champion", "candidate")}
     models = {"base": config.base_model, "champion": champion_info, "candidate": embedding_model,
               "index": {k: corpus_index[k] for k in ("path", "type", "size")}}
-    gate = config.gate
-    report = build_report(per_query, models, query_groups(loaded.pairs, eval_set.queries), curves,
-                          gate.bootstrap_resamples, gate.confidence, gate.bootstrap_seed)
-    report["gate"] = evaluate_gate(report, gate)
-
-    report_dir = config.artifacts_dir / "reports" / context.run_id
-    path = write_json(report, report_dir / "eval_report.json")
-    write_parquet(per_query_table(per_query), report_dir / "per_query.parquet")
-    plots = {"recall_at_k": recall_curves_png(report["recall_curves"]),
-             "segment_lift": segment_lifts_png(report["segments"], gate.min_segment_queries)}
-    for name, png in plots.items():
-        (report_dir / f"{name}.png").write_bytes(png)
+    report, per_query = assemble_report(eval_set, loaded.pairs, rankings, models, config.gate)
+    path, plots = write_report(report, per_query, config.artifacts_dir / "reports" / context.run_id, config.gate.min_segment_queries)
     run_id = embedding_model["run_id"]
     tracker.log_metrics(run_id, {f"eval/{m}": v for m, v in report["candidate"].items()}
                         | {f"eval/lift_over_champion/{m}": v for m, v in report["lift_over_champion"].items()}
                         | {f"eval/ci_low/{m}": c["low"] for m, c in report["ci"].items()})
-    tracker.log_artifacts(run_id, report_dir, "eval")
+    tracker.log_artifacts(run_id, path.parent, "eval")
     decision = "gate passed: awaiting promotion" if report["gate"]["passed"] else f"not promoted: {report['gate']['summary']}"
     tracker.set_tags(run_id, {"gate_passed": report["gate"]["passed"], "promotion_decision": decision})
     context.log.info("eval report:\n" + report_markdown(report))
