@@ -110,13 +110,16 @@ def test_sensor_decision_promotes_then_rollback_restores_alias_and_pointer(tmp_p
     assert served["rolled_back_from"] == candidates[1]["version"]
 
 
-def test_promotion_job_refuses_a_report_whose_gate_failed(tmp_path, promotable):
-    config_path, config, tracker, candidates = promotable
-    models = {"candidate": candidates[0], "index": {"path": str(tmp_path / "indexes" / "1"), "type": "flat", "size": 20}}
+def test_promotion_job_refuses_a_report_whose_gate_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBED_PIPELINE_CONFIG", "")
+    config_path = write_project(tmp_path / "project", "unused-base-model")
+    candidate = {"name": "embed-pipeline", "version": "1", "run_id": "r1", "model_dir": str(tmp_path / "models" / "1")}
+    models = {"candidate": candidate, "index": {"path": str(tmp_path / "indexes" / "1"), "type": "flat", "size": 20}}
     path = write_json(make_report(*NO_LIFT, models=models, gate=GateConfig()), tmp_path / "r" / "eval_report.json")
     job = build_defs(str(config_path)).resolve_job_def("promotion_job")
     result = job.execute_in_process(run_config={"ops": {"served_model": {"config": {"report_path": str(path)}}}},
-                                    instance=dg.DagsterInstance.get(), raise_on_error=False)
+                                    instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success
-    assert read_served(config.artifacts_dir) is None
-    assert tracker.alias_version(config.registered_model_name) is None
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "refusing to promote" in failure.event_specific_data.error.message
+    assert read_served(load_config(config_path).artifacts_dir) is None
