@@ -7,9 +7,12 @@ for its lift and confidence clauses (not merely because the fixture's eval set i
 
 import json
 
+import dagster as dg
 import pytest
+from mlflow.tracking import MlflowClient
 
 from embed_pipeline.cli import EXIT_GATE_REFUSED, main
+from embed_pipeline.lib.config import load_config
 from embed_pipeline_tests.fixture_data import CURATED, write_project
 
 REAL_GATE = {"min_recall_at_10_lift": 0.01, "min_ci_lower_bound": 0.0, "allow_small_eval": True}
@@ -50,3 +53,15 @@ def test_gate_refuses_a_model_trained_on_shuffled_positives(tmp_path, tiny_model
     ci = report["ci"]["recall@10"]
     assert ci["low"] <= 0.0 and ci["queries"] == 12
     assert report["models"]["candidate"]["version"] == "1"
+
+    # The decision and the evidence are recorded where people look: MLflow and the asset's metadata.
+    settings = load_config(config)
+    client = MlflowClient(settings.tracking_uri)
+    run = client.get_run(report["models"]["candidate"]["run_id"])
+    assert run.data.tags["promotion_decision"].startswith("not promoted: recall@10 lift")
+    assert {"eval/eval_report.json", "eval/recall_at_k.png", "eval/segment_lift.png", "eval/per_query.parquet"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("eval_report"))
+    meta = event.asset_materialization.metadata
+    assert meta["plot: recall_at_k"].value.startswith("![recall_at_k](data:image/png;base64,iVBOR")
+    assert "| segment | drivetrain | 4 |" in meta["report"].value

@@ -193,8 +193,8 @@ def report_markdown(report: dict) -> str:
         cells = [f"{report[n][m]:.4f}" for n in names]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {report['lift'][m]:+.4f} | {report['lift_over_champion'][m]:+.4f} |")
     if report.get("ci"):
-        lines += ["", "| lift over champion | point | 95% interval |" if all(c["confidence"] == 0.95 for c in report["ci"].values())
-                  else "| lift over champion | point | interval |", "|---|---|---|"]
+        confidence = next(iter(report["ci"].values()))["confidence"]
+        lines += ["", f"| lift over champion | point | {confidence:.0%} paired-bootstrap interval |", "|---|---|---|"]
         for m, c in report["ci"].items():
             lines.append(f"| {m} | {c['point']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] ({c['resamples']} resamples, {c['queries']} queries) |")
     if report.get("segments"):
