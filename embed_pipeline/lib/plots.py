@@ -34,7 +34,8 @@ def recall_curves_png(curves: dict[str, dict[str, float]]) -> bytes:
     for name, curve in curves.items():
         ks = sorted(int(k) for k in curve)
         color, style = MODEL_STYLES.get(name, (None, "-"))
-        axis.plot(ks, [curve[str(k)] if str(k) in curve else curve[k] for k in ks], style, color=color, marker="o", markersize=3, label=name)
+        label = "champion (= base)" if name == "champion" and curve == curves.get("base") else name
+        axis.plot(ks, [curve[str(k)] if str(k) in curve else curve[k] for k in ks], style, color=color, marker="o", markersize=3, label=label)
     axis.set_xscale("log")
     axis.set_xlabel("k (passages retrieved)")
     axis.set_ylabel("mean recall@k")
