@@ -45,7 +45,13 @@ class LabelledSet:
 
 @dataclass(frozen=True)
 class SearchLogRules:
-    """How click logs become pairs (see lib/pairs.py for the reasoning behind each rule)."""
+    """How click logs become pairs (lib/pairs.py `pairs_from_search_logs` explains each rule).
+
+    A click is satisfied at `min_dwell_seconds` or more; a click followed within
+    `pogo_stick_seconds` by another click on the same query in the same session is a pogo-stick.
+    A (query, passage) needs satisfied clicks from `min_sessions` distinct sessions. Queries
+    shorter than `min_query_chars` or longer than `max_query_chars` (after cleaning) are dropped.
+    """
 
     min_dwell_seconds: float = 30.0
     pogo_stick_seconds: float = 10.0
@@ -53,9 +59,15 @@ class SearchLogRules:
     min_query_chars: int = 3
     max_query_chars: int = 300
 
+    def __post_init__(self) -> None:
+        if self.min_sessions < 1 or not 0 <= self.min_query_chars <= self.max_query_chars:
+            raise ConfigError("search_log_rules: need min_sessions >= 1 and 0 <= min_query_chars <= max_query_chars")
+
 
 @dataclass(frozen=True)
 class CurationRules:
+    """`max_quarantine_share`: the curated_pairs check fails above this share of rejected rows."""
+
     max_quarantine_share: float = 0.05
 
 
