@@ -202,3 +202,12 @@ def test_length_histogram_buckets_queries_by_words():
     table = length_histogram(pairs)
     assert table.loc["1-2", "click"] == 1 and table.loc["3-4", "click"] == 1 and table.loc["8-11", "synthetic"] == 1
     assert int(table.to_numpy().sum()) == 3
+
+
+def test_rules_reject_impossible_settings():
+    from embed_pipeline.lib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="min_sessions"):
+        SearchLogRules(min_sessions=0)
+    with pytest.raises(ConfigError, match="min_query_chars"):
+        SearchLogRules(min_query_chars=50, max_query_chars=10)
