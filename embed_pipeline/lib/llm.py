@@ -31,6 +31,7 @@ from threading import Lock
 
 import pandas as pd
 
+from embed_pipeline.lib.corpus import passage_texts
 from embed_pipeline.lib.io import atomic_path
 from embed_pipeline.lib.text import clean_text, text_hash
 
@@ -146,7 +147,7 @@ def generate_llm_queries(passages: pd.DataFrame, client: ChatClient, cache_dir: 
     requests, retries and cache hits.
     """
     cache = ReplyCache(cache_dir)
-    texts = [f"{t}\n{x}" if t else x for t, x in zip(passages["title"], passages["text"], strict=True)]
+    texts = passage_texts(passages)
 
     def ask(text: str) -> str:
         key = ReplyCache.key(text, f"{prompt}\n[n={queries_per_passage}]", client.model)
