@@ -70,19 +70,45 @@ def read_jsonl_numbered(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[
     return rows, bad
 
 
-def read_qrels(path: Path) -> pd.DataFrame:
-    """A BEIR qrels TSV (`query-id corpus-id score`, header optional) -> columns query_id, passage_id, score."""
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, header=None)
-    if len(frame) and frame.iloc[0, 0].strip().lower() in ("query-id", "query_id", "qid"):
-        frame = frame.iloc[1:]
-    if frame.shape[1] < 2:
-        raise InputError(f"{path}: a qrels file needs at least two tab-separated columns")
-    frame = frame.iloc[:, :3].copy()
-    frame.columns = ["query_id", "passage_id", "score"][: frame.shape[1]]
-    if "score" not in frame:
-        frame["score"] = "1"
-    frame["score"] = pd.to_numeric(frame["score"], errors="coerce").fillna(0).astype(int)
-    return frame[frame["score"] > 0].reset_index(drop=True)
+def read_qrels(path: Path, rejected: list[tuple[int, str]] | None = None) -> pd.DataFrame:
+    """A BEIR qrels TSV (`query-id corpus-id score`, header optional) -> columns query_id,
+    passage_id, score, line (1-based line number in the file).
+
+    Rows with score <= 0 are judged non-relevant and left out. Lines that cannot be read (invalid
+    UTF-8, fewer than two fields, a score that is not an integer) are left out too and, when a
+    `rejected` list is given, appended to it as (line number, reason) so callers can quarantine
+    them; blank lines are not rows.
+    """
+    rows: list[tuple[str, str, int, int]] = []
+    bad: list[tuple[int, str]] = []
+    first = True
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                bad.append((number, f"invalid UTF-8: {exc.reason}"))
+                continue
+            if not line.strip():
+                continue
+            fields = [f.strip() for f in line.split("\t")]
+            if first and fields[0].lower() in ("query-id", "query_id", "qid"):
+                first = False
+                continue
+            first = False
+            if len(fields) < 2 or not fields[0] or not fields[1]:
+                bad.append((number, "malformed qrels line: needs query-id<TAB>corpus-id[<TAB>score]"))
+                continue
+            try:
+                score = int(float(fields[2])) if len(fields) > 2 and fields[2] else 1
+            except ValueError:
+                bad.append((number, f"non-numeric score {fields[2]!r}"))
+                continue
+            if score > 0:
+                rows.append((fields[0], fields[1], score, number))
+    if rejected is not None:
+        rejected.extend(bad)
+    return pd.DataFrame(rows, columns=["query_id", "passage_id", "score", "line"])
 
 
 @contextlib.contextmanager

@@ -242,10 +242,12 @@ def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd
     queries = queries.drop_duplicates("_id").set_index("_id")
     segments = queries["metadata"].map(lambda m: m.get("segment") if isinstance(m, dict) else None) if "metadata" in queries else None
     sources = queries["metadata"].map(lambda m: m.get("source") if isinstance(m, dict) else None) if "metadata" in queries else None
-    qrels = read_qrels(qrels_path)
+    bad_qrels: list[tuple[int, str]] = []
+    qrels = read_qrels(qrels_path, bad_qrels)
+    rejected += [{"row": f"qrels line {n}", "reason": reason, "stage": "read"} for n, reason in bad_qrels]
     table = pd.DataFrame(
         {
-            "row": [f"qrels line {i + 2}" for i in range(len(qrels))],
+            "row": [f"qrels line {n}" for n in qrels["line"]],
             "query_id": qrels["query_id"].astype(str),
             "passage_id": qrels["passage_id"].astype(str),
         }

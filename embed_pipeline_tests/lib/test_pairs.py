@@ -154,12 +154,25 @@ def test_pairs_table_without_required_columns_is_an_input_error(tmp_path):
         load_labelled_pairs(LabelledSet(pairs=path), KNOWN)
 
 
-def test_beir_unknown_query_ids_are_quarantined(tmp_path):
+def test_beir_broken_qrels_and_queries_are_quarantined_by_line(tmp_path):
     (tmp_path / "q.jsonl").write_text(json.dumps({"_id": "q1", "text": "oil chain"}) + "\n\n{oops\n")
-    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tchain-lube\t1\nq9\tchain-wear\t1\n")
+    (tmp_path / "qrels.tsv").write_bytes(b"query-id\tcorpus-id\tscore\n"
+                                         b"q1\tchain-lube\t1\n"
+                                         b"\n"
+                                         b"q1\tchain-wear\t0\n"  # judged not relevant: not a pair, not an error
+                                         b"q9\tchain-wear\t1\n"  # unknown query id
+                                         b"q1\n"  # one field
+                                         b"q1\tchain-clean\thigh\n"  # non-numeric score
+                                         b"q1\tbrake-pads\t\xff\n")  # bad UTF-8
     loaded = load_labelled_pairs(LabelledSet(queries=tmp_path / "q.jsonl", qrels=tmp_path / "qrels.tsv"), KNOWN)
-    assert loaded.rows_in == len(loaded.pairs) + len(loaded.quarantine) == 3
-    assert set(loaded.quarantine["reason"]) == {"unknown query id", "invalid JSON: Expecting property name enclosed in double quotes"}
+    assert loaded.rows_in == len(loaded.pairs) + len(loaded.quarantine) == 6
+    assert list(loaded.pairs["passage_id"]) == ["chain-lube"]
+    reasons = dict(zip(loaded.quarantine["row"], loaded.quarantine["reason"], strict=True))
+    assert reasons["queries line 3"].startswith("invalid JSON")
+    assert reasons["qrels line 5"] == "unknown query id"
+    assert reasons["qrels line 6"].startswith("malformed qrels line")
+    assert reasons["qrels line 7"] == "non-numeric score 'high'"
+    assert reasons["qrels line 8"].startswith("invalid UTF-8")
 
 
 # --- merge -------------------------------------------------------------------------------------
