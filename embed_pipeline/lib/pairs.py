@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from embed_pipeline.lib.config import LabelledSet, SearchLogRules, SourceQuotas, SourceWeights
-from embed_pipeline.lib.io import InputError, read_jsonl, read_jsonl_numbered, read_qrels, read_table
+from embed_pipeline.lib.io import InputError, atomic_path, read_jsonl, read_jsonl_numbered, read_qrels, read_table
 from embed_pipeline.lib.text import clean_text, query_key
 
 PAIR_COLUMNS = ["query", "passage_id", "source"]
@@ -349,3 +349,26 @@ def length_histogram(pairs: pd.DataFrame, bins: tuple[int, ...] = (1, 3, 5, 8, 1
     table = pd.crosstab(bucket, pairs["source"]).reindex(labels, fill_value=0)
     table.index.name = "query words"
     return table
+
+
+def plot_length_histogram(table: pd.DataFrame, target: Path) -> Path:
+    """A small grouped bar chart (PNG) of `length_histogram`'s table: query words x source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=90)
+    width = 0.8 / max(1, len(table.columns))
+    positions = np.arange(len(table.index))
+    for i, source in enumerate(table.columns):
+        ax.bar(positions + i * width, table[source].to_numpy(), width, label=str(source))
+    ax.set_xticks(positions + width * (len(table.columns) - 1) / 2, [str(b) for b in table.index], fontsize=8)
+    ax.set_xlabel("query length (words)", fontsize=8)
+    ax.set_ylabel("pairs", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(Path(target)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(target)

@@ -7,7 +7,8 @@ import pytest
 
 from embed_pipeline.lib.config import LabelledSet, SearchLogRules, SourceQuotas, SourceWeights
 from embed_pipeline.lib.io import InputError
-from embed_pipeline.lib.pairs import length_histogram, load_labelled_pairs, merge_pairs, pairs_from_search_logs
+from embed_pipeline.lib.pairs import (length_histogram, load_labelled_pairs, merge_pairs, pairs_from_search_logs,
+                                     plot_length_histogram)
 
 KNOWN = {"chain-lube", "chain-clean", "chain-wear", "brake-bleed", "brake-pads"}
 T0 = pd.Timestamp("2026-01-01T10:00:00Z")
@@ -215,6 +216,12 @@ def test_length_histogram_buckets_queries_by_words():
     table = length_histogram(pairs)
     assert table.loc["1-2", "click"] == 1 and table.loc["3-4", "click"] == 1 and table.loc["8-11", "synthetic"] == 1
     assert int(table.to_numpy().sum()) == 3
+
+
+def test_length_histogram_plot_is_a_png(tmp_path):
+    pairs = frame([("oil a chain", "b"), ("how do I true a wheel at home", "c")], "curated")
+    path = plot_length_histogram(length_histogram(pairs), tmp_path / "lengths.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rules_reject_impossible_settings():

@@ -7,7 +7,7 @@ from embed_pipeline.defs import metadata as md
 from embed_pipeline.defs.assets.common import data_dir
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.io import write_parquet
-from embed_pipeline.lib.pairs import length_histogram, merge_pairs
+from embed_pipeline.lib.pairs import length_histogram, merge_pairs, plot_length_histogram
 from embed_pipeline.lib.text import text_hash
 
 
@@ -24,6 +24,8 @@ def training_pairs(
         raise ValueError("no training pairs: every source is empty after its rules (see the upstream assets' metadata)")
     out = write_parquet(pairs, data_dir(config) / "training_pairs.parquet")
     version = text_hash(pairs.to_csv(index=False))
+    lengths = length_histogram(pairs)
+    plot = plot_length_histogram(lengths, data_dir(config) / "training_pairs_query_lengths.png")
     per_source = pd.DataFrame({"in": pd.Series(merged.per_source_in), "out": pd.Series(merged.per_source)}).fillna(0).astype(int)
     return dg.MaterializeResult(
         value={"path": str(out), "pairs": len(pairs), "version": version},
@@ -37,7 +39,8 @@ def training_pairs(
             "duplicates_removed": merged.counts.dropped["exact_duplicates"],
             "conflicts_resolved": merged.counts.dropped["source_conflicts"],
             "unique_queries": int(pairs["query"].nunique()),
-            "query_length_histogram": dg.MetadataValue.md(length_histogram(pairs).to_markdown()),
+            "query_length_histogram": dg.MetadataValue.md(lengths.to_markdown()),
+            "query_length_plot": md.path(plot),
             "path": md.path(out),
             "preview": md.preview(pairs[["query", "passage_id", "source", "weight"]].sample(min(10, len(pairs)), random_state=0)),
         },
