@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for key, value in check.metadata.items():
             _say(f"  {key}: {getattr(value, 'value', value)}")
     report = None
-    if result.output_for_node("eval_report") if _has_output(result, "eval_report") else None:
+    if _has_output(result, "eval_report"):
         report = read_json(result.output_for_node("eval_report")["path"])
     if report is not None:
         _say("eval report (run id %s):\n%s" % (result.run_id, report_markdown(report)))

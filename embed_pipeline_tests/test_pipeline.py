@@ -51,7 +51,8 @@ def test_definitions_graph():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {"corpus", "search_log_pairs", "curated_pairs", "synthetic_pairs", "training_pairs",
-                    "hard_negatives", "embedding_model", "corpus_index", "eval_report", "served_model"}
+                    "hard_negatives", "embedding_model", "corpus_index", "eval_report", "served_model",
+                    "corpus_embeddings", "served_index"}
 
     def parents(key):
         return {p.to_user_string() for p in graph.get(dg.AssetKey(key)).parent_keys}
@@ -63,12 +64,18 @@ def test_definitions_graph():
     assert {"corpus_index", "embedding_model"} <= parents("eval_report")
     assert parents("served_model") == {"eval_report"}
 
+    assert parents("served_index") == {"corpus_embeddings"}
+
     training = defs.resolve_job_def("training_job")
-    assert "served_model" not in {k.to_user_string() for k in training.asset_layer.executable_asset_keys}
+    in_training = {k.to_user_string() for k in training.asset_layer.executable_asset_keys}
+    assert in_training == keys - {"served_model", "corpus_embeddings", "served_index"}
+    reembed = defs.resolve_job_def("reembed_job")
+    assert {k.to_user_string() for k in reembed.asset_layer.executable_asset_keys} == {"corpus_embeddings"}
     schedule = defs.resolve_schedule_def("nightly_retraining")
     assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone == "UTC"
     assert schedule.job_name == "training_job"
     sensor = defs.resolve_sensor_def("promotion_sensor")
     assert sensor.job_name == "promotion_job"
+    assert {s.name for s in defs.sensors} == {"promotion_sensor", "corpus_change_sensor", "served_index_sensor"}
     checks = {k.name for k in graph.asset_check_keys}
     assert {"training_pairs_no_eval_leakage", "eval_report_promotion_gate"} <= checks
