@@ -165,6 +165,7 @@ def main() -> int:
     say(f"SciFact: {len(corpus)} passages, {qrels['query_id'].nunique()} training claims, {len(qrels)} pairs; "
         f"(b) = {dataclasses.replace(TrainingConfig(), **overrides['training'])} / {mining}")
     evaluator = Evaluator(corpus, args.cache)
+    args.out.mkdir(parents=True, exist_ok=True)
     base_model = load_model(base_path, device="cpu")
     rows = []
     for seed in args.seeds:
@@ -192,7 +193,6 @@ def main() -> int:
         rows.append({"seed": seed, "model": "(b) pipeline", **evaluator.evaluate(model, held_out),
                      "train_s": result.train_seconds + result.dev_seconds, "pairs/s": result.pairs_per_second})
         report(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 

@@ -214,7 +214,7 @@ def train_model(
         num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
-        warmup_ratio=settings.warmup_ratio,
+        warmup_steps=float(settings.warmup_ratio),  # a float < 1 is a ratio of the total steps (transformers v5)
         seed=settings.seed,
         data_seed=settings.seed,
         bf16=on_cuda,
