@@ -187,9 +187,9 @@ class TrainingConfig:
     (0 = never stop early).
     """
 
-    epochs: float = 1.0
+    epochs: float = 3.0
     batch_size: int = 32
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     max_seq_length: int = 128
     num_negatives: int = 1
