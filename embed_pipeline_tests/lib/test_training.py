@@ -81,7 +81,8 @@ def test_config_rejects_unknown_loss_and_checkpoint_key_tracks_config():
     a = checkpoint_key("v1", TrainingConfig(), "fp")
     assert a == checkpoint_key("v1", TrainingConfig(), "fp")
     assert a != checkpoint_key("v2", TrainingConfig(), "fp")
-    assert a != checkpoint_key("v1", TrainingConfig(learning_rate=1e-4), "fp")
+    assert a != checkpoint_key("v1", TrainingConfig(learning_rate=TrainingConfig().learning_rate / 2), "fp")
+    assert a != checkpoint_key("v1", TrainingConfig(), "another base model")
 
 
 def small_config(**overrides) -> TrainingConfig:
