@@ -65,7 +65,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = defs.resolve_job_def("training_job")
     # Libraries print progress to stdout (the trainer's loss lines); keep stdout for the report.
     with contextlib.redirect_stdout(sys.stderr):
-        result = job.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False)
+        log_level = "DEBUG" if args.verbose else "INFO"
+        result = job.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False,
+                                        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     for event in result.all_events:
         if event.event_type_value == "STEP_SUCCESS":
             _say(f"step {event.step_key}: done in {event.event_specific_data.duration_ms / 1000:.1f}s")
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", help=f"pipeline YAML (default: ${CONFIG_ENV_VAR}, else the bundled demo)")
         if name == "run":
             p.add_argument("--json", action="store_true", help="print only the eval report (with `gate`) as JSON on stdout; exit 3 when only the gate refused")
+            p.add_argument("--verbose", action="store_true", help="also Dagster's DEBUG events (inputs, outputs, step handoffs)")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
     try:
