@@ -51,12 +51,6 @@ def rank_exact(query_vectors: np.ndarray, corpus_vectors: np.ndarray, corpus_ids
     return [[corpus_ids[r] for r in row if r >= 0] for row in rows]
 
 
-def score_rankings(eval_set: EvalSet, ranked: list[list[str]]) -> pd.DataFrame:
-    """Per-query metrics; `ranked[i]` belongs to the i-th query of `eval_set.queries`."""
-    rankings = dict(zip(eval_set.queries, ranked, strict=True))
-    return per_query_metrics(rankings, eval_set.relevant)
-
-
 def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {m: round(a[m] - b[m], 6) for m in METRICS}
 

@@ -73,7 +73,8 @@ def mine_hard_negatives(
         pos_score = float(qv @ corpus_vectors[row_of[pid]])
         ceiling = (1 - settings.relative_margin) * pos_score
         rows = [int(r) for r in ranked[q_row[query]][settings.range_min :] if r >= 0]
-        rows += [row_of[c] for c in extra_candidates.get(query, []) if c in row_of and row_of[c] not in rows]
+        ranked_rows = set(rows)
+        rows += [row_of[c] for c in dict.fromkeys(extra_candidates.get(query, [])) if c in row_of and row_of[c] not in ranked_rows]
         kept = []
         for r in rows:
             seen += 1

@@ -87,8 +87,9 @@ def pairs_from_search_logs(logs: pd.DataFrame, known_ids: set[str], rules: Searc
     drop(~frame["passage_id"].isin(known_ids), "unknown_passage_id")
 
     clicks = frame[frame["clicked"]].sort_values(["session_id", "timestamp"])
-    next_click_same_query = clicks.groupby(["session_id", "key"])["timestamp"].shift(-1).notna()
-    pogo = next_click_same_query & (clicks["dwell_seconds"] < rules.pogo_stick_seconds)
+    next_clicked = clicks.groupby(["session_id", "key"])["passage_id"].shift(-1)
+    next_click_elsewhere = next_clicked.notna() & (next_clicked != clicks["passage_id"])
+    pogo = next_click_elsewhere & (clicks["dwell_seconds"] < rules.pogo_stick_seconds)
     short = ~pogo & (clicks["dwell_seconds"] < rules.min_dwell_seconds)
     satisfied = clicks[~pogo & ~short]
     support = satisfied.groupby(["key", "passage_id"])["session_id"].nunique().rename("support")

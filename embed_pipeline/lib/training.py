@@ -96,7 +96,8 @@ def dev_set(dev: pd.DataFrame, passage_text: dict[str, str], max_passages: int, 
         pool.append(row.passage_id)
         pool.extend(row.negatives)
     pool = list(dict.fromkeys(pool))
-    rest = [p for p in passage_text if p not in set(pool)]
+    in_pool = set(pool)
+    rest = [p for p in passage_text if p not in in_pool]
     fill = max(0, max_passages - len(pool))
     if fill and rest:
         picked = np.random.default_rng(seed).choice(len(rest), size=min(fill, len(rest)), replace=False)
@@ -129,6 +130,9 @@ def training_columns(
         override = getattr(row, "positive_text", "") or ""
         columns["positive"].append(override if isinstance(override, str) and override else passage_text[row.passage_id])
         negatives = list(row.negatives)[:num_negatives]
+        if len(all_ids) - len(positives[row.query]) < num_negatives:
+            raise ValueError(f"the corpus has fewer than {num_negatives} passages that are not positives of {row.query!r}: "
+                             "lower training.num_negatives")
         while len(negatives) < num_negatives:
             candidate = all_ids[int(rng.integers(len(all_ids)))]
             if candidate not in positives[row.query] and candidate not in negatives:
@@ -253,7 +257,8 @@ def train_model(
     best = trainer.state.best_metric if evaluator else None
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     steps = int(output.global_step)
-    rows_seen = min((steps - resumed_from) * settings.batch_size, int(len(dataset) * settings.epochs))
+    rows_left = int(len(dataset) * settings.epochs) - resumed_from * settings.batch_size
+    rows_seen = max(0, min((steps - resumed_from) * settings.batch_size, rows_left))
     train_seconds = max(timer.total - timer.in_eval, 1e-9)
     return TrainResult(
         model_dir=Path(output_dir),

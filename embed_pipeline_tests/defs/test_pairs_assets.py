@@ -70,6 +70,8 @@ def test_without_an_eval_set_a_grouped_split_is_held_out_and_nothing_leaks(tmp_p
 def test_planted_leaks_fail_the_run_and_the_cli_prints_the_offenders(tmp_path, tiny_model_path, monkeypatch, capsys):
     root = tmp_path / "p"
     write_project(root, tiny_model_path)
+    eval_texts = {q for q, _, _ in EVAL}
+    assert {"spongy brakes bleed", "knocking in the headset when braking"} <= eval_texts  # what the plants copy
     planted = [{"query": q, "passage_id": p} for q, p in CURATED]
     planted.append({"query": "  SPONGY brakes bleed ", "passage_id": "brake-bleed"})  # exact after normalisation
     planted.append({"query": "knocking in the headset when braking hard", "passage_id": "headset-play"})  # near duplicate
@@ -85,7 +87,6 @@ def test_planted_leaks_fail_the_run_and_the_cli_prints_the_offenders(tmp_path, t
     assert "exact_leaks: 1" in err and "near_duplicate_leaks: 1" in err
     assert "SPONGY brakes bleed" in err and "knocking in the headset when braking hard" in err
     assert "step hard_negatives: done" not in err, "a failed blocking check must stop training"
-    assert EVAL[9][0]  # the fixture eval set is what the planted queries copy
 
 
 def test_a_broken_curated_file_is_quarantined_and_the_share_check_blocks(tmp_path, tiny_model_path):

@@ -52,6 +52,14 @@ def test_pogo_stick_click_is_dropped_but_a_long_click_before_another_is_kept():
     assert lube == 2
 
 
+def test_a_quick_second_click_on_the_same_result_is_not_a_pogo_stick():
+    rows = [impression("chain oil", "chain-lube", 1, "s1", 0, clicked=True, dwell=4.0),   # double click, then a long read
+            impression("chain oil", "chain-lube", 1, "s1", 4, clicked=True, dwell=95.0)]
+    result = run(rows, min_dwell_seconds=30.0, pogo_stick_seconds=10.0)
+    assert result.counts.dropped["pogo_stick_clicks"] == 0
+    assert positives(result) == {("chain oil", "chain-lube")}
+
+
 def test_min_sessions_drops_single_session_pairs_and_keeps_supported_ones():
     rows = [impression("Chain  Lube", "chain-lube", 1, "s1", clicked=True, dwell=60.0),
             impression("chain lube", "chain-lube", 1, "s2", clicked=True, dwell=60.0),  # same query after normalisation

@@ -50,11 +50,12 @@ def eval_report(
     query_texts = list(eval_set.queries.values())
 
     def exact_rankings(model_ref: str):
+        """Rankings by exact search, plus the query vectors (the served index reuses them)."""
         model = load_model(model_ref)
         fingerprint = model_fingerprint(model)
         corpus_vectors, _ = encode_passages(model, fingerprint, config, passages)
         query_vectors, _ = encode_queries(model, fingerprint, config, query_texts)
-        return dict(zip(eval_set.queries, rank_exact(query_vectors, corpus_vectors, ids, MAX_K), strict=True)), model, fingerprint
+        return dict(zip(eval_set.queries, rank_exact(query_vectors, corpus_vectors, ids, MAX_K), strict=True)), query_vectors
 
     rankings = {"base": exact_rankings(config.resolved_base_model)[0]}
     champion = tracker.alias_version(config.registered_model_name)
@@ -64,8 +65,7 @@ def eval_report(
     else:
         rankings["champion"] = rankings["base"]
         champion_info = {"name": config.base_model, "version": None, "note": "no champion yet: the base model stands in"}
-    rankings["candidate_exact"], candidate_model, fingerprint = exact_rankings(embedding_model["model_dir"])
-    query_vectors, _ = encode_queries(candidate_model, fingerprint, config, query_texts)
+    rankings["candidate_exact"], query_vectors = exact_rankings(embedding_model["model_dir"])
     _, served_ranked = load_index(corpus_index["path"]).search_ids(query_vectors, MAX_K)
     rankings["candidate"] = dict(zip(eval_set.queries, served_ranked, strict=True))
 
