@@ -33,11 +33,13 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from embed_pipeline.lib.config import MiningConfig, TrainingConfig, resolve_model_name  # noqa: E402
+from embed_pipeline.lib.config import MiningConfig, SyntheticConfig, TrainingConfig, resolve_model_name  # noqa: E402
 from embed_pipeline.lib.corpus import passage_texts  # noqa: E402
 from embed_pipeline.lib.embedding import encode_cached, load_model, model_fingerprint  # noqa: E402
 from embed_pipeline.lib.metrics import mean_metrics, per_query_metrics  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
+from embed_pipeline.lib.pairs import merge_pairs  # noqa: E402
+from embed_pipeline.lib.synthetic import inverse_cloze_pairs, round_trip_filter  # noqa: E402
 from embed_pipeline.lib.training import dev_set, split_dev, train_model, training_columns  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,17 +120,29 @@ def train_recipe(base: str, train: pd.DataFrame, texts: dict[str, str], out: Pat
 
 
 def train_pipeline(base_path: str, base_model, corpus: pd.DataFrame, train: pd.DataFrame, texts: dict[str, str],
-                   evaluator: Evaluator, training: TrainingConfig, mining: MiningConfig, out: Path, scratch: Path):
-    """The pipeline's defaults through its own lib functions: mine with the base model, then train."""
+                   evaluator: Evaluator, training: TrainingConfig, mining: MiningConfig, out: Path, scratch: Path,
+                   synthetic: SyntheticConfig | None = None):
+    """The pipeline's defaults through its own lib functions: (optionally) synthetic inverse-cloze
+    pairs kept by the round trip and capped at `max_share`, mining with the base model, training."""
     corpus_vectors = evaluator.encode_corpus(base_model)
-    query_texts = list(dict.fromkeys(train["query"]))
     fingerprint = model_fingerprint(base_model)
+    pairs = train[["query", "passage_id"]].assign(source="curated", positive_text="")
+    if synthetic is not None:
+        generated = inverse_cloze_pairs(corpus, synthetic.pairs_per_passage, synthetic.min_query_words, synthetic.seed)
+        generated_vectors, _ = encode_cached(base_model, list(generated["query"]), evaluator.cache, fingerprint)
+        kept, _ = round_trip_filter(generated, generated_vectors, evaluator.ids, corpus_vectors, k=synthetic.round_trip_k)
+        merged = merge_pairs([pairs, kept], synthetic.max_share, synthetic.seed)
+        say(f"  synthetic: {len(generated)} generated, {len(kept)} kept by the round trip, "
+            f"training pairs {merged.per_source}")
+        pairs = merged.pairs
+    query_texts = list(dict.fromkeys(pairs["query"]))
     query_vectors, _ = encode_cached(base_model, query_texts, evaluator.cache, fingerprint, progress=False)
     start = time.perf_counter()
-    pairs = train[["query", "passage_id"]].assign(source="curated")
-    mined = mine_hard_negatives(pairs, query_texts, query_vectors, evaluator.ids, corpus_vectors, mining)
+    mined = mine_hard_negatives(pairs[["query", "passage_id", "source"]], query_texts, query_vectors, evaluator.ids,
+                                corpus_vectors, mining)
     mining_seconds = time.perf_counter() - start
-    triples = mined.triples.assign(source="curated")
+    triples = mined.triples.merge(pairs[["query", "passage_id", "source", "positive_text"]].drop_duplicates(["query", "passage_id"]),
+                                  on=["query", "passage_id"], how="left")
     say(f"  mined: {mined.candidates_seen} candidates, {mined.removed_by_margin} removed by margin, "
         f"{mined.removed_as_positive} positives excluded, {mining_seconds:.1f} s")
     fit_rows, dev_rows = split_dev(triples, training.dev_share, training.dev_max_queries, training.seed)
@@ -145,6 +159,9 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=ROOT / "artifacts" / "benchmark" / "embedding_cache")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmark")
     parser.add_argument("--skip-recipe", action="store_true", help="only stock and (b) (when choosing (b)'s settings)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="(b) also trains on the pipeline's default synthetic pairs (inverse cloze + titles from the "
+                             "corpus, round-trip filtered, capped at synthetic.max_share), as the pipeline does")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a TrainingConfig/MiningConfig default for (b), e.g. training.learning_rate=1e-4")
     args = parser.parse_args()
@@ -186,11 +203,12 @@ def main() -> int:
         say("(b) pipeline defaults: mining + training")
         with tempfile.TemporaryDirectory(prefix="bench-b-", dir=args.out) as scratch:
             result, mined, padded = train_pipeline(base_path, base_model, corpus, train, texts, evaluator,
-                                                   training, mining, run_dir / "pipeline", Path(scratch))
+                                                   training, mining, run_dir / "pipeline", Path(scratch),
+                                                   SyntheticConfig() if args.synthetic else None)
         say(f"(b) trained {result.steps} steps in {result.train_seconds:.0f} s + {result.dev_seconds:.0f} s dev eval "
             f"({result.pairs_per_second:.2f} pairs/s), best dev nDCG@10 {result.best_dev_ndcg_at_10}; evaluating")
         model = load_model(str(result.model_dir), device="cpu")
-        rows.append({"seed": seed, "model": "(b) pipeline", **evaluator.evaluate(model, held_out),
+        rows.append({"seed": seed, "model": "(b) pipeline + synthetic" if args.synthetic else "(b) pipeline", **evaluator.evaluate(model, held_out),
                      "train_s": result.train_seconds + result.dev_seconds, "pairs/s": result.pairs_per_second})
         report(rows)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
