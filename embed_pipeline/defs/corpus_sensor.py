@@ -19,6 +19,7 @@ from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.config import PipelineConfig
 from embed_pipeline.lib.corpus import load_corpus, shard_hashes
 from embed_pipeline.lib.promotion import read_served
+from embed_pipeline.lib.text import text_hash
 
 REASON_TAG = "embed_pipeline/reembed_reason"
 
@@ -44,7 +45,7 @@ def corpus_change_result(config: PipelineConfig, cursor: str | None, existing: l
         partitions.append(corpus_shards.build_delete_request(stale))
     if not previous or previous.get("served") != served:
         reason = "first look at the corpus" if not previous else f"new served model: {served}"
-        run_key = f"all-{hash_of(new_cursor)}"
+        run_key = f"all-{text_hash(new_cursor)}"
         requests = [dg.RunRequest(run_key=run_key, tags={
             "dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1],
@@ -52,17 +53,11 @@ def corpus_change_result(config: PipelineConfig, cursor: str | None, existing: l
         })]
     else:
         changed = [k for k in keys if previous.get("shards", {}).get(k) != hashes[k]]
-        requests = [dg.RunRequest(run_key=f"{k}-{hashes[k]}-{hash_of(served)}", partition_key=k,
+        requests = [dg.RunRequest(run_key=f"{k}-{hashes[k]}-{text_hash(served)}", partition_key=k,
                                   tags={REASON_TAG: "shard content changed"}) for k in changed]
     if not requests and not partitions:
         return dg.SensorResult(skip_reason=f"no shard of {len(keys)} changed; served model unchanged", cursor=new_cursor)
     return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partitions, cursor=new_cursor)
-
-
-def hash_of(text: str) -> str:
-    from embed_pipeline.lib.text import text_hash
-
-    return text_hash(text)
 
 
 @dg.sensor(job=reembed_job, name="corpus_change_sensor", default_status=dg.DefaultSensorStatus.RUNNING,

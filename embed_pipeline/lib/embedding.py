@@ -274,3 +274,35 @@ def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"{out_dir}: no embeddings yet for shard(s) {missing}; re-embed them first")
     return paths
+
+
+@dataclass(frozen=True)
+class CorpusAndQueries:
+    """One model's view of a corpus and a query list: vectors row-aligned with the inputs."""
+
+    fingerprint: str
+    corpus_vectors: np.ndarray
+    query_vectors: np.ndarray
+    corpus_stats: EncodeStats
+
+
+def embed_corpus_and_queries(
+    model_ref: str,
+    passage_texts: list[str],
+    queries: list[str],
+    cache_root: Path,
+    batch_size: int = 64,
+    corpus_prompt: str = "",
+    query_prompt: str = "",
+    threads: int = 0,
+) -> CorpusAndQueries:
+    """Load `model_ref` once, fingerprint it once, and embed both sides through the cache.
+
+    The one sequence mining, the synthetic round trip and evaluation all need: with the shared
+    cache, the corpus is encoded once per model however many stages ask for it.
+    """
+    model = load_model(model_ref, threads=threads)
+    fingerprint = model_fingerprint(model)
+    corpus_vectors, corpus_stats = encode_cached(model, passage_texts, cache_root, fingerprint, batch_size, corpus_prompt)
+    query_vectors, _ = encode_cached(model, queries, cache_root, fingerprint, batch_size, query_prompt, progress=False)
+    return CorpusAndQueries(fingerprint, corpus_vectors, query_vectors, corpus_stats)

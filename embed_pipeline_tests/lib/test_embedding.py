@@ -68,3 +68,15 @@ def test_cpu_threads_fit_the_cores_this_process_may_use():
         assert set_cpu_threads(1) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_embed_corpus_and_queries_reuses_the_cache_on_a_second_call(tiny_model_path, tmp_path):
+    from embed_pipeline.lib.embedding import embed_corpus_and_queries
+
+    passages = ["Apply one drop of chain oil to each roller.", "Bleed hydraulic brakes with mineral oil."]
+    first = embed_corpus_and_queries(tiny_model_path, passages, ["oil my chain"], tmp_path / "cache", threads=1)
+    again = embed_corpus_and_queries(tiny_model_path, passages, ["oil my chain"], tmp_path / "cache", threads=1)
+    assert first.corpus_vectors.shape[0] == 2 and first.query_vectors.shape[0] == 1
+    assert (first.corpus_stats.encoded, again.corpus_stats.encoded, again.corpus_stats.reused) == (2, 0, 2)
+    assert first.fingerprint == again.fingerprint
+    assert np.allclose(first.corpus_vectors, again.corpus_vectors)

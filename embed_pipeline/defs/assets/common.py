@@ -47,20 +47,14 @@ def load_eval_set(config: PipelineConfig, passage_ids: set[str]):
     return EvalSet(queries=queries, relevant=relevance_map(loaded.pairs)), loaded
 
 
-def encode_passages(model, fingerprint: str, config: PipelineConfig, passages: pd.DataFrame):
-    """Corpus embeddings through the shared on-disk cache: (vectors, EncodeStats)."""
+def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str]):
+    """`lib.embedding.embed_corpus_and_queries` with the config's cache, batch size, prompts and threads."""
     from embed_pipeline.lib.corpus import passage_texts
-    from embed_pipeline.lib.embedding import encode_cached
+    from embed_pipeline.lib.embedding import embed_corpus_and_queries
 
-    return encode_cached(model, passage_texts(passages), cache_dir(config), fingerprint,
-                         config.encode_batch_size, config.corpus_prompt)
-
-
-def encode_queries(model, fingerprint: str, config: PipelineConfig, queries: list[str]):
-    from embed_pipeline.lib.embedding import encode_cached
-
-    return encode_cached(model, queries, cache_dir(config), fingerprint,
-                         config.encode_batch_size, config.query_prompt, progress=False)
+    return embed_corpus_and_queries(model_ref, passage_texts(passages), queries, cache_dir(config),
+                                    config.encode_batch_size, config.corpus_prompt, config.query_prompt,
+                                    config.index.encode_threads)
 
 
 def shard_dir(config: PipelineConfig, fingerprint: str) -> Path:

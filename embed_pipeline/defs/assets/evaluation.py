@@ -3,9 +3,8 @@
 import dagster as dg
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import encode_passages, encode_queries, load_eval_set, read_corpus
+from embed_pipeline.defs.assets.common import embed, load_eval_set, read_corpus
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
-from embed_pipeline.lib.embedding import load_model, model_fingerprint
 from embed_pipeline.lib.evaluation import assemble_report, rank_exact, report_markdown, write_report
 from embed_pipeline.lib.indexing import load_index
 from embed_pipeline.lib.metrics import MAX_K
@@ -51,11 +50,9 @@ def eval_report(
 
     def exact_rankings(model_ref: str):
         """Rankings by exact search, plus the query vectors (the served index reuses them)."""
-        model = load_model(model_ref)
-        fingerprint = model_fingerprint(model)
-        corpus_vectors, _ = encode_passages(model, fingerprint, config, passages)
-        query_vectors, _ = encode_queries(model, fingerprint, config, query_texts)
-        return dict(zip(eval_set.queries, rank_exact(query_vectors, corpus_vectors, ids, MAX_K), strict=True)), query_vectors
+        model = embed(config, model_ref, passages, query_texts)
+        ranked = rank_exact(model.query_vectors, model.corpus_vectors, ids, MAX_K)
+        return dict(zip(eval_set.queries, ranked, strict=True)), model.query_vectors
 
     rankings = {"base": exact_rankings(config.resolved_base_model)[0]}
     champion = tracker.alias_version(config.registered_model_name)

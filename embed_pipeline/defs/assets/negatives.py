@@ -6,9 +6,8 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import data_dir, encode_passages, encode_queries, read_corpus
+from embed_pipeline.defs.assets.common import data_dir, embed, read_corpus
 from embed_pipeline.defs.resources import PipelineResource
-from embed_pipeline.lib.embedding import load_model, model_fingerprint
 from embed_pipeline.lib.io import write_parquet
 from embed_pipeline.lib.negatives import mine_hard_negatives, score_histogram_png
 from embed_pipeline.lib.text import text_hash
@@ -22,12 +21,12 @@ def hard_negatives(
     config = pipeline.load()
     passages = read_corpus(corpus)
     pairs = pd.read_parquet(training_pairs["path"])
-    model = load_model(config.resolved_base_model, max_seq_length=None)
-    fingerprint = model_fingerprint(model)
-    context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}); encoding {len(passages)} passages")
-    corpus_vectors, corpus_stats = encode_passages(model, fingerprint, config, passages)
     query_texts = list(dict.fromkeys(pairs["query"]))
-    query_vectors, _ = encode_queries(model, fingerprint, config, query_texts)
+    base = embed(config, config.resolved_base_model, passages, query_texts)
+    fingerprint, corpus_vectors, query_vectors, corpus_stats = (base.fingerprint, base.corpus_vectors,
+                                                                base.query_vectors, base.corpus_stats)
+    context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}): {len(passages)} passages, "
+                     f"{corpus_stats.encoded} encoded, {corpus_stats.reused} from cache")
     skip = pd.read_parquet(search_log_pairs["skip_above_path"])
     extra = skip.groupby("query")["passage_id"].agg(list).to_dict() if len(skip) else {}
     mined = mine_hard_negatives(pairs, query_texts, query_vectors, list(passages["passage_id"]), corpus_vectors, config.mining, extra)

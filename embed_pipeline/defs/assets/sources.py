@@ -10,9 +10,8 @@ from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.corpus import load_corpus
 from embed_pipeline.lib.io import read_table, write_parquet
 from embed_pipeline.lib.pairs import PAIR_COLUMNS, load_labelled_pairs, pairs_from_search_logs
-from embed_pipeline.defs.assets.common import data_dir, encode_passages, encode_queries, eval_split_path, read_corpus
+from embed_pipeline.defs.assets.common import data_dir, embed, eval_split_path, read_corpus
 from embed_pipeline.defs.query_generators import QueryGeneratorResource
-from embed_pipeline.lib.embedding import load_model, model_fingerprint
 from embed_pipeline.lib.leakage import split_labelled_pairs
 from embed_pipeline.lib.synthetic import round_trip_filter, sample_passages
 
@@ -125,16 +124,14 @@ def synthetic_pairs(corpus: dict, pipeline: PipelineResource, query_generator: Q
     generated = query_generator.generate(sample_passages(passages, s.max_passages, s.seed), s, config.artifacts_dir / "llm_cache")
     pairs, round_trip_md = generated.pairs, {"round_trip": "off"}
     if s.round_trip and len(pairs):
-        model = load_model(config.resolved_base_model)
-        fingerprint = model_fingerprint(model)
-        corpus_vectors, corpus_stats = encode_passages(model, fingerprint, config, passages)
-        query_vectors, _ = encode_queries(model, fingerprint, config, list(pairs["query"]))
-        kept, ranks = round_trip_filter(pairs, query_vectors, list(passages["passage_id"]), corpus_vectors, s.round_trip_k)
+        base = embed(config, config.resolved_base_model, passages, list(pairs["query"]))
+        kept, ranks = round_trip_filter(pairs, base.query_vectors, list(passages["passage_id"]), base.corpus_vectors,
+                                        s.round_trip_k)
         round_trip_md = {"round_trip_k": s.round_trip_k, "generated": len(pairs), "kept_by_round_trip": len(kept),
                          "round_trip_keep_rate": round(len(kept) / len(pairs), 4),
                          "round_trip_keep_rate_by_method": md.counts_md(
                              pairs.assign(kept=ranks <= s.round_trip_k).groupby("method")["kept"].mean().round(4).to_dict()),
-                         "corpus_passages_from_cache": corpus_stats.reused}
+                         "corpus_passages_from_cache": base.corpus_stats.reused}
         pairs = kept
     out = write_parquet(pairs, data_dir(config) / "synthetic_pairs.parquet")
     return dg.MaterializeResult(
