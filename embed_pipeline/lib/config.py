@@ -170,6 +170,14 @@ class MiningConfig:
 
 
 TRAINING_LOSSES = ("mnrl", "cached_mnrl")
+# Interaction terms of the contrastive loss (sentence-transformers' `directions`, one joint softmax):
+# "infonce" = query -> documents only (classic MNRL), "symmetric" adds document -> queries,
+# "gte" (Li et al. 2023's improved contrastive loss) also adds query -> queries and document -> documents.
+LOSS_TERMS = {
+    "infonce": ("query_to_doc",),
+    "symmetric": ("query_to_doc", "doc_to_query"),
+    "gte": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"),
+}
 
 
 @dataclass(frozen=True)
@@ -187,13 +195,15 @@ class TrainingConfig:
     (0 = never stop early).
     """
 
-    epochs: float = 3.0
+    epochs: float = 5.0
     batch_size: int = 32
     learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     max_seq_length: int = 128
     num_negatives: int = 1
     loss: str = "mnrl"
+    loss_terms: str = "gte"
+    hardness_strength: float = 0.0
     mini_batch_size: int = 16
     scale: float = 20.0
     seed: int = 42
@@ -207,6 +217,10 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.loss not in TRAINING_LOSSES:
             raise ConfigError(f"training.loss must be one of {TRAINING_LOSSES}, got {self.loss!r}")
+        if self.loss_terms not in LOSS_TERMS:
+            raise ConfigError(f"training.loss_terms must be one of {tuple(LOSS_TERMS)}, got {self.loss_terms!r}")
+        if self.hardness_strength < 0:
+            raise ConfigError(f"training.hardness_strength must be >= 0, got {self.hardness_strength}")
         if self.num_negatives < 0 or self.batch_size < 2 or self.checkpoint_steps < 1:
             raise ConfigError("training: need num_negatives >= 0, batch_size >= 2, checkpoint_steps >= 1")
         if not 0.0 <= self.dev_share < 0.5:

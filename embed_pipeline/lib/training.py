@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embed_pipeline.lib.config import TrainingConfig
+from embed_pipeline.lib.config import LOSS_TERMS, TrainingConfig
 from embed_pipeline.lib.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -201,10 +201,14 @@ def train_model(
     serving_length = model.max_seq_length
     model.max_seq_length = settings.max_seq_length
     dataset = Dataset.from_dict(columns)
+    loss_options = {"scale": settings.scale, "directions": LOSS_TERMS[settings.loss_terms]}
+    if settings.hardness_strength > 0:
+        # EmbeddingGemma's hardness weighting: the mined negatives' logits get + strength * sg(cos).
+        loss_options.update(hardness_mode="hard_negatives", hardness_strength=settings.hardness_strength)
     if settings.loss == "cached_mnrl":
-        loss = CachedMultipleNegativesRankingLoss(model, scale=settings.scale, mini_batch_size=settings.mini_batch_size)
+        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=settings.mini_batch_size, **loss_options)
     else:
-        loss = MultipleNegativesRankingLoss(model, scale=settings.scale)
+        loss = MultipleNegativesRankingLoss(model, **loss_options)
     evaluator = None
     if dev is not None and dev.queries:
         evaluator = InformationRetrievalEvaluator(
@@ -246,7 +250,7 @@ def train_model(
     )
     resumed_from = int(resume.name.removeprefix("checkpoint-")) if resume else 0
     progress.say(
-        f"training on {len(dataset)} rows ({len(columns) - 2} negatives each), loss={settings.loss}, device={device}, "
+        f"training on {len(dataset)} rows ({len(columns) - 2} negatives each), loss={settings.loss} ({settings.loss_terms}), device={device}, "
         f"bf16={on_cuda}, torch threads={torch.get_num_threads()}, "
         + (f"resuming from {resume.name}" if resume else "from the base model")
     )

@@ -77,6 +77,10 @@ def test_training_columns_takes_hardest_negatives_and_pads_without_positives():
 def test_config_rejects_unknown_loss_and_checkpoint_key_tracks_config():
     with pytest.raises(ConfigError, match="loss"):
         TrainingConfig(loss="triplet")
+    with pytest.raises(ConfigError, match="loss_terms"):
+        TrainingConfig(loss_terms="doc_to_doc")
+    with pytest.raises(ConfigError, match="hardness_strength"):
+        TrainingConfig(hardness_strength=-1.0)
     a = checkpoint_key("v1", TrainingConfig(), "fp")
     assert a == checkpoint_key("v1", TrainingConfig(), "fp")
     assert a != checkpoint_key("v2", TrainingConfig(), "fp")
@@ -93,7 +97,9 @@ def small_config(**overrides) -> TrainingConfig:
 def test_train_model_selects_best_dev_checkpoint_and_restores_serving_length(tiny_model_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    settings = small_config(loss="cached_mnrl", mini_batch_size=2, epochs=3, checkpoint_steps=4)  # MNRL: test_model_asset.py
+    # cached + every interaction term + hardness weighting here; the plain defaults run in test_model_asset.py
+    settings = small_config(loss="cached_mnrl", mini_batch_size=2, epochs=3, checkpoint_steps=4, loss_terms="gte",
+                            hardness_strength=5.0)
     train, dev = split_dev(triples(), share=0.3, max_queries=10, seed=0)
     columns, _ = training_columns(train, TEXTS, settings.num_negatives, settings.seed)
     seen, lines = [], []
