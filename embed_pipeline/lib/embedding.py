@@ -178,7 +178,7 @@ def encode_cached(
         vectors = encode(model, [unique[k] for k in missing], batch_size=batch_size, prompt=prompt, progress=progress)
         cache.put(missing, vectors)
         found.update(zip(missing, vectors, strict=True))
-    dim = model.get_sentence_embedding_dimension()
+    dim = model.get_embedding_dimension()
     out = np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
     return out.astype(np.float32), EncodeStats(len(texts), len(unique), len(missing), len(unique) - len(missing))
 
