@@ -170,6 +170,7 @@ class MiningConfig:
 
 
 TRAINING_LOSSES = ("mnrl", "cached_mnrl")
+TRAINING_PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on CUDA and on CPUs with native bf16, else fp32
 # Interaction terms of the contrastive loss (sentence-transformers' `directions`, one joint softmax):
 # "infonce" = query -> documents only (classic MNRL), "symmetric" adds document -> queries,
 # "gte" (Li et al. 2023's improved contrastive loss) also adds query -> queries and document -> documents.
@@ -188,8 +189,12 @@ class TrainingConfig:
     (GradCache) keeps that batch while holding only `mini_batch_size` rows in memory at a time:
     plain gradient accumulation would not add in-batch negatives. `num_negatives` hard negatives
     per row are trained on (each one adds a full passage forward/backward per row).
-    `max_seq_length` truncates texts during training only (a speed knob): the saved model keeps
-    the base model's length for encoding. `checkpoint_steps` is also the dev-evaluation interval;
+    `max_seq_length` truncates texts during training only: the saved model keeps the base model's
+    length for encoding. `precision: auto` trains in bf16 autocast on CUDA and on CPUs with native
+    bf16 (AMX / AVX512-BF16), fp32 elsewhere. `attention_dropout` replaces the base model's dropout
+    on attention probabilities during training (a negative value keeps the model's own): 0 lets
+    CPU attention use its fused kernel (see `lib.training.set_attention_dropout`).
+    `checkpoint_steps` is also the dev-evaluation interval;
     `dev_share` of the training queries (at most `dev_max_queries`) are held out to pick the best
     checkpoint and stop early after `early_stopping_patience` evaluations without improvement
     (0 = never stop early).
@@ -199,11 +204,13 @@ class TrainingConfig:
     batch_size: int = 32
     learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
-    max_seq_length: int = 128
+    max_seq_length: int = 256
     num_negatives: int = 1
     loss: str = "mnrl"
     loss_terms: str = "gte"
     hardness_strength: float = 0.0
+    precision: str = "auto"
+    attention_dropout: float = 0.0
     mini_batch_size: int = 16
     scale: float = 20.0
     seed: int = 42
@@ -219,6 +226,10 @@ class TrainingConfig:
             raise ConfigError(f"training.loss must be one of {TRAINING_LOSSES}, got {self.loss!r}")
         if self.loss_terms not in LOSS_TERMS:
             raise ConfigError(f"training.loss_terms must be one of {tuple(LOSS_TERMS)}, got {self.loss_terms!r}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"training.precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
+        if self.attention_dropout >= 1:
+            raise ConfigError(f"training.attention_dropout must be < 1 (negative: the model's own), got {self.attention_dropout}")
         if self.hardness_strength < 0:
             raise ConfigError(f"training.hardness_strength must be >= 0, got {self.hardness_strength}")
         if self.num_negatives < 0 or self.batch_size < 2 or self.checkpoint_steps < 1:
