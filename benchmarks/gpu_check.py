@@ -102,7 +102,7 @@ def main() -> None:
     print(json.dumps({
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "torch": torch.__version__,
-        "bf16": device == "cuda",
+        "bf16": result.bf16,
         "base_model": config.base_model,
         "training_rows": rows,
         "negatives_per_row": settings.num_negatives,

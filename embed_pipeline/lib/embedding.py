@@ -34,7 +34,7 @@ def pick_device() -> str:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (Intel AMX or AVX512-BF16; Linux flags).
 
-    There, bf16 autocast makes MiniLM-sized training about 1.7x faster at 256 tokens
+    There, bf16 autocast makes MiniLM-sized training about 1.6x faster at 256 tokens
     (benchmarks/README.md); elsewhere bf16 is emulated and slower than fp32.
     """
     with contextlib.suppress(OSError):

@@ -51,6 +51,7 @@ class TrainResult:
     resumed_from_step: int  # 0 when training started from the base model
     best_dev_ndcg_at_10: float | None
     dev_seconds: float
+    bf16: bool  # trained under bf16 autocast (see TrainingConfig.precision)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def train_model(
     Saves the model (the best dev checkpoint when `dev` is given) atomically to `output_dir`,
     with the base model's max sequence length restored, then deletes the checkpoints: a finished
     job has nothing to resume. One code path for both devices: CUDA gets bf16 autocast and TF32
-    matmuls, CPU gets fp32.
+    matmuls; a CPU gets bf16 autocast when it has native bf16 (`settings.precision: auto`), else fp32.
     """
     import torch
     from datasets import Dataset
@@ -279,6 +280,7 @@ def train_model(
         resumed_from_step=resumed_from,
         best_dev_ndcg_at_10=float(best) if best is not None else None,
         dev_seconds=timer.in_eval,
+        bf16=bf16,
     )
 
 
@@ -287,7 +289,7 @@ def set_attention_dropout(model, p: float) -> int:
 
     Why: with attention dropout on, PyTorch's scaled-dot-product attention on CPU leaves its fused
     kernel for the unfused path; measured on all-MiniLM-L6-v2 (batch 32, 256 tokens, 2 cores) a
-    training step takes 2.2x longer with the base model's 0.1 than with 0 (benchmarks/README.md).
+    training step takes 2.4x longer with the base model's 0.1 than with 0 (benchmarks/README.md).
     The hidden-state dropout stays as the model has it. Covers BERT-style layers (an `nn.Dropout`
     named `dropout` in a `*SelfAttention` module) and layers holding a float `attention_dropout`;
     the saved config is untouched, and at inference dropout is off anyway. Returns the number of

@@ -17,6 +17,7 @@ from embed_pipeline.lib.training import (
     checkpoint_key,
     dev_set,
     last_complete_checkpoint,
+    set_attention_dropout,
     split_dev,
     train_model,
     training_columns,
@@ -86,6 +87,25 @@ def test_config_rejects_unknown_loss_and_checkpoint_key_tracks_config():
     assert a != checkpoint_key("v2", TrainingConfig(), "fp")
     assert a != checkpoint_key("v1", TrainingConfig(learning_rate=TrainingConfig().learning_rate / 2), "fp")
     assert a != checkpoint_key("v1", TrainingConfig(), "another base model")
+
+
+def test_attention_dropout_is_set_on_attention_only_and_the_saved_config_is_untouched(tiny_model_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(tiny_model_path, device="cpu")
+    dropouts = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert set(dropouts.values()) == {0.1}, dropouts  # BertConfig's defaults: attention and hidden dropout
+    assert set_attention_dropout(model, 0.0) == 2  # one self-attention per layer
+    after = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    zeroed = {name for name, p in after.items() if p == 0.0}
+    assert zeroed and all(name.endswith("attention.self.dropout") for name in zeroed), zeroed
+    assert any(p == 0.1 for p in after.values()), "hidden-state dropout stays"
+    assert model[0].auto_model.config.attention_probs_dropout_prob == 0.1
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        TrainingConfig(attention_dropout=1.0)
+    with pytest.raises(ConfigError, match="precision"):
+        TrainingConfig(precision="fp16")
 
 
 def small_config(**overrides) -> TrainingConfig:
