@@ -57,6 +57,8 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(args.config)
+    if config.curated_pairs is None:
+        raise SystemExit(f"{args.config or 'the demo config'} names no curated_pairs: gpu_check trains on them")
     device = pick_device()
     passages = load_corpus(config.corpus).passages
     ids, texts = list(passages["passage_id"]), passage_texts(passages)
