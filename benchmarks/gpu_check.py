@@ -3,8 +3,9 @@
 Prepared for the `device` machine (one prepared script, one call). It uses the pipeline's own lib
 functions, so what it proves is the code the assets run:
   1. mine hard negatives for the demo's curated pairs with the base model (`lib.negatives`);
-  2. `lib.training.train_model` for `--steps` optimisation steps with the default TrainingConfig
-     (bf16 autocast + TF32 on CUDA, fp32 on CPU: one code path), no dev split, no early stopping;
+  2. `lib.training.train_model` for about `--steps` optimisation steps with the config's training
+     settings (precision auto: bf16 autocast + TF32 on CUDA, bf16 on AMX CPUs, else fp32), no dev
+     split, no early stopping, one checkpoint at the end only (saves would count in the timing);
   3. `lib.embedding.encode` of `--passages` passages (the demo corpus repeated with a numbered
      suffix, so every text is distinct) with the trained model.
 Prints one JSON object: device, steps/s, pairs/s, passages/s, peak GPU memory of each phase.
@@ -26,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from embed_pipeline.lib.config import TrainingConfig, load_config  # noqa: E402
+from embed_pipeline.lib.config import load_config  # noqa: E402
 from embed_pipeline.lib.corpus import load_corpus, passage_texts  # noqa: E402
 from embed_pipeline.lib.embedding import encode, load_model, pick_device  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
     rows = len(columns["anchor"])
     epochs = args.steps * settings.batch_size / rows  # enough epochs for exactly --steps steps
     settings = dataclasses.replace(settings, epochs=epochs, dev_share=0.0, early_stopping_patience=0,
-                                   checkpoint_steps=max(args.steps // 3, 1))
+                                   checkpoint_steps=args.steps + 1)
     reset_gpu_peak()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         result = train_model(config.resolved_base_model, columns, settings, Path(scratch) / "model",

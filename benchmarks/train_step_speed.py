@@ -7,8 +7,9 @@ passage padded to the length under test. Rows:
   (b)       query + positive + 1 hard negative at 128 / 256 tokens, each combination of
             fp32 / bf16 autocast and attention dropout (the model's 0.1 / 0, see
             `lib.training.set_attention_dropout`).
-bf16 rows run only where `lib.embedding.cpu_has_native_bf16()` (or on CUDA). Median of --repeats
-steps after one warm-up step.
+bf16 rows run only where `lib.embedding.cpu_has_native_bf16()` (or on a bf16-capable GPU; there
+the "fp32" rows use TF32 matmuls, as `load_model` enables them). Median of --repeats steps after
+one warm-up step.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_step_speed.py [--repeats 3]
 """
@@ -66,7 +67,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         return statistics.median(times[1:])
 
-    can_bf16 = device == "cuda" or cpu_has_native_bf16()
+    can_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bf16()
     print(f"device {device}, torch threads {torch.get_num_threads()}, native bf16 {can_bf16}, {ROWS} rows per step")
     print("| rows | tokens per passage | precision | attention dropout | s/step | rows/s |")
     print("|---|---:|---|---|---:|---:|")
@@ -77,7 +78,8 @@ def main() -> None:
                 cases.append(("(b): query + positive + negative", 2, length, bf16, dropout))
     for label, passages, length, bf16, dropout in cases:
         seconds = seconds_per_step(passages, length, bf16, dropout)
-        print(f"| {label} | {length} | {'bf16' if bf16 else 'fp32'} | {'model (0.1)' if dropout is None else dropout} "
+        shown_dropout = "model's own" if dropout is None else dropout
+        print(f"| {label} | {length} | {'bf16' if bf16 else 'fp32'} | {shown_dropout} "
               f"| {seconds:.2f} | {ROWS / seconds:.1f} |", flush=True)
 
 

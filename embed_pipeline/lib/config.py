@@ -170,7 +170,7 @@ class MiningConfig:
 
 
 TRAINING_LOSSES = ("mnrl", "cached_mnrl")
-TRAINING_PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on CUDA and on CPUs with native bf16, else fp32
+TRAINING_PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on Ampere+ CUDA and AMX CPUs, else fp32
 # Interaction terms of the contrastive loss (sentence-transformers' `directions`, one joint softmax):
 # "infonce" = query -> documents only (classic MNRL), "symmetric" adds document -> queries,
 # "gte" (Li et al. 2023's improved contrastive loss) also adds query -> queries and document -> documents.
@@ -191,7 +191,7 @@ class TrainingConfig:
     per row are trained on (each one adds a full passage forward/backward per row).
     `max_seq_length` truncates texts during training only: the saved model keeps the base model's
     length for encoding. `precision: auto` trains in bf16 autocast on CUDA and on CPUs with native
-    bf16 (AMX / AVX512-BF16), fp32 elsewhere. `attention_dropout` replaces the base model's dropout
+    bf16 (Intel AMX), fp32 elsewhere. `attention_dropout` replaces the base model's dropout
     on attention probabilities during training (a negative value keeps the model's own): 0 lets
     CPU attention use its fused kernel (see `lib.training.set_attention_dropout`).
     `checkpoint_steps` is also the dev-evaluation interval;
@@ -232,6 +232,8 @@ class TrainingConfig:
             raise ConfigError(f"training.attention_dropout must be < 1 (negative: the model's own), got {self.attention_dropout}")
         if self.hardness_strength < 0:
             raise ConfigError(f"training.hardness_strength must be >= 0, got {self.hardness_strength}")
+        if self.hardness_strength > 0 and self.num_negatives == 0:
+            raise ConfigError("training.hardness_strength weights the mined negatives: it needs num_negatives >= 1")
         if self.num_negatives < 0 or self.batch_size < 2 or self.checkpoint_steps < 1:
             raise ConfigError("training: need num_negatives >= 0, batch_size >= 2, checkpoint_steps >= 1")
         if not 0.0 <= self.dev_share < 0.5:

@@ -197,7 +197,8 @@ def train_model(
 
     device = pick_device()
     on_cuda = device == "cuda"
-    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and (on_cuda or cpu_has_native_bf16()))
+    ampere = on_cuda and torch.cuda.get_device_capability()[0] >= 8  # bf16 and TF32 in hardware
+    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and (ampere if on_cuda else cpu_has_native_bf16()))
     set_seed(settings.seed)
     model = load_model(base_model, device=device)
     serving_length = model.max_seq_length
@@ -230,7 +231,7 @@ def train_model(
         data_seed=settings.seed,
         bf16=bf16,  # autocast; the weights and optimizer state stay fp32
         use_cpu=not on_cuda,
-        tf32=on_cuda or None,
+        tf32=ampere or None,
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         logging_steps=settings.logging_steps,
         save_strategy="steps",

@@ -82,6 +82,8 @@ def test_config_rejects_unknown_loss_and_checkpoint_key_tracks_config():
         TrainingConfig(loss_terms="doc_to_doc")
     with pytest.raises(ConfigError, match="hardness_strength"):
         TrainingConfig(hardness_strength=-1.0)
+    with pytest.raises(ConfigError, match="num_negatives >= 1"):
+        TrainingConfig(hardness_strength=5.0, num_negatives=0)
     a = checkpoint_key("v1", TrainingConfig(), "fp")
     assert a == checkpoint_key("v1", TrainingConfig(), "fp")
     assert a != checkpoint_key("v2", TrainingConfig(), "fp")
