@@ -190,8 +190,8 @@ class TrainingConfig:
     plain gradient accumulation would not add in-batch negatives. `num_negatives` hard negatives
     per row are trained on (each one adds a full passage forward/backward per row).
     `max_seq_length` truncates texts during training only: the saved model keeps the base model's
-    length for encoding. `precision: auto` trains in bf16 autocast on CUDA and on CPUs with native
-    bf16 (Intel AMX), fp32 elsewhere. `attention_dropout` replaces the base model's dropout
+    length for encoding. `precision: auto` trains in bf16 autocast on Ampere+ CUDA GPUs (with TF32)
+    and on CPUs with Intel AMX, fp32 elsewhere. `attention_dropout` replaces the base model's dropout
     on attention probabilities during training (a negative value keeps the model's own): 0 lets
     CPU attention use its fused kernel (see `lib.training.set_attention_dropout`).
     `checkpoint_steps` is also the dev-evaluation interval;

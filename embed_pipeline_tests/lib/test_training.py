@@ -75,7 +75,7 @@ def test_training_columns_takes_hardest_negatives_and_pads_without_positives():
     assert list(none) == ["anchor", "positive"]
 
 
-def test_config_rejects_unknown_loss_and_checkpoint_key_tracks_config():
+def test_config_rejects_bad_training_values_and_checkpoint_key_tracks_config():
     with pytest.raises(ConfigError, match="loss"):
         TrainingConfig(loss="triplet")
     with pytest.raises(ConfigError, match="loss_terms"):
@@ -84,6 +84,10 @@ def test_config_rejects_unknown_loss_and_checkpoint_key_tracks_config():
         TrainingConfig(hardness_strength=-1.0)
     with pytest.raises(ConfigError, match="num_negatives >= 1"):
         TrainingConfig(hardness_strength=5.0, num_negatives=0)
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        TrainingConfig(attention_dropout=1.0)
+    with pytest.raises(ConfigError, match="precision"):
+        TrainingConfig(precision="fp16")
     a = checkpoint_key("v1", TrainingConfig(), "fp")
     assert a == checkpoint_key("v1", TrainingConfig(), "fp")
     assert a != checkpoint_key("v2", TrainingConfig(), "fp")
@@ -104,10 +108,13 @@ def test_attention_dropout_is_set_on_attention_only_and_the_saved_config_is_unto
     assert zeroed and all(name.endswith("attention.self.dropout") for name in zeroed), zeroed
     assert any(p == 0.1 for p in after.values()), "hidden-state dropout stays"
     assert model[0].auto_model.config.attention_probs_dropout_prob == 0.1
-    with pytest.raises(ConfigError, match="attention_dropout"):
-        TrainingConfig(attention_dropout=1.0)
-    with pytest.raises(ConfigError, match="precision"):
-        TrainingConfig(precision="fp16")
+
+    class LlamaStyleAttention(torch.nn.Module):  # attention dropout held as a float (Llama, Qwen, ModernBERT)
+        attention_dropout = 0.1
+
+    other = torch.nn.Sequential(LlamaStyleAttention(), torch.nn.Dropout(0.1))
+    assert set_attention_dropout(other, 0.0) == 1
+    assert other[0].attention_dropout == 0.0 and other[1].p == 0.1
 
 
 def small_config(**overrides) -> TrainingConfig:

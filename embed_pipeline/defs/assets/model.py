@@ -66,7 +66,8 @@ def embedding_model(
         if result.best_dev_ndcg_at_10 is not None:
             summary["best_dev_ndcg_at_10"] = result.best_dev_ndcg_at_10
         tracker.log_metrics(run_id, summary, step=result.steps)
-        tracker.set_tags(run_id, {"device": result.device, "precision": "bf16 autocast" if result.bf16 else "fp32"})
+        precision = "bf16 autocast" if result.bf16 else "fp32"
+        tracker.set_tags(run_id, {"device": result.device, "precision": precision})
         tracker.log_artifacts(run_id, model_dir, "model")
         version = tracker.register_model(config.registered_model_name, run_id, "model",
                                          tags={**tags, "model_path": str(model_dir)})
@@ -77,7 +78,7 @@ def embedding_model(
             "registered_model": f"{config.registered_model_name} v{version}",
             "model_dir": dg.MetadataValue.path(str(model_dir)),
             "device": result.device,
-            "precision": "bf16 autocast" if result.bf16 else "fp32",
+            "precision": precision,
             "steps": result.steps,
             "resumed_from_step": result.resumed_from_step,
             "training_rows": result.pairs,
