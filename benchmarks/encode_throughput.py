@@ -18,7 +18,8 @@ from pathlib import Path
 
 from embed_pipeline.lib.config import load_config
 from embed_pipeline.lib.corpus import load_corpus, passage_texts
-from embed_pipeline.lib.embedding import available_cpus, encode_cached, load_model, model_fingerprint
+from embed_pipeline.lib.encoding import encode_cached, load_model, model_fingerprint
+from embed_pipeline.lib.hardware import available_cpus
 
 
 def main() -> None:

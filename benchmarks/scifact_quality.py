@@ -36,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embed_pipeline.lib.config import MiningConfig, SyntheticConfig, TrainingConfig, resolve_model_name  # noqa: E402
 from embed_pipeline.lib.corpus import passage_texts  # noqa: E402
-from embed_pipeline.lib.embedding import encode_cached, load_model, model_fingerprint  # noqa: E402
+from embed_pipeline.lib.encoding import encode_cached, load_model, model_fingerprint  # noqa: E402
 from embed_pipeline.lib.metrics import mean_metrics, per_query_metrics  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
 from embed_pipeline.lib.pairs import merge_pairs  # noqa: E402

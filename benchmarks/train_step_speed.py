@@ -26,7 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embed_pipeline.lib.config import load_config  # noqa: E402
-from embed_pipeline.lib.embedding import cpu_has_native_bf16, load_model, pick_device  # noqa: E402
+from embed_pipeline.lib.encoding import load_model  # noqa: E402
+from embed_pipeline.lib.hardware import cpu_has_native_bf16, pick_device  # noqa: E402
 from embed_pipeline.lib.training import set_attention_dropout  # noqa: E402
 
 ROWS = 32

@@ -193,7 +193,8 @@ def train_model(
     )
     from transformers import EarlyStoppingCallback, set_seed
 
-    from embed_pipeline.lib.embedding import cpu_has_native_bf16, load_model, pick_device
+    from embed_pipeline.lib.encoding import load_model
+    from embed_pipeline.lib.hardware import cpu_has_native_bf16, pick_device
 
     device = pick_device()
     on_cuda = device == "cuda"

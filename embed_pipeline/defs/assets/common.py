@@ -50,7 +50,7 @@ def load_eval_set(config: PipelineConfig, passage_ids: set[str]):
 def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str]):
     """`lib.embedding.embed_corpus_and_queries` with the config's cache, batch size, prompts and threads."""
     from embed_pipeline.lib.corpus import passage_texts
-    from embed_pipeline.lib.embedding import embed_corpus_and_queries
+    from embed_pipeline.lib.encoding import embed_corpus_and_queries
 
     return embed_corpus_and_queries(model_ref, passage_texts(passages), queries, cache_dir(config),
                                     config.encode_batch_size, config.corpus_prompt, config.query_prompt,

@@ -6,8 +6,9 @@ from embed_pipeline.defs.assets.common import cache_dir, served_model_ref, shard
 from embed_pipeline.defs.partitions import corpus_shards
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.corpus import load_corpus, split_shards
-from embed_pipeline.lib.embedding import embed_shards, load_model, model_fingerprint
+from embed_pipeline.lib.encoding import load_model, model_fingerprint
 from embed_pipeline.lib.indexing import publish_index
+from embed_pipeline.lib.shards import embed_shards
 
 
 @dg.asset(
@@ -48,7 +49,7 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
 @dg.asset(group_name="serving", kinds={"faiss"}, deps=[corpus_embeddings])
 def served_index(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """The served model's index rebuilt from its shard embeddings; the served pointer is switched to it."""
-    from embed_pipeline.lib.embedding import merge_shard_embeddings, shard_paths
+    from embed_pipeline.lib.shards import merge_shard_embeddings, shard_paths
     from embed_pipeline.lib.corpus import shard_keys
     from embed_pipeline.lib.promotion import read_served, write_served
 

@@ -5,8 +5,9 @@ import dagster as dg
 from embed_pipeline.defs.assets.common import cache_dir, read_corpus, shard_dir
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.corpus import split_shards
-from embed_pipeline.lib.embedding import embed_shards, load_model, merge_shard_embeddings, model_fingerprint
+from embed_pipeline.lib.encoding import load_model, model_fingerprint
 from embed_pipeline.lib.indexing import publish_index
+from embed_pipeline.lib.shards import embed_shards, merge_shard_embeddings
 
 
 @dg.asset(group_name="serving", kinds={"faiss"}, pool="gpu")

@@ -2,15 +2,7 @@
 
 import numpy as np
 
-from embed_pipeline.lib.embedding import (
-    available_cpus,
-    encode,
-    encode_cached,
-    load_model,
-    merge_shard_embeddings,
-    model_fingerprint,
-    write_shard_embeddings,
-)
+from embed_pipeline.lib.encoding import encode, encode_cached, load_model, model_fingerprint
 from embed_pipeline_tests.fixture_data import PASSAGES
 
 # 100 distinct passages: the 20 fixture passages, each in five phrasings of a repair note.
@@ -41,37 +33,8 @@ def test_duplicate_texts_are_encoded_once(tiny_model_path, tmp_path):
     assert not np.allclose(vectors[0], vectors[1])
 
 
-def test_shard_file_drops_deleted_passages(tiny_model_path, tmp_path):
-    model = load_model(tiny_model_path, device="cpu")
-    fingerprint = model_fingerprint(model)
-    ids = [f"p{i}" for i in range(5)]
-    target = tmp_path / "shards" / "shard-00-of-01.npz"
-    write_shard_embeddings(model, fingerprint, ids, TEXTS[:5], tmp_path / "cache", target)
-    after = write_shard_embeddings(model, fingerprint, ids[:2] + ids[3:], TEXTS[:2] + TEXTS[3:5], tmp_path / "cache", target)
-    assert (after.passages, after.encoded, after.reused, after.removed) == (4, 0, 4, 1)
-    merged_ids, vectors = merge_shard_embeddings([target])
-    assert merged_ids == ["p0", "p1", "p3", "p4"] and vectors.shape[0] == 4
-
-
-def test_cpu_threads_fit_the_cores_this_process_may_use():
-    import os
-
-    import torch
-
-    from embed_pipeline.lib.embedding import set_cpu_threads
-
-    cpus = available_cpus()
-    assert 1 <= cpus <= len(os.sched_getaffinity(0))
-    before = torch.get_num_threads()
-    try:
-        assert set_cpu_threads() == cpus == torch.get_num_threads()
-        assert set_cpu_threads(1) == 1 == torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_embed_corpus_and_queries_reuses_the_cache_on_a_second_call(tiny_model_path, tmp_path):
-    from embed_pipeline.lib.embedding import embed_corpus_and_queries
+    from embed_pipeline.lib.encoding import embed_corpus_and_queries
 
     passages = ["Apply one drop of chain oil to each roller.", "Bleed hydraulic brakes with mineral oil."]
     first = embed_corpus_and_queries(tiny_model_path, passages, ["oil my chain"], tmp_path / "cache", threads=1)
