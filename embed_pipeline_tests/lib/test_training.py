@@ -12,16 +12,8 @@ import pandas as pd
 import pytest
 
 from embed_pipeline.lib.config import ConfigError, TrainingConfig
-from embed_pipeline.lib.training import (
-    DEV_METRIC,
-    checkpoint_key,
-    dev_set,
-    last_complete_checkpoint,
-    set_attention_dropout,
-    split_dev,
-    train_model,
-    training_columns,
-)
+from embed_pipeline.lib.training import DEV_METRIC, last_complete_checkpoint, set_attention_dropout, train_model
+from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
 from embed_pipeline_tests.fixture_data import CURATED, PASSAGES
 
 TEXTS = {pid: f"{title}\n{text}" for pid, (title, text) in PASSAGES.items()}

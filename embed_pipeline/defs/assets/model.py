@@ -7,15 +7,9 @@ from embed_pipeline.defs.assets.common import read_corpus
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.config import config_as_params
 from embed_pipeline.lib.corpus import passage_texts
-from embed_pipeline.lib.training import (
-    checkpoint_key,
-    dev_set,
-    library_versions,
-    mlflow_callback,
-    split_dev,
-    train_model,
-    training_columns,
-)
+from embed_pipeline.lib.tracking import library_versions, mlflow_callback
+from embed_pipeline.lib.training import train_model
+from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
 
 
 @dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool="gpu")
