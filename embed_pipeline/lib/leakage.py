@@ -90,6 +90,31 @@ def find_leaks(train: pd.DataFrame, eval_queries: list[str], threshold: float, w
 
 
 @dataclass(frozen=True)
+class Decontaminated:
+    """Training pairs with every leaking row removed, and what was removed and why."""
+
+    pairs: pd.DataFrame  # the input rows that leak no eval query, in their order
+    leaks: pd.DataFrame  # one row per (removed training row, eval query it matches): eval_query, kind, jaccard
+    dropped_pairs: int  # training rows removed (a row matching two eval queries counts once)
+    dropped_per_source: dict[str, int]
+
+
+def decontaminate(train: pd.DataFrame, eval_queries: list[str], threshold: float, words: int = 2) -> Decontaminated:
+    """Remove training rows whose query equals or nearly duplicates an eval query.
+
+    Click logs naturally contain the popular queries an eval set is sampled from, and public
+    benchmark splits carry such pairs too: a nightly job drops them (and keeps them, with the eval
+    query they match and its similarity, for a person to read) instead of refusing to train.
+    """
+    leaks = find_leaks(train, eval_queries, threshold, words)
+    leaking = set(leaks["query"])
+    kept = train[~train["query"].isin(leaking)].reset_index(drop=True)
+    removed = train[train["query"].isin(leaking)]
+    per_source = removed["source"].value_counts().to_dict() if "source" in removed else {}
+    return Decontaminated(kept, leaks, len(removed), {str(k): int(v) for k, v in per_source.items()})
+
+
+@dataclass(frozen=True)
 class EvalSplit:
     """Which query keys went to eval, and how many near-duplicate groups the split respected."""
 

@@ -97,35 +97,3 @@ def mine_hard_negatives(
     audit_frame = pd.DataFrame(audit, columns=["query", "positive_id", "positive_score", "negative_id", "negative_score", "gap_to_margin"])
     audit_frame = audit_frame.sort_values("gap_to_margin", kind="stable").head(settings.audit_rows).reset_index(drop=True)
     return MinedNegatives(triples, seen, removed_margin, removed_pos, audit_frame, np.array(removed_scores, dtype=float))
-
-
-def score_histogram_png(mined: MinedNegatives) -> bytes:
-    """PNG: how the base model scores positives, kept negatives and margin-removed candidates.
-
-    Kept negatives should sit clearly left of the positives; a large removed mass right next to
-    the positives means many unlabelled positives (or a margin set too wide).
-    """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    series = [("positives", mined.positive_scores, "#2ca02c"), ("kept negatives", mined.negative_scores, "#d62728"),
-              ("removed by margin", mined.removed_scores, "#7f7f7f")]
-    values = np.concatenate([v for _, v, _ in series if len(v)]) if any(len(v) for _, v, _ in series) else np.zeros(1)
-    bins = np.linspace(float(values.min()), float(values.max()) + 1e-6, 31)
-    for label, v, color in series:
-        if len(v):
-            axis.hist(v, bins=bins, alpha=0.5, color=color, label=f"{label} (n={len(v)})", density=True)
-    axis.set_xlabel("cosine score of the base model")
-    axis.set_ylabel("density")
-    axis.set_title("hard-negative mining: score distributions")
-    axis.legend(fontsize=8)
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()

@@ -1,4 +1,5 @@
-"""The eval report's two plots, as PNG bytes: recall@k curves and per-segment lift bars.
+"""Every plot the pipeline shows, as PNG bytes: recall@k curves, per-segment lifts, mining score
+histograms, query lengths per source.
 
 PNGs (not interactive HTML) because both places that show them take images: the Dagster UI
 renders a Markdown image with a base64 data URI, and MLflow shows PNG artifacts inline.
@@ -10,7 +11,20 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
+import pandas as pd
+
 MODEL_STYLES = {"base": ("#7f7f7f", "--"), "champion": ("#1f77b4", "-."), "candidate": ("#d62728", "-")}
+
+
+def _figure(width: float, height: float):
+    """A new (figure, axis) on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
 
 
 def _png(figure) -> bytes:
@@ -25,12 +39,7 @@ def _png(figure) -> bytes:
 
 def recall_curves_png(curves: dict[str, dict[str, float]]) -> bytes:
     """Mean recall@k against k (log axis) for each model in `curves` (model -> {k: recall})."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _figure(6, 4)
     for name, curve in curves.items():
         ks = sorted(int(k) for k in curve)
         color, style = MODEL_STYLES.get(name, (None, "-"))
@@ -50,13 +59,8 @@ def segment_lifts_png(segments: list[dict], min_queries: int = 0) -> bytes:
 
     Segments with fewer than `min_queries` queries are drawn hatched: the gate does not judge them.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = list(reversed(segments))
-    figure, axis = plt.subplots(figsize=(6, max(2.0, 0.28 * len(rows) + 1)))
+    figure, axis = _figure(6, max(2.0, 0.28 * len(rows) + 1))
     lifts = [r["recall@10_lift"] for r in rows]
     bars = axis.barh(range(len(rows)), lifts, color=["#2ca02c" if v >= 0 else "#d62728" for v in lifts])
     for bar, row in zip(bars, rows, strict=True):
@@ -68,6 +72,40 @@ def segment_lifts_png(segments: list[dict], min_queries: int = 0) -> bytes:
     axis.set_xlabel("recall@10 lift over champion")
     axis.set_title("lift per segment" + (f" (hatched: < {min_queries} queries, not judged)" if min_queries else ""), fontsize=9)
     axis.grid(True, axis="x", alpha=0.3)
+    return _png(figure)
+
+
+def score_histogram_png(positive: np.ndarray, kept: np.ndarray, removed: np.ndarray) -> bytes:
+    """How the base model scores positives, kept negatives and margin-removed candidates.
+
+    Kept negatives should sit clearly left of the positives; a large removed mass right next to
+    the positives means many unlabelled positives (or a margin set too wide).
+    """
+    figure, axis = _figure(6, 3.5)
+    series = [("positives", positive, "#2ca02c"), ("kept negatives", kept, "#d62728"), ("removed by margin", removed, "#7f7f7f")]
+    values = np.concatenate([v for _, v, _ in series if len(v)]) if any(len(v) for _, v, _ in series) else np.zeros(1)
+    bins = np.linspace(float(values.min()), float(values.max()) + 1e-6, 31)
+    for label, v, color in series:
+        if len(v):
+            axis.hist(v, bins=bins, alpha=0.5, color=color, label=f"{label} (n={len(v)})", density=True)
+    axis.set_xlabel("cosine score of the base model")
+    axis.set_ylabel("density")
+    axis.set_title("hard-negative mining: score distributions")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def query_lengths_png(table: pd.DataFrame) -> bytes:
+    """Grouped bars of `lib.pairs.length_histogram`'s table: query words x source."""
+    figure, axis = _figure(5, 2.6)
+    width = 0.8 / max(1, len(table.columns))
+    positions = np.arange(len(table.index))
+    for i, source in enumerate(table.columns):
+        axis.bar(positions + i * width, table[source].to_numpy(), width, label=str(source))
+    axis.set_xticks(positions + width * (len(table.columns) - 1) / 2, [str(b) for b in table.index], fontsize=8)
+    axis.set_xlabel("query length (words)", fontsize=8)
+    axis.set_ylabel("pairs", fontsize=8)
+    axis.legend(fontsize=7)
     return _png(figure)
 
 

@@ -1,14 +1,23 @@
-"""The promotion gate and the served-model pointer.
+"""The promotion gate, the promotion history, and the served pointer derived from it.
 
 The gate turns an eval report into a decision with every clause's value, threshold and verdict.
-The served pointer (`served.json` under the artifacts dir) names the model and index that serve
-queries; it is replaced atomically (write a new file, then rename), so a reader sees either the
-old pointer or the new one. Each promotion appends to `served_history.jsonl`, which rollback reads.
+
+One source of truth for "what serves": the append-only history `served_history.jsonl` of
+promotion and rollback events. Replaying it gives a stack of served versions (a promotion pushes,
+a rollback pops), so rollback walks back 3 -> 2 -> 1 and refuses when nothing is earlier. Two
+views are reconciled from it: the served pointer `served.json` (replaced atomically: readers see
+the old or the new one) and the MLflow alias `champion`. A crash between the history append and
+either view leaves a disagreement that `reconcile` repairs (the CLI and the promotion sensor run
+it before acting); a reader such as eval_report fails closed on a disagreement instead of guessing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,41 +73,154 @@ def _fmt(value) -> str:
     return f"{value:+.4f}" if isinstance(value, float) else str(value)
 
 
+SERVED_KEYS = ("model_name", "model_version", "model_dir", "mlflow_run_id", "index_path", "lexical_path",
+               "report_path", "retrieval")
+
+
+class PromotionError(RuntimeError):
+    """A promotion or rollback that cannot be done (nothing earlier to roll back to, a bad history)."""
+
+
 def read_served(artifacts_dir: Path) -> dict | None:
+    """The served pointer (model + index) as last written, or None before the first promotion."""
     path = Path(artifacts_dir) / SERVED_FILE
     return read_json(path) if path.exists() else None
 
 
-def write_served(artifacts_dir: Path, pointer: dict) -> dict:
-    """Atomically point serving at `pointer` (model version, model path, index path) and log it."""
-    pointer = {**pointer, "served_since": datetime.now(UTC).isoformat()}
-    write_json(pointer, Path(artifacts_dir) / SERVED_FILE)
-    history = Path(artifacts_dir) / HISTORY_FILE
-    with open(history, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(pointer) + "\n")
-    return pointer
-
-
 def served_history(artifacts_dir: Path) -> list[dict]:
+    """Every promotion and rollback event, oldest first. A torn last line (a crash mid-append) is ignored."""
     path = Path(artifacts_dir) / HISTORY_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
 
 
+def served_stack(history: list[dict]) -> list[dict]:
+    """Replay the history: each promotion pushes its pointer, each rollback pops the top one."""
+    stack: list[dict] = []
+    for event in history:
+        if event.get("action", "promote") == "rollback":
+            if stack:
+                stack.pop()
+        else:
+            stack.append({k: event.get(k) for k in SERVED_KEYS})
+    return stack
 
-def rollback_served(artifacts_dir: Path) -> dict | None:
-    """Point serving back at the champion before the current one; None when there is none.
 
-    The history keeps every promotion and rollback; the target is the newest entry, before the
-    current one, that names a different model version.
+@contextlib.contextmanager
+def _history_lock(artifacts_dir: Path) -> Iterator[None]:
+    """One promotion or rollback at a time (a CLI and the daemon's sensor may both try)."""
+    Path(artifacts_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(artifacts_dir) / ".served.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _append(artifacts_dir: Path, event: dict) -> None:
+    with open(Path(artifacts_dir) / HISTORY_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(event) + "\n")
+        handle.flush()
+        import os
+
+        os.fsync(handle.fileno())
+
+
+def _write_pointer(artifacts_dir: Path, stack: list[dict], event: dict) -> dict | None:
+    if not stack:
+        path = Path(artifacts_dir) / SERVED_FILE
+        if path.exists():
+            path.unlink()
+        return None
+    pointer = {**stack[-1], "served_since": event["at"], "last_event": event["action"]}
+    write_json(pointer, Path(artifacts_dir) / SERVED_FILE)
+    return pointer
+
+
+@dataclass(frozen=True)
+class ServedChange:
+    """What a promotion or rollback did: the pointer now served and the version it replaced."""
+
+    pointer: dict | None
+    previous_version: str | None
+    event: dict
+
+
+def promote(artifacts_dir: Path, pointer: dict, by: str, reason: str, set_alias=None) -> ServedChange:
+    """Serve `pointer` (model name/version/dir, index paths, report): history first, then the views.
+
+    `set_alias(name, version)` moves the registry alias (the caller's tracker); a crash after the
+    history append leaves views that `reconcile` repairs.
     """
-    history = served_history(artifacts_dir)
-    current = read_served(artifacts_dir)
-    if current is None:
-        return None
-    earlier = [h for h in history if h["model_version"] != current["model_version"]]
-    if not earlier:
-        return None
-    target = {k: v for k, v in earlier[-1].items() if k != "served_since"}
-    return write_served(artifacts_dir, {**target, "rolled_back_from": current["model_version"]})
+    with _history_lock(artifacts_dir):
+        stack = served_stack(served_history(artifacts_dir))
+        previous = stack[-1]["model_version"] if stack else None
+        event = {"action": "promote", **{k: pointer.get(k) for k in SERVED_KEYS}, "at": datetime.now(UTC).isoformat(),
+                 "by": by, "reason": reason, "replaced_version": previous}
+        _append(artifacts_dir, event)
+        stack.append({k: pointer.get(k) for k in SERVED_KEYS})
+        written = _write_pointer(artifacts_dir, stack, event)
+        if set_alias is not None:
+            set_alias(pointer["model_name"], str(pointer["model_version"]))
+    return ServedChange(written, previous, event)
+
+
+def rollback(artifacts_dir: Path, by: str, reason: str, set_alias=None) -> ServedChange:
+    """Serve the champion before the current one again (3 -> 2 -> 1); refuses when there is none."""
+    with _history_lock(artifacts_dir):
+        stack = served_stack(served_history(artifacts_dir))
+        if len(stack) < 2:
+            raise PromotionError("nothing to roll back to: " + ("no model has been promoted yet" if not stack else
+                                 f"v{stack[-1]['model_version']} is the first promoted model"))
+        current = stack.pop()
+        target = stack[-1]
+        event = {"action": "rollback", **target, "at": datetime.now(UTC).isoformat(), "by": by, "reason": reason,
+                 "replaced_version": current["model_version"]}
+        _append(artifacts_dir, event)
+        written = _write_pointer(artifacts_dir, stack, event)
+        if set_alias is not None:
+            set_alias(target["model_name"], str(target["model_version"]))
+    return ServedChange(written, current["model_version"], event)
+
+
+def expected_served(artifacts_dir: Path) -> dict | None:
+    """What the history says serves now (the top of the replayed stack), or None."""
+    stack = served_stack(served_history(artifacts_dir))
+    return stack[-1] if stack else None
+
+
+def reconcile(artifacts_dir: Path, alias_version, set_alias) -> list[str]:
+    """Bring the served pointer and the registry alias back in line with the history.
+
+    `alias_version()` returns the version the alias names (None: no alias); `set_alias(name,
+    version)` moves it. Returns what was repaired, one line each (empty when all agreed).
+    """
+    repaired = []
+    with _history_lock(artifacts_dir):
+        history = served_history(artifacts_dir)
+        stack = served_stack(history)
+        if not stack:
+            return repaired
+        truth = stack[-1]
+        pointer = read_served(artifacts_dir)
+        if pointer is None or any(pointer.get(k) != truth.get(k) for k in SERVED_KEYS):
+            _write_pointer(artifacts_dir, stack, history[-1])
+            repaired.append(f"served pointer rewritten to v{truth['model_version']} from the promotion history")
+        current_alias = alias_version()
+        if current_alias is None or str(current_alias) != str(truth["model_version"]):
+            set_alias(truth["model_name"], str(truth["model_version"]))
+            repaired.append(f"registry alias moved from {current_alias and 'v' + str(current_alias)} to v{truth['model_version']}")
+    return repaired
+
+
+def rollback_targets(artifacts_dir: Path, keep: int) -> list[dict]:
+    """The served entries a rollback may still need: the top `keep` + 1 of the stack."""
+    return served_stack(served_history(artifacts_dir))[-(keep + 1):]

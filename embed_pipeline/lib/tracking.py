@@ -16,6 +16,10 @@ MAX_PARAM_CHARS = 6000
 CHAMPION_ALIAS = "champion"
 
 
+class RegistryError(RuntimeError):
+    """The model registry could not answer, or answered something inconsistent: fail closed."""
+
+
 def metric_name(name: str) -> str:
     """MLflow rejects '@' (and some other characters) in metric names: recall@10 -> recall_at_10."""
     return re.sub(r"[^\w\-. /]", "_", name.replace("@", "_at_"))
@@ -85,13 +89,29 @@ class Tracker:
         return str(version.version)
 
     def alias_version(self, name: str, alias: str = CHAMPION_ALIAS):
-        """The model version holding `alias`, or None when no version does (or no such model)."""
+        """The model version holding `alias`; None only when the registry answers that none does.
+
+        Fails closed: a registry that cannot be reached, or any answer other than "no such model"
+        or "no such alias", raises `RegistryError` instead of reading as "no champion" (a
+        candidate must never be judged against the base model because the registry blinked).
+        """
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
+            model = self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise RegistryError(f"cannot read registered model {name!r} from {self.tracking_uri}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a store that is down raises OSError, SQLAlchemy errors, ...
+            raise RegistryError(f"cannot reach the MLflow registry at {self.tracking_uri}: {exc}") from exc
+        aliases = getattr(model, "aliases", None) or {}
+        if alias not in aliases:
             return None
+        try:
+            return self.client.get_model_version(name, str(aliases[alias]))
+        except Exception as exc:  # noqa: BLE001
+            raise RegistryError(f"alias {alias!r} of {name!r} names version {aliases[alias]}, which cannot be read: {exc}") from exc
 
     def set_alias(self, name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
         self.client.set_registered_model_alias(name, alias, version)

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embed_pipeline.lib.config import ConfigError, MiningConfig
-from embed_pipeline.lib.negatives import mine_hard_negatives, score_histogram_png
+from embed_pipeline.lib.config import MiningConfig
+from embed_pipeline.lib.negatives import mine_hard_negatives
+from embed_pipeline.lib.plots import score_histogram_png
 
 IDS = ["madrid", "madrid-2", "barcelona", "spain-wine", "paris", "berlin", "tapas"]
 
@@ -69,9 +70,10 @@ def test_audit_lists_the_negatives_closest_to_the_margin_first():
 
 
 def test_histogram_is_a_png_and_bad_settings_are_rejected():
-    png = score_histogram_png(mine())
+    mined = mine()
+    png = score_histogram_png(mined.positive_scores, mined.negative_scores, mined.removed_scores)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         MiningConfig(range_min=10, range_max=5)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         MiningConfig(relative_margin=1.5)

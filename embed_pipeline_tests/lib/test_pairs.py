@@ -5,10 +5,12 @@ import json
 import pandas as pd
 import pytest
 
-from embed_pipeline.lib.config import LabelledSet, SearchLogRules, SourceQuotas, SourceWeights
+from embed_pipeline.lib.config import LabelledSet, SearchLogRules, SourceQuotas
 from embed_pipeline.lib.io import InputError
-from embed_pipeline.lib.pairs import (length_histogram, load_labelled_pairs, merge_pairs, pairs_from_search_logs,
-                                     plot_length_histogram)
+from embed_pipeline.lib.click_logs import pairs_from_search_logs
+from embed_pipeline.lib.labelled import load_labelled_pairs
+from embed_pipeline.lib.pairs import length_histogram, merge_pairs
+from embed_pipeline.lib.plots import query_lengths_png
 
 KNOWN = {"chain-lube", "chain-clean", "chain-wear", "brake-bleed", "brake-pads"}
 T0 = pd.Timestamp("2026-01-01T10:00:00Z")
@@ -204,16 +206,16 @@ def test_merge_dedups_after_normalisation_and_curated_wins_conflicts():
     assert merged.per_source_in == {"click": 3, "synthetic": 2, "curated": 1}
 
 
-def test_merge_synthetic_budget_and_quotas_and_weights():
+def test_merge_synthetic_budget_and_quotas():
     curated = frame([(f"real query {i}", "chain-lube") for i in range(4)], "curated")
     synthetic = frame([(f"made up query {i}", "chain-wear") for i in range(10)], "synthetic")
     merged = merge_pairs([curated, synthetic], max_synthetic_share=0.5, seed=0)
     assert merged.per_source == {"curated": 4, "synthetic": 4}
     assert merged.counts.dropped["synthetic_over_budget"] == 6
-    quota = merge_pairs([curated, synthetic], 1.0, 0, SourceQuotas(synthetic=3, curated=2), SourceWeights(curated=2.0))
+    quota = merge_pairs([curated, synthetic], 1.0, 0, SourceQuotas(synthetic=3, curated=2))
     assert quota.per_source == {"curated": 2, "synthetic": 3}
     assert quota.counts.dropped["over_quota_synthetic"] == 7 and quota.counts.dropped["over_quota_curated"] == 2
-    assert dict(zip(quota.pairs["source"], quota.pairs["weight"], strict=False)) == {"curated": 2.0, "synthetic": 1.0}
+    assert "weight" not in quota.pairs  # the trainer weighs every row alike; no column that pretends otherwise
     unlimited = merge_pairs([curated, synthetic], 1.0, 0)
     assert unlimited.per_source == {"curated": 4, "synthetic": 10}
 
@@ -226,16 +228,14 @@ def test_length_histogram_buckets_queries_by_words():
     assert int(table.to_numpy().sum()) == 3
 
 
-def test_length_histogram_plot_is_a_png(tmp_path):
+def test_length_histogram_plot_is_a_png():
     pairs = frame([("oil a chain", "b"), ("how do I true a wheel at home", "c")], "curated")
-    path = plot_length_histogram(length_histogram(pairs), tmp_path / "lengths.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert query_lengths_png(length_histogram(pairs))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rules_reject_impossible_settings():
-    from embed_pipeline.lib.config import ConfigError
 
-    with pytest.raises(ConfigError, match="min_sessions"):
+    with pytest.raises(ValueError, match="min_sessions"):
         SearchLogRules(min_sessions=0)
-    with pytest.raises(ConfigError, match="min_query_chars"):
+    with pytest.raises(ValueError, match="min_query_chars"):
         SearchLogRules(min_query_chars=50, max_query_chars=10)

@@ -132,7 +132,7 @@ def test_rollback_restores_the_previous_champion(tmp_path):
 def test_eval_queries_are_sliced_by_source_length_and_segment(tmp_path):
     from embed_pipeline.lib.config import LabelledSet
     from embed_pipeline.lib.evaluation import query_groups
-    from embed_pipeline.lib.pairs import load_labelled_pairs
+    from embed_pipeline.lib.labelled import load_labelled_pairs
 
     rows = [("e1", "chain lube", {"segment": "drivetrain", "source": "logs"}),
             ("e2", "how do I stop my disc brakes from rubbing on the rotor", {"segment": "brakes", "source": "support"}),
