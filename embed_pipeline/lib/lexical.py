@@ -1,0 +1,138 @@
+"""A BM25 index over a corpus snapshot (bm25s + PyStemmer), saved and loaded atomically.
+
+BM25 is the baseline every retrieval team runs and the second half of hybrid retrieval. Text is
+lowercased, split into word tokens of two or more characters, stripped of the language's
+stopwords and reduced to Snowball stems, so "running shoes" matches "runner's shoe". Stemming is
+not cosmetic: on BEIR SciFact, bm25s gives recall@10 0.819 / nDCG@10 0.686 with the English
+Snowball stemmer and 0.774 / 0.662 without it.
+
+Scores are Lucene-style BM25 (`bm25s`'s default, what Elasticsearch and Anserini compute) with
+k1 = 1.5 (how fast repeated occurrences of a term saturate: the tenth "cell" in an abstract adds
+little over the second) and b = 0.75 (how much a long passage is penalised relative to the mean
+length; 0 = not at all, 1 = fully). These are the settings behind the reference figures above;
+SciFact abstracts are one to two hundred words, the range the defaults were tuned on.
+
+bm25s precomputes every (term, passage) score into a sparse matrix at build time, so a query is a
+sum of a few sparse columns: no per-query idf or length work.
+
+An index on disk is one folder: bm25s's own files (score matrix, vocabulary, parameters),
+`ids.parquet` (row -> passage id) and `lexical.json` (analyzer settings, size, library version).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from embed_pipeline.lib.io import atomic_path, read_json, write_json
+
+IDS_FILE = "ids.parquet"
+META_FILE = "lexical.json"
+DEFAULT_K1 = 1.5
+DEFAULT_B = 0.75
+
+
+def _stemmer(language: str):
+    import Stemmer
+
+    return Stemmer.Stemmer(language)
+
+
+def analyze(texts: list[str], language: str = "english", return_ids: bool = False):
+    """Lowercased, stopword-free Snowball stems of each text (bm25s's tokenizer).
+
+    With `return_ids`, bm25s's `Tokenized` (stem ids per text and the stem -> id vocabulary),
+    which `bm25s.BM25.index` takes directly; otherwise one list of stem strings per text.
+    """
+    import bm25s
+
+    return bm25s.tokenize(list(texts), stopwords=language, stemmer=_stemmer(language), return_ids=return_ids,
+                          show_progress=False)
+
+
+@dataclass
+class LexicalIndex:
+    """A BM25 index: `retriever` (a `bm25s.BM25`) plus the passage id of each of its rows."""
+
+    retriever: object
+    passage_ids: np.ndarray
+    language: str
+
+    @classmethod
+    def build(cls, passage_ids: list[str], texts: list[str], language: str = "english",
+              k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> LexicalIndex:
+        """Index `texts` (row i is passage `passage_ids[i]`) in `language` (a Snowball stemmer name,
+        which bm25s also knows stopwords for: english, german, french, ...)."""
+        import bm25s
+
+        if len(passage_ids) != len(texts):
+            raise ValueError(f"{len(passage_ids)} passage ids but {len(texts)} texts")
+        if not passage_ids:
+            raise ValueError("cannot build a lexical index over an empty corpus")
+        retriever = bm25s.BM25(k1=k1, b=b)
+        retriever.index(analyze(texts, language, return_ids=True), show_progress=False)
+        return cls(retriever, np.asarray(passage_ids, dtype=object), language)
+
+    @property
+    def size(self) -> int:
+        return len(self.passage_ids)
+
+    def search(self, queries: list[str], k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Top-k passage ids per query and their BM25 scores (float32, shape (queries, k)).
+
+        `k` is clipped to the corpus size. Every query gets exactly k results, best first; when
+        fewer than k passages share a term with the query, the rest are filled with score-0
+        passages (lowest row first), and a query with no indexed term (empty, all stopwords,
+        unseen words) gets k score-0 results rather than an error. Equal scores rank by row, so a
+        saved and reloaded index returns the same list.
+        """
+        k = min(int(k), self.size)
+        vocab = self.retriever.vocab_dict
+        ids: list[list[str]] = []
+        scores = np.zeros((len(queries), k), dtype=np.float32)
+        for i, stems in enumerate(analyze(queries, self.language)):
+            token_ids = [vocab[s] for s in stems if s and s in vocab]
+            row_scores = (self.retriever.get_scores_from_ids(token_ids) if token_ids
+                          else np.zeros(self.size, dtype=np.float32))
+            top = np.argpartition(-row_scores, k - 1)[:k] if k < self.size else np.arange(self.size)
+            top = top[np.lexsort((top, -row_scores[top]))]
+            ids.append(self.passage_ids[top].tolist())
+            scores[i] = row_scores[top]
+        return ids, scores
+
+    def save(self, folder: Path) -> Path:
+        """Write the index folder atomically: into a hidden temporary sibling, read back, renamed.
+
+        A crash mid-write leaves `folder` as it was (only a `.<name>.tmp-*` sibling behind), so a
+        reader never loads a half-written index.
+        """
+        import bm25s
+
+        folder = Path(folder)
+        with atomic_path(folder) as tmp:
+            tmp.mkdir(parents=True)
+            self.retriever.save(str(tmp), show_progress=False)
+            pd.DataFrame({"passage_id": self.passage_ids.astype(str)}).to_parquet(tmp / IDS_FILE, index=False)
+            write_json({"size": self.size, "language": self.language, "stemmer": f"snowball-{self.language}",
+                        "stopwords": self.language, "k1": self.retriever.k1, "b": self.retriever.b,
+                        "method": self.retriever.method, "bm25s_version": bm25s.__version__}, tmp / META_FILE)
+            LexicalIndex.load(tmp)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, mmap: bool = False) -> LexicalIndex:
+        """Read an index folder written by `save`; `mmap` maps the score matrix instead of reading it
+        (for corpora whose index should not be copied into every process's memory)."""
+        import bm25s
+
+        folder = Path(folder)
+        meta = read_json(folder / META_FILE)
+        retriever = bm25s.BM25.load(str(folder), mmap=mmap, show_progress=False)
+        ids = pd.read_parquet(folder / IDS_FILE)["passage_id"].to_numpy(dtype=object)
+        if len(ids) != retriever.scores["num_docs"] or len(ids) != meta["size"]:
+            raise ValueError(f"{folder}: id map has {len(ids)} rows but the index holds "
+                             f"{retriever.scores['num_docs']} passages (lexical.json says {meta['size']})")
+        return cls(retriever, ids, meta["language"])
