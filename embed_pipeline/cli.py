@@ -1,163 +1,356 @@
-"""`embed-pipeline`: run the whole graph, promote, roll back, open the UI.
+"""`embed-pipeline`: run the training graph, promote, roll back, search the served index, open the UI.
 
-`run` executes the training job in this process against the Dagster instance in $DAGSTER_HOME
-(default: `<artifacts_dir>/dagster_home`, seeded with the project's dagster.yaml), so every run,
+Every command takes `--config FILE` (default: the bundled demo, data/demo_config.yaml) and passes
+that path explicitly to the Dagster definitions; nothing reads the config from the environment.
+Runs execute in this process against the Dagster instance in $DAGSTER_HOME (default:
+`<artifacts_dir>/dagster_home`, seeded with the project's dagster.yaml), so every run,
 materialisation and check result shows in the Dagster UI afterwards.
 
-Exit codes: 0 success; 1 a step or a blocking check failed; 2 config error; 3 (`run` only)
-everything ran and only the promotion gate refused the candidate (the report is still printed).
+Exit codes:
+  0  success (for `run`: the candidate passed the promotion gate)
+  1  a step failed, or a blocking data check failed; the root cause is the last line printed
+  2  config or input error (a bad key or value, a missing or malformed file), found before any work
+  3  `run` only: everything ran and the promotion gate refused the candidate (a normal outcome;
+     the run itself is green in the UI, the gate's check is a warning)
 """
+
+from __future__ import annotations
 
 import argparse
 import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from embed_pipeline.lib.config import CONFIG_ENV_VAR, ConfigError, PipelineConfig, load_config
+from embed_pipeline.lib.config import DEMO_CONFIG, ConfigError, PipelineConfig, load_config
+from embed_pipeline.lib.io import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EXIT_FAILED, EXIT_GATE_REFUSED = 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GATE_REFUSED = 0, 1, 2, 3
+CONFIG_ENV_VAR = "EMBED_PIPELINE_CONFIG"  # set only for the `dagster dev` child of `ui` (the Definitions edge)
+POOL = "gpu"
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"[embed-pipeline] {message}", file=sys.stderr, flush=True)
 
 
-def _prepare(args: argparse.Namespace) -> PipelineConfig:
-    config = load_config(args.config)
-    os.environ[CONFIG_ENV_VAR] = str(config.source)
-    if not os.environ.get("DAGSTER_HOME"):
-        home = config.artifacts_dir / "dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-        project_yaml = PROJECT_ROOT / "dagster.yaml"
-        if project_yaml.exists() and not (home / "dagster.yaml").exists():
-            shutil.copy(project_yaml, home / "dagster.yaml")
-        os.environ["DAGSTER_HOME"] = str(home)
-    _say(f"config {config.source}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {config.tracking_uri}")
-    return config
+def dagster_home(config: PipelineConfig) -> Path:
+    """$DAGSTER_HOME, or `<artifacts_dir>/dagster_home` seeded with the project's dagster.yaml."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    home = config.artifacts_dir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    project_yaml = PROJECT_ROOT / "dagster.yaml"
+    if project_yaml.exists() and not (home / "dagster.yaml").exists():
+        shutil.copy(project_yaml, home / "dagster.yaml")
+    return home
 
 
-def _failed_checks(result) -> list:
-    """Failed checks of ERROR severity (a failed WARN check, like a small eval set, is reported but fails nothing)."""
+class Session:
+    """One CLI invocation: the config, the Dagster instance and the definitions bound to the config file."""
+
+    def __init__(self, config_path: str | None):
+        self.config_path = str(Path(config_path or DEMO_CONFIG).expanduser().resolve())
+        self.config = load_config(self.config_path)
+        os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
+        say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
+
+    @property
+    def instance(self):
+        import dagster as dg
+
+        return dg.DagsterInstance.get()
+
+    @property
+    def defs(self):
+        from embed_pipeline.definitions import build_defs
+
+        return build_defs(self.config_path)
+
+    def tracker(self):
+        from embed_pipeline.defs.resources import MlflowResource
+
+        return MlflowResource().tracker(self.config)
+
+    def recover(self) -> None:
+        """Fail runs of this host whose process is gone, free their pool slots, end their MLflow runs."""
+        from embed_pipeline.defs.recovery import recover_dead_runs
+        from embed_pipeline.lib.tracking import close_orphaned_runs
+
+        tracker = self.tracker()
+        for dead in recover_dead_runs(self.instance, lambda run_id: close_orphaned_runs(tracker, run_id)):
+            say(f"recovered dead run {dead.run_id} ({dead.job_name}, process {dead.pid} is gone): marked failed, "
+                f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; "
+                "training resumes from its last checkpoint")
+
+    def reconcile(self) -> None:
+        from embed_pipeline.defs.resources import MlflowResource
+        from embed_pipeline.defs.sensors import reconcile_served
+
+        for line in reconcile_served(self.config, MlflowResource()):
+            say(f"reconciled: {line}")
+
+    def execute(self, job_name: str, verbose: bool = False, **kwargs):
+        """Run a job in this process (tagged with our pid, so a later CLI can recover it if we die)."""
+        from embed_pipeline.defs.recovery import process_tags
+
+        job = self.defs.resolve_job_def(job_name)
+        log_level = "DEBUG" if verbose else "INFO"
+        run_config = {**kwargs.pop("run_config", {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
+        # Libraries print progress to stdout (the trainer's loss lines); keep stdout for results.
+        with contextlib.redirect_stdout(sys.stderr), _pool_watch(self.instance):
+            return job.execute_in_process(instance=self.instance, raise_on_error=False, run_config=run_config,
+                                          tags={**kwargs.pop("tags", {}), **process_tags()}, **kwargs)
+
+
+@contextlib.contextmanager
+def _pool_watch(instance, every: float = 20.0):
+    """While a run executes, say at INFO level when one of its steps waits for the `gpu` pool, and who holds it."""
+    from embed_pipeline.defs.recovery import pool_holders
+
+    stop = threading.Event()
+    run_ids: set[str] = set()
+
+    def watch():
+        while not stop.wait(every):
+            try:
+                import dagster as dg
+
+                mine = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={}), limit=20)
+                for record in mine:
+                    if record.dagster_run.tags.get("embed_pipeline/pid") != str(os.getpid()):
+                        continue
+                    waiting, holders = pool_holders(instance, POOL, record.dagster_run.run_id)
+                    if waiting:
+                        say(f"step(s) {', '.join(waiting)} waiting for pool '{POOL}' (limit reached), held by "
+                            f"{'; '.join(holders) or 'a slot not yet freed'}; a dead holder is recovered at the next start")
+            except Exception:  # noqa: BLE001 - a watcher must never break the run it watches
+                continue
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield run_ids
+    finally:
+        stop.set()
+
+
+def _check_evaluations(result):
     import dagster as dg
 
-    return [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity != dg.AssetCheckSeverity.WARN]
+    evaluations = result.get_asset_check_evaluations()
+    failed = [e for e in evaluations if not e.passed and e.severity != dg.AssetCheckSeverity.WARN]
+    warned = [e for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.WARN]
+    return failed, warned
 
 
-def _warned_checks(result) -> list:
-    import dagster as dg
+def _output(result, node: str):
+    try:
+        return result.output_for_node(node)
+    except Exception:  # noqa: BLE001 - Dagster raises several types for "no such output"
+        return None
 
-    return [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.WARN]
+
+def root_cause(error) -> str:
+    """The innermost cause of a Dagster step error, in one line (Dagster wraps the user's exception)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    text = " ".join((error.message or "").split())
+    return text.removeprefix("dagster._core.definitions.events.Failure: ")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    from embed_pipeline.definitions import build_defs
     from embed_pipeline.lib.evaluation import report_markdown
+    from embed_pipeline.lib.inputs import validate_inputs
     from embed_pipeline.lib.io import read_json
 
-    config = _prepare(args)
-    defs = build_defs(str(config.source))
-    job = defs.resolve_job_def("training_job")
-    # Libraries print progress to stdout (the trainer's loss lines); keep stdout for the report.
-    with contextlib.redirect_stdout(sys.stderr):
-        log_level = "DEBUG" if args.verbose else "INFO"
-        result = job.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False,
-                                        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    session = Session(args.config)
+    summary = validate_inputs(session.config)
+    say("inputs checked: " + "; ".join(summary))
+    session.recover()
+    session.reconcile()
+    result = session.execute("training_job", verbose=args.verbose)
     for event in result.all_events:
         if event.event_type_value == "STEP_SUCCESS":
-            _say(f"step {event.step_key}: done in {event.event_specific_data.duration_ms / 1000:.1f}s")
-    for check in _warned_checks(result):
-        _say(f"check WARNING: {check.check_name} on {check.asset_key.to_user_string()}: "
-             + ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in check.metadata.items()))
-    failed_checks = _failed_checks(result)
+            say(f"step {event.step_key}: done in {event.event_specific_data.duration_ms / 1000:.1f}s")
+    _say_quarantines(result)
+    failed_checks, warned_checks = _check_evaluations(result)
+    for check in warned_checks:
+        if check.check_name != "eval_report_promotion_gate":
+            say(f"check WARNING: {check.check_name} on {check.asset_key.to_user_string()}: "
+                + ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in check.metadata.items()))
     for check in failed_checks:
-        _say(f"check FAILED: {check.check_name} on {check.asset_key.to_user_string()}")
+        say(f"check FAILED: {check.check_name} on {check.asset_key.to_user_string()}")
         for key, value in check.metadata.items():
-            _say(f"  {key}: {getattr(value, 'value', value)}")
-    report = None
-    if _has_output(result, "eval_report"):
-        report = read_json(result.output_for_node("eval_report")["path"])
+            say(f"  {key}: {getattr(value, 'value', value)}")
+    handle = _output(result, "eval_report")
+    report = read_json(handle.path) if handle is not None else None
     if report is not None:
-        _say("eval report (run id %s):\n%s" % (result.run_id, report_markdown(report)))
+        say(f"eval report (run {result.run_id}):\n{report_markdown(report)}")
         gate = report["gate"]
-        _say(f"promotion gate: {'PASSED' if gate['passed'] else 'REFUSED'}"
-             + ("" if not gate["passed"] else " (the promotion sensor promotes it; or run `embed-pipeline promote`)"))
+        say(f"promotion gate: {'PASSED: the promotion sensor promotes it (or run `embed-pipeline promote`)' if gate['passed'] else 'REFUSED: ' + gate['summary']}")
         if args.json:
             print(json.dumps({**report, **_index_summary(result)}, indent=2))
-    if result.success:
-        return 0
-    only_gate = report is not None and failed_checks and all(c.check_name == "eval_report_promotion_gate" for c in failed_checks)
-    if not only_gate:
-        for event in result.all_events:
-            if event.event_type_value == "STEP_FAILURE":
-                _say(f"step {event.step_key} FAILED: {event.event_specific_data.error.message.strip()}")
-    return EXIT_GATE_REFUSED if only_gate else EXIT_FAILED
+    if not result.success or failed_checks:
+        causes = [f"step {e.step_key} failed: {root_cause(e.event_specific_data.error)}"
+                  for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        causes += [f"check {c.check_name} failed (see above)" for c in failed_checks]
+        say("FAILED. " + (" | ".join(causes) or "see the Dagster events above"))
+        return EXIT_FAILED
+    return EXIT_OK if report is not None and report["gate"]["passed"] else EXIT_GATE_REFUSED
+
+
+def _say_quarantines(result) -> None:
+    """Rows set aside by the run (never silently dropped), with where to read them."""
+    import pandas as pd
+
+    corpus, curated, pairs = (_output(result, n) for n in ("corpus", "curated_pairs", "training_pairs"))
+    if corpus is not None:
+        quarantined = len(pd.read_parquet(corpus.quarantine_path))
+        if quarantined:
+            say(f"quarantined {quarantined} corpus row(s): {corpus.quarantine_path}")
+    if curated is not None and curated.quarantined:
+        say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s): {curated.files['quarantine']}")
+    if pairs is not None and pairs.quarantined:
+        say(f"dropped {pairs.quarantined} training pair(s) leaking an eval query (decontamination): {pairs.files['leaks']}")
 
 
 def _index_summary(result) -> dict:
     """`index`: passages in the candidate's index, encoded in this run, reused from the cache, type."""
-    if not _has_output(result, "corpus_index"):
+    built = _output(result, "corpus_index")
+    if built is None:
         return {}
-    built = result.output_for_node("corpus_index")
-    return {"index": {"passages": built["size"], "encoded": built["encoded"], "reused_from_cache": built["reused"],
-                      "type": built["type"], "path": built["path"]}}
-
-
-def _has_output(result, node: str) -> bool:
-    try:
-        result.output_for_node(node)
-    except Exception:  # noqa: BLE001 - Dagster raises several types for "no such output"
-        return False
-    return True
+    return {"index": {"passages": built.size, "encoded": built.encoded, "reused_from_cache": built.reused,
+                      "type": built.type, "path": built.path, "lexical_path": built.lexical_path}}
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from embed_pipeline.cli_actions import promote_latest
+    """Apply the promotion sensor's decision to the latest eval report (same function, same run key)."""
+    import dagster as dg
 
-    config = _prepare(args)
-    return promote_latest(config, _say)
+    from embed_pipeline.defs.sensors import promotion_decision
+
+    session = Session(args.config)
+    session.recover()
+    session.reconcile()
+    instance = session.instance
+    event = instance.get_latest_materialization_event(dg.AssetKey("eval_report"))
+    if event is None:
+        say("no eval_report has been materialised yet: run `embed-pipeline run` first")
+        return EXIT_FAILED
+    decision = promotion_decision(event)
+    if isinstance(decision, dg.SkipReason):
+        say(decision.skip_message)
+        return EXIT_OK
+    run_key_tag = "dagster/run_key"
+    already = instance.get_run_records(dg.RunsFilter(tags={run_key_tag: decision.run_key}), limit=1)
+    if already:
+        say(f"already promoted by run {already[0].dagster_run.run_id} (run key {decision.run_key})")
+        return EXIT_OK
+    result = session.execute("promotion_job", run_config=decision.run_config,
+                             tags={**decision.tags, run_key_tag: decision.run_key})
+    return _served_outcome(result)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from embed_pipeline.cli_actions import rollback
+    """Serve the champion before the current one again, as a `served_model` materialisation."""
+    import getpass
 
-    config = _prepare(args)
-    return rollback(config, _say)
+    session = Session(args.config)
+    session.recover()
+    session.reconcile()
+    config = {"action": "rollback", "requested_by": f"{getpass.getuser()} via embed-pipeline rollback",
+              "reason": args.reason or "manual rollback"}
+    result = session.execute("promotion_job", run_config={"ops": {"served_model": {"config": config}}})
+    return _served_outcome(result)
+
+
+def _served_outcome(result) -> int:
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            meta = event.event_specific_data.materialization.metadata
+            say(f"{meta['decision'].value} (run {result.run_id}; served_model materialised)")
+        if event.event_type_value == "STEP_FAILURE":
+            say(f"refused: {root_cause(event.event_specific_data.error)}")
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Query the served model and index by hand; one JSON line per hit on stdout."""
+    from embed_pipeline.lib.retrieval import search_served
+
+    session = Session(args.config)
+    try:
+        hits = search_served(session.config, args.query, args.k, args.mode)
+    except (LookupError, ValueError) as exc:
+        say(str(exc))
+        return EXIT_FAILED
+    for hit in hits:
+        print(json.dumps(hit))
+    return EXIT_OK
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    _prepare(args)
+    """`dagster dev` from this venv, with DAGSTER_HOME and the config path set for the definitions."""
+    session = Session(args.config)
+    dagster = Path(sys.executable).parent / "dagster"
+    if not dagster.exists():
+        say(f"no `dagster` executable beside {sys.executable}: reinstall the project (pip install -e .)")
+        return EXIT_FAILED
+    os.environ[CONFIG_ENV_VAR] = session.config_path
     os.chdir(PROJECT_ROOT)
-    os.execvp("dagster", ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")])
-    return 0
+    os.execv(str(dagster), [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")])
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from embed_pipeline.demo import run_demo
+
+    return run_demo(Session(args.config), as_json=args.json, verbose=args.verbose)
+
+
+COMMANDS = [
+    ("run", cmd_run, "materialise the training graph (pairs -> negatives -> model -> index -> eval report) and print the report"),
+    ("demo", cmd_demo, "walk the whole loop on the demo data: train, gate, promote, search, edit the corpus, re-embed, roll back"),
+    ("promote", cmd_promote, "apply the promotion sensor's decision to the latest eval report now"),
+    ("rollback", cmd_rollback, "serve the previous champion again (walks back one promotion per call)"),
+    ("search", cmd_search, "query the served model and index; JSON lines out"),
+    ("ui", cmd_ui, "start the Dagster UI (`dagster dev`) on this config's instance"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="embed-pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="embed-pipeline", description=__doc__.split("\n\n")[0],
+                                     epilog="exit codes:\n" + __doc__.split("Exit codes:\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, help_text in [
-        ("run", cmd_run, "materialise the whole training graph and print the eval report"),
-        ("promote", cmd_promote, "apply the promotion sensor's decision to the latest eval report now"),
-        ("rollback", cmd_rollback, "restore the previous champion (MLflow alias and served pointer)"),
-        ("ui", cmd_ui, "start `dagster dev` with DAGSTER_HOME and the config set"),
-    ]:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", help=f"pipeline YAML (default: ${CONFIG_ENV_VAR}, else the bundled demo)")
-        if name == "run":
-            p.add_argument("--json", action="store_true", help="print only the eval report (with `gate`) as JSON on stdout; exit 3 when only the gate refused")
+    for name, func, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help="pipeline YAML (default: the bundled demo, data/demo_config.yaml)")
+        if name in ("run", "demo"):
+            p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
             p.add_argument("--verbose", action="store_true", help="also Dagster's DEBUG events (inputs, outputs, step handoffs)")
+        if name == "rollback":
+            p.add_argument("--reason", default="", help="why (kept in the promotion history and the UI)")
+        if name == "search":
+            p.add_argument("query", help="the query text")
+            p.add_argument("--k", type=int, default=10, help="hits to return (default 10)")
+            p.add_argument("--mode", choices=["dense", "hybrid", "lexical"], default=None,
+                           help="default: what the served pointer names (the gate judged that mode)")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
+    # A closed terminal (SIGHUP) is handled like Ctrl-C: the run is marked canceled and its pool slot freed.
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     try:
         return args.func(args)
-    except ConfigError as exc:
-        _say(f"config error: {exc}")
-        return 2
+    except (ConfigError, InputError) as exc:
+        say(f"{'config' if isinstance(exc, ConfigError) else 'input'} error: {' '.join(str(exc).split())}")
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

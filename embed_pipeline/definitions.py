@@ -1,30 +1,37 @@
-"""The whole graph at a glance: assets, checks, jobs, the nightly schedule and the promotion sensor."""
+"""The whole graph at a glance: assets, checks, jobs, the nightly schedule and the sensors."""
 
 import dagster as dg
 
 from embed_pipeline.defs import checks
 from embed_pipeline.defs.assets import embeddings, evaluation, index, model, negatives, pairs, promotion, sources
 from embed_pipeline.defs.corpus_sensor import corpus_change_sensor, served_index_sensor
+from embed_pipeline.defs.handles import HandleIOManager
 from embed_pipeline.defs.jobs import promotion_job, reembed_job, served_index_job, training_job
 from embed_pipeline.defs.query_generators import OfflineQueryGenerator, QueryGeneratorResource
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
+from embed_pipeline.defs.retention import retention_sensor
 from embed_pipeline.defs.schedules import nightly_retraining
 from embed_pipeline.defs.sensors import promotion_sensor
 
+CONFIG_ENV_VAR = "EMBED_PIPELINE_CONFIG"
 
-def build_defs(config_path: str = "", query_generator: QueryGeneratorResource | None = None) -> dg.Definitions:
-    """Definitions bound to one config file (empty: $EMBED_PIPELINE_CONFIG, else the demo).
 
-    `query_generator` makes synthetic queries: the offline generator unless an LLM one is given."""
+def build_defs(config_path: str | dg.EnvVar, query_generator: QueryGeneratorResource | None = None) -> dg.Definitions:
+    """Definitions bound to one config file (a path, or `dg.EnvVar` naming the variable that holds it).
+
+    `query_generator` makes synthetic queries when the YAML says `synthetic.generator: offline`
+    (default: inverse cloze + titles); `llm` in the YAML builds the LLM client from its settings."""
     return dg.Definitions(
         assets=dg.load_assets_from_modules([sources, pairs, negatives, model, index, embeddings, evaluation, promotion]),
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[training_job, promotion_job, reembed_job, served_index_job],
         schedules=[nightly_retraining],
-        sensors=[promotion_sensor, corpus_change_sensor, served_index_sensor],
+        sensors=[promotion_sensor, corpus_change_sensor, served_index_sensor, retention_sensor],
         resources={"pipeline": PipelineResource(config_path=config_path), "mlflow": MlflowResource(),
-                   "query_generator": query_generator or OfflineQueryGenerator()},
+                   "query_generator": query_generator or OfflineQueryGenerator(), "io_manager": HandleIOManager()},
     )
 
 
-defs = build_defs()
+# The Definitions edge: `dagster dev` / the daemon read the config path from this variable
+# (`embed-pipeline ui` sets it; README "The Dagster UI").
+defs = build_defs(dg.EnvVar(CONFIG_ENV_VAR))

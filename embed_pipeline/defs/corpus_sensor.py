@@ -1,7 +1,8 @@
 """Corpus change detection: re-embed only the shards whose passages changed, everything for a new champion.
 
-The cursor holds one content hash per shard and the identity of the served model. A tick reads
-the configured corpus, hashes each shard (lib/corpus.py), adds partitions for new shard keys,
+The cursor holds the corpus file's size and mtime, one content hash per shard and the identity of
+the served model. A tick whose file stamp and served model are unchanged stops there (one `stat`,
+no read); otherwise it reads the corpus, hashes each shard (lib/corpus.py), adds partitions for new shard keys,
 removes keys of an old shard count, and requests:
 - one run over every shard when there is no cursor yet or the served model changed (a new
   champion must re-embed everything; `BackfillPolicy.single_run` makes it one run, one model load);
@@ -17,7 +18,7 @@ from embed_pipeline.defs.jobs import reembed_job, served_index_job
 from embed_pipeline.defs.partitions import corpus_shards
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.config import PipelineConfig
-from embed_pipeline.lib.corpus import load_corpus, shard_hashes
+from embed_pipeline.lib.corpus import file_stamp, load_corpus, shard_hashes, shard_keys
 from embed_pipeline.lib.promotion import read_served
 from embed_pipeline.lib.text import text_hash
 
@@ -32,10 +33,14 @@ def served_identity(config: PipelineConfig) -> str:
 def corpus_change_result(config: PipelineConfig, cursor: str | None, existing: list[str]) -> dg.SensorResult:
     """The sensor's decision for the corpus and served model as they are now, given the last cursor."""
     previous = json.loads(cursor) if cursor else {}
+    stamp = file_stamp(config.corpus)
+    served = served_identity(config)
+    expected_keys = sorted(shard_keys(config.index.shards))
+    if previous and previous.get("stamp") == stamp and previous.get("served") == served and sorted(existing) == expected_keys:
+        return dg.SensorResult(skip_reason=f"corpus file unchanged ({stamp}); served model unchanged", cursor=cursor)
     hashes = shard_hashes(load_corpus(config.corpus).passages, config.index.shards)
     keys = sorted(hashes)
-    served = served_identity(config)
-    new_cursor = json.dumps({"shards": hashes, "served": served}, sort_keys=True)
+    new_cursor = json.dumps({"stamp": stamp, "shards": hashes, "served": served}, sort_keys=True)
     partitions = []
     added = [k for k in keys if k not in existing]
     stale = [k for k in existing if k not in hashes]
@@ -64,13 +69,13 @@ def corpus_change_result(config: PipelineConfig, cursor: str | None, existing: l
            minimum_interval_seconds=15)
 def corpus_change_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
     """Re-embeds changed corpus shards with the served model; all shards when a new champion is served."""
-    return corpus_change_result(pipeline.load(), context.cursor, context.instance.get_dynamic_partitions(corpus_shards.name))
+    return corpus_change_result(pipeline.config, context.cursor, context.instance.get_dynamic_partitions(corpus_shards.name))
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[reembed_job], request_job=served_index_job,
                       name="served_index_sensor", default_status=dg.DefaultSensorStatus.RUNNING)
 def served_index_sensor(context: dg.RunStatusSensorContext, pipeline: PipelineResource):
     """After a successful re-embedding run, rebuild the served index from the shard files (when a champion is served)."""
-    if read_served(pipeline.load().artifacts_dir) is None:
+    if read_served(pipeline.config.artifacts_dir) is None:
         return dg.SkipReason("no champion is served yet: nothing to re-index")
     return dg.RunRequest(run_key=f"index-after-{context.dagster_run.run_id}")

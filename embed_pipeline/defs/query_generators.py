@@ -2,7 +2,9 @@
 an offline implementation (the default: inverse cloze + titles, no network) and one for any
 OpenAI-compatible chat endpoint.
 
-To use an LLM, bind the `query_generator` resource to the LLM implementation, e.g.
+To use an LLM, say so in the YAML (`synthetic.generator: llm` with `synthetic.llm.base_url`,
+`model`, `api_key_env` = the *name* of the environment variable holding the key, `concurrency`),
+or bind the `query_generator` resource to the LLM implementation in your own definitions, e.g.
 
     build_defs(query_generator=OpenAICompatibleQueryGenerator(
         base_url="http://localhost:8000/v1", model="qwen2.5-7b-instruct",
@@ -19,7 +21,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from embed_pipeline.lib.config import SyntheticConfig
+from embed_pipeline.lib.config import LLMGenerator, SyntheticConfig
 from embed_pipeline.lib.llm import DEFAULT_PROMPT, ChatClient, generate_llm_queries
 from embed_pipeline.lib.synthetic import inverse_cloze_pairs
 
@@ -65,3 +67,18 @@ class OpenAICompatibleQueryGenerator(QueryGeneratorResource):
         stats = {"generator": f"LLM {self.model} at {self.base_url}", "llm_requests": client.stats.requests,
                  "llm_retries": client.stats.retries, "llm_cache_hits": client.stats.cache_hits}
         return GeneratedQueries(pairs, stats)
+
+
+def generator_for(settings: SyntheticConfig, bound: QueryGeneratorResource) -> QueryGeneratorResource:
+    """The generator the YAML asks for: `llm` builds the LLM client (its key read through
+    `dg.EnvVar(settings.llm.api_key_env)` at run time, never stored or logged); `offline` keeps
+    the bound resource (the offline generator unless the definitions bound another)."""
+    if settings.generator != "llm":
+        return bound
+    llm: LLMGenerator = settings.llm
+    key = dg.EnvVar(llm.api_key_env).get_value() if llm.api_key_env else ""
+    if llm.api_key_env and key is None:
+        raise dg.Failure(f"synthetic.llm.api_key_env names {llm.api_key_env!r}, which is not set in the environment")
+    return OpenAICompatibleQueryGenerator(base_url=llm.base_url, model=llm.model, api_key=key or "", concurrency=llm.concurrency,
+                                          max_retries=llm.max_retries, timeout_seconds=llm.timeout_seconds,
+                                          temperature=llm.temperature)

@@ -4,6 +4,8 @@ import dagster as dg
 
 from embed_pipeline.defs import metadata as md
 from embed_pipeline.defs.jobs import promotion_job
+from embed_pipeline.defs.resources import MlflowResource, PipelineResource
+from embed_pipeline.lib.promotion import reconcile
 
 
 def promotion_decision(event: dg.EventLogEntry) -> dg.RunRequest | dg.SkipReason:
@@ -24,7 +26,9 @@ def promotion_decision(event: dg.EventLogEntry) -> dg.RunRequest | dg.SkipReason
         )
     return dg.RunRequest(
         run_key=f"promote-{event.run_id}",
-        run_config={"ops": {"served_model": {"config": {"report_path": meta[md.REPORT_PATH].value}}}},
+        run_config={"ops": {"served_model": {"config": {"action": "promote", "report_path": meta[md.REPORT_PATH].value,
+                                                        "requested_by": "promotion_sensor",
+                                                        "reason": f"gate passed on the eval report of run {event.run_id}"}}}},
         tags={"promoted_model_version": str(version)},
     )
 
@@ -36,6 +40,24 @@ def promotion_decision(event: dg.EventLogEntry) -> dg.RunRequest | dg.SkipReason
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
 )
-def promotion_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    """Promotes each new eval report's candidate when its gate passed; skips with the lift and threshold otherwise."""
+def promotion_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, pipeline: PipelineResource,
+                     mlflow: MlflowResource):
+    """Promotes each new eval report's candidate when its gate passed; skips with the lift and threshold otherwise.
+
+    Each tick first reconciles the served pointer and the registry alias with the promotion
+    history, closing the window a crash between the two writes would leave."""
+    config = pipeline.config
+    for line in reconcile_served(config, mlflow):
+        context.log.warning(f"reconciled: {line}")
     return promotion_decision(asset_event)
+
+
+def reconcile_served(config, mlflow: MlflowResource) -> list[str]:
+    """`lib.promotion.reconcile` with this config's registry (the CLI calls it too)."""
+    tracker = mlflow.tracker(config)
+
+    def alias_version():
+        version = tracker.alias_version(config.registered_model_name)
+        return None if version is None else str(version.version)
+
+    return reconcile(config.artifacts_dir, alias_version, tracker.set_alias)

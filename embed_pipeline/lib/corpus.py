@@ -113,3 +113,13 @@ def shard_hashes(passages: pd.DataFrame, num_shards: int) -> dict[str, str]:
             digest.update(json.dumps(list(row)).encode("utf-8"))
         out[key] = digest.hexdigest()[:16]
     return out
+
+
+def file_stamp(path: Path) -> str:
+    """A cheap change marker for a corpus file: size and modification time (no read).
+
+    The corpus change sensor compares it first and hashes shards only when it differs: an
+    unchanged tick over a million passages then costs one `stat`, not a full read.
+    """
+    info = Path(path).stat()
+    return f"{info.st_size}:{info.st_mtime_ns}"

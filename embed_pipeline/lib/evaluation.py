@@ -2,10 +2,13 @@
 
 The report is a JSON contract read by the CLI (`--json`), the promotion gate and the sensor:
 - `eval`: `queries` (how many eval queries were scored).
-- `base`, `champion`, `candidate` (through the served FAISS index) and `candidate_exact` (exact
-  search) map each metric in `metrics.METRICS` to its mean over queries.
-- `lift` is candidate minus base; `lift_over_champion` is candidate minus champion (the number
-  the gate judges); `approximate_search_loss` is exact minus index (what the served index costs).
+- `bm25` (lexical), `base`, `champion`, `candidate` (dense, through the served FAISS index),
+  `candidate_exact` (exact search) and, for hybrid retrieval, `candidate_hybrid` and
+  `champion_hybrid` (each fused with BM25) map each metric in `metrics.METRICS` to its mean.
+- `retrieval`: `{mode, fusion, dense_weight}`: what is served, and so what the gate judged;
+  `judged`: the two rows compared (`candidate`/`champion` when dense, the `_hybrid` rows when hybrid).
+- `lift` is the judged candidate minus base; `lift_over_champion` is the judged candidate minus the
+  judged champion (the number the gate judges); `approximate_search_loss` is exact minus index.
 - `ci`: for `recall@10` and `ndcg@10`, the paired-bootstrap interval of the lift of the candidate
   over the champion (`point`, `low`, `high`, `confidence`, `resamples`, `seed`, `queries`).
 - `segments`: one row per (kind, segment) with its query count, the champion's and candidate's
@@ -32,7 +35,8 @@ from embed_pipeline.lib.io import write_json, write_parquet
 from embed_pipeline.lib.metrics import MAX_K, METRICS, mean_metrics, per_query_metrics, recall_curve
 
 CI_METRICS = ("recall@10", "ndcg@10")
-REPORT_MODELS = ("base", "champion", "candidate", "candidate_exact")
+REPORT_MODELS = ("base", "champion", "candidate", "candidate_exact")  # always present
+ROW_ORDER = ("bm25", "base", "champion", "champion_hybrid", "candidate", "candidate_exact", "candidate_hybrid")
 # Query length buckets (in words): short keyword searches, phrases, full questions.
 LENGTH_BUCKETS = ((1, 3, "1-3 words"), (4, 6, "4-6 words"), (7, 10_000, "7+ words"))
 
@@ -125,17 +129,21 @@ def build_report(
     resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    judged: tuple[str, str] = ("candidate", "champion"),
 ) -> dict:
-    """The report dict (module docstring) from per-query tables keyed as in `REPORT_MODELS`."""
-    means = {name: mean_metrics(per_query[name]) for name in REPORT_MODELS}
+    """The report dict (module docstring) from per-query tables keyed by row name (`REPORT_MODELS`
+    at least); `judged` = (candidate row, champion row) that the lift, CI and segments compare."""
+    means = {name: mean_metrics(per_query[name]) for name in ROW_ORDER if name in per_query}
+    candidate, champion = judged
     return {
         "eval": {"queries": int(len(per_query["candidate"]))},
         **means,
-        "lift": diff(means["candidate"], means["base"]),
-        "lift_over_champion": diff(means["candidate"], means["champion"]),
+        "judged": {"candidate": candidate, "champion": champion},
+        "lift": diff(means[candidate], means["base"]),
+        "lift_over_champion": diff(means[candidate], means[champion]),
         "approximate_search_loss": diff(means["candidate_exact"], means["candidate"]),
-        "ci": lift_intervals(per_query["champion"], per_query["candidate"], resamples, confidence, seed),
-        "segments": segment_lifts(per_query["champion"], per_query["candidate"], groups or {}),
+        "ci": lift_intervals(per_query[champion], per_query[candidate], resamples, confidence, seed),
+        "segments": segment_lifts(per_query[champion], per_query[candidate], groups or {}),
         "recall_curves": {name: {str(k): v for k, v in curve.items()} for name, curve in (recall_curves or {}).items()},
         "models": models,
     }
@@ -147,18 +155,25 @@ def assemble_report(
     rankings: dict[str, dict[str, list[str]]],
     models: dict[str, dict],
     gate: GateConfig,
+    retrieval: dict | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """The full report (with the gate's verdict) and the per-query table, from each model's rankings.
 
-    `rankings` maps every name in `REPORT_MODELS` to {query_id: ranked passage ids}; `eval_pairs`
-    is the validated eval table (for source/segment slices).
+    `rankings` maps row names (every name in `REPORT_MODELS`, optionally `bm25` and the `_hybrid`
+    rows) to {query_id: ranked passage ids}; `eval_pairs` is the validated eval table (for
+    source/segment slices). `retrieval` = {mode, fusion, dense_weight}: in `hybrid` mode the gate
+    judges `candidate_hybrid` against `champion_hybrid`, the mode that will be served.
     """
     from embed_pipeline.lib.promotion import evaluate_gate
 
-    per_query = {name: per_query_metrics(rankings[name], eval_set.relevant) for name in REPORT_MODELS}
-    curves = {name: recall_curve(rankings[name], eval_set.relevant) for name in ("base", "champion", "candidate")}
+    retrieval = retrieval or {"mode": "dense", "fusion": None, "dense_weight": None}
+    judged = ("candidate_hybrid", "champion_hybrid") if retrieval["mode"] == "hybrid" else ("candidate", "champion")
+    per_query = {name: per_query_metrics(rankings[name], eval_set.relevant) for name in ROW_ORDER if name in rankings}
+    curves = {name: recall_curve(rankings[name], eval_set.relevant) for name in ("bm25", "base", "champion", judged[0])
+              if name in rankings}
     report = build_report(per_query, models, query_groups(eval_pairs, eval_set.queries), curves,
-                          gate.bootstrap_resamples, gate.confidence, gate.bootstrap_seed)
+                          gate.bootstrap_resamples, gate.confidence, gate.bootstrap_seed, judged)
+    report["retrieval"] = retrieval
     report["gate"] = evaluate_gate(report, gate)
     return report, per_query_table(per_query)
 
@@ -181,14 +196,16 @@ def write_report(report: dict, per_query: pd.DataFrame, folder: Path, min_segmen
 
 def report_markdown(report: dict) -> str:
     """The report as Markdown for the Dagster UI and the terminal: metrics, CI, segments, gate."""
-    names = [n for n in REPORT_MODELS if n in report]
+    names = [n for n in ROW_ORDER if n in report]
     lines = ["| metric | " + " | ".join(names) + " | lift vs base | lift vs champion |", "|---" * (len(names) + 3) + "|"]
     for m in METRICS:
         cells = [f"{report[n][m]:.4f}" for n in names]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {report['lift'][m]:+.4f} | {report['lift_over_champion'][m]:+.4f} |")
     if report.get("ci"):
         confidence = next(iter(report["ci"].values()))["confidence"]
-        lines += ["", f"| lift over champion | point | {confidence:.0%} paired-bootstrap interval |", "|---|---|---|"]
+        judged = report.get("judged", {"candidate": "candidate", "champion": "champion"})
+        lines += ["", f"judged: `{judged['candidate']}` against `{judged['champion']}`", "",
+                  f"| lift over champion | point | {confidence:.0%} paired-bootstrap interval |", "|---|---|---|"]
         for m, c in report["ci"].items():
             lines.append(f"| {m} | {c['point']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] ({c['resamples']} resamples, {c['queries']} queries) |")
     if report.get("segments"):

@@ -152,3 +152,33 @@ def publish_index(passage_ids: list[str], vectors: np.ndarray, config: IndexConf
     index = build_faiss_index(vectors, index_type, config)
     save_index(index, passage_ids, {**meta, "type": index_type}, target)
     return PublishedIndex(Path(target), index_type, int(index.ntotal), int(index.d))
+
+
+@dataclass(frozen=True)
+class BuiltIndexes:
+    """The dense index (and the BM25 index beside it) built from one corpus snapshot."""
+
+    dense: PublishedIndex
+    lexical_path: Path | None
+
+
+def build_index_from_shards(shard_files: list[Path], config: IndexConfig, meta: dict, target: Path,
+                            passages: pd.DataFrame | None = None, language: str = "english") -> BuiltIndexes:
+    """Merge per-shard embeddings into one FAISS index at `target/dense`, and, when `passages` are
+    given, a BM25 index of the same passages at `target/lexical` (for hybrid retrieval).
+
+    The one path for both index assets (the candidate's `corpus_index` and the served model's
+    `served_index`); each folder is written atomically.
+    """
+    from embed_pipeline.lib.shards import merge_shard_embeddings
+
+    ids, vectors = merge_shard_embeddings(shard_files)
+    dense = publish_index(ids, vectors, config, meta, Path(target) / "dense")
+    lexical_path = None
+    if passages is not None:
+        from embed_pipeline.lib.corpus import passage_texts
+        from embed_pipeline.lib.lexical import LexicalIndex
+
+        keep = passages[passages["passage_id"].isin(set(ids))]
+        lexical_path = LexicalIndex.build(list(keep["passage_id"]), passage_texts(keep), language).save(Path(target) / "lexical")
+    return BuiltIndexes(dense, lexical_path)

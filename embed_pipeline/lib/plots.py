@@ -14,7 +14,8 @@ import io
 import numpy as np
 import pandas as pd
 
-MODEL_STYLES = {"base": ("#7f7f7f", "--"), "champion": ("#1f77b4", "-."), "candidate": ("#d62728", "-")}
+MODEL_STYLES = {"bm25": ("#8c564b", ":"), "base": ("#7f7f7f", "--"), "champion": ("#1f77b4", "-."),
+                "candidate": ("#d62728", "-"), "candidate_hybrid": ("#d62728", "-")}
 
 
 def _figure(width: float, height: float):

@@ -102,12 +102,17 @@ def served_history(artifacts_dir: Path) -> list[dict]:
 
 
 def served_stack(history: list[dict]) -> list[dict]:
-    """Replay the history: each promotion pushes its pointer, each rollback pops the top one."""
+    """Replay the history: each promotion pushes its pointer, each rollback pops the top one, and a
+    re-index (the served model's index rebuilt after a corpus change) updates the top's index paths."""
     stack: list[dict] = []
     for event in history:
-        if event.get("action", "promote") == "rollback":
+        action = event.get("action", "promote")
+        if action == "rollback":
             if stack:
                 stack.pop()
+        elif action == "reindex":
+            if stack and str(stack[-1]["model_version"]) == str(event.get("model_version")):
+                stack[-1] = {**stack[-1], "index_path": event["index_path"], "lexical_path": event.get("lexical_path")}
         else:
             stack.append({k: event.get(k) for k in SERVED_KEYS})
     return stack
@@ -189,6 +194,20 @@ def rollback(artifacts_dir: Path, by: str, reason: str, set_alias=None) -> Serve
         if set_alias is not None:
             set_alias(target["model_name"], str(target["model_version"]))
     return ServedChange(written, current["model_version"], event)
+
+
+def record_reindex(artifacts_dir: Path, model_version: str, index_path: str, lexical_path: str | None, by: str) -> dict | None:
+    """Serve a rebuilt index of the model that serves now; None (nothing changed) when another
+    model has been promoted or rolled back to in the meantime."""
+    with _history_lock(artifacts_dir):
+        stack = served_stack(served_history(artifacts_dir))
+        if not stack or str(stack[-1]["model_version"]) != str(model_version):
+            return None
+        event = {"action": "reindex", "model_version": str(model_version), "index_path": index_path,
+                 "lexical_path": lexical_path, "at": datetime.now(UTC).isoformat(), "by": by, "reason": "corpus changed"}
+        _append(artifacts_dir, event)
+        stack[-1] = {**stack[-1], "index_path": index_path, "lexical_path": lexical_path}
+        return _write_pointer(artifacts_dir, stack, event)
 
 
 def expected_served(artifacts_dir: Path) -> dict | None:

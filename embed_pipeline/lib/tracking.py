@@ -151,3 +151,12 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
+
+
+def close_orphaned_runs(tracker: Tracker, dagster_run_id: str) -> list[str]:
+    """End as KILLED every MLflow run still RUNNING for a Dagster run whose process is gone."""
+    runs = tracker.client.search_runs([tracker.experiment_id],
+                                      filter_string=f"tags.dagster_run_id = '{dagster_run_id}' and attributes.status = 'RUNNING'")
+    for run in runs:
+        tracker.client.set_terminated(run.info.run_id, status="KILLED")
+    return [run.info.run_id for run in runs]

@@ -10,7 +10,7 @@ from embed_pipeline.cli import main
 from embed_pipeline.defs import checks
 from embed_pipeline.defs.assets import pairs as pair_assets
 from embed_pipeline.defs.assets import sources
-from embed_pipeline.defs.assets.common import eval_split_path, load_eval_set
+from embed_pipeline.defs.assets.common import load_eval_set
 from embed_pipeline.defs.query_generators import OfflineQueryGenerator, OpenAICompatibleQueryGenerator
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.config import load_config
@@ -44,14 +44,16 @@ def test_without_an_eval_set_a_grouped_split_is_held_out_and_nothing_leaks(tmp_p
     result = materialise(config_path)
     assert result.success
     config = load_config(config_path)
-    split = pd.read_parquet(eval_split_path(config))
+    curated = result.output_for_node("curated_pairs")
+    split = pd.read_parquet(curated.files["eval_split"])
+    assert curated.files["eval_split"].startswith(str(config.artifacts_dir / "assets" / "curated_pairs" / result.run_id))
     curated_meta = metadata(result, "curated_pairs")
     assert curated_meta["eval_split_queries"] == len(split) == round(0.15 * len(CURATED))
     assert curated_meta["accepted"] == len(CURATED) and curated_meta["dagster/row_count"] == len(CURATED) - len(split)
     assert curated_meta["rows_in == accepted + quarantined"] is True
-    eval_set, _ = load_eval_set(config, set())
+    eval_set, _ = load_eval_set(config, set(), curated)
     assert sorted(eval_set.queries.values()) == sorted(split["query"])
-    training = pd.read_parquet(result.output_for_node("training_pairs")["path"])
+    training = pd.read_parquet(result.output_for_node("training_pairs").path)
     assert find_leaks(training, list(split["query"]), 0.8).empty
     leak_check = check_results(result)["training_pairs_no_eval_leakage"]
     assert leak_check.passed and leak_check.metadata["eval_queries"].value == len(split)
@@ -67,8 +69,8 @@ def test_without_an_eval_set_a_grouped_split_is_held_out_and_nothing_leaks(tmp_p
     assert "pogo_stick_clicks | 3" in log_meta["dropped_by_rule"]
 
 
-def test_planted_leaks_fail_the_run_and_the_cli_prints_the_offenders(tmp_path, tiny_model_path, monkeypatch, capsys):
-    root = tmp_path / "p"
+def write_leaky_project(root, tiny_model_path, **overrides):
+    """The fixture project whose curated pairs copy two eval queries: one exactly, one near-duplicated."""
     write_project(root, tiny_model_path)
     eval_texts = {q for q, _, _ in EVAL}
     assert {"spongy brakes bleed", "knocking in the headset when braking"} <= eval_texts  # what the plants copy
@@ -76,7 +78,30 @@ def test_planted_leaks_fail_the_run_and_the_cli_prints_the_offenders(tmp_path, t
     planted.append({"query": "  SPONGY brakes bleed ", "passage_id": "brake-bleed"})  # exact after normalisation
     planted.append({"query": "knocking in the headset when braking hard", "passage_id": "headset-play"})  # near duplicate
     (root / "leaky.jsonl").write_text("".join(json.dumps(r) + "\n" for r in planted))
-    config_path = write_project(root, tiny_model_path, curated_pairs="leaky.jsonl")
+    return write_project(root, tiny_model_path, curated_pairs="leaky.jsonl", **overrides)
+
+
+def test_leaking_pairs_are_dropped_quarantined_and_counted_then_the_run_goes_on(tmp_path, tiny_model_path):
+    config_path = write_leaky_project(tmp_path / "p", tiny_model_path)
+    result = materialise(config_path)
+    assert result.success
+    meta = metadata(result, "training_pairs")
+    assert meta["leakage_mode"] == "drop"
+    assert meta["leaking_pairs_dropped"] == 2 and meta["leaks_exact"] == 1 and meta["leaks_near_duplicate"] == 1
+    assert "curated | 2" in meta["leaking_pairs_per_source"]
+    handle = result.output_for_node("training_pairs")
+    leaks = pd.read_parquet(handle.files["leaks"])
+    assert set(leaks["eval_query"]) == {"spongy brakes bleed", "knocking in the headset when braking"}
+    assert leaks["jaccard"].between(0.8, 1.0).all() and set(leaks["kind"]) == {"exact", "near-duplicate"}
+    training = pd.read_parquet(handle.path)
+    assert "knocking in the headset when braking hard" not in set(training["query"])
+    assert len(training) == meta["dagster/row_count"] and handle.quarantined == 2
+    leak_check = check_results(result)["training_pairs_no_eval_leakage"]
+    assert leak_check.passed and leak_check.metadata["dropped_before_this_check"].value == 2
+
+
+def test_planted_leaks_fail_the_run_in_fail_mode_and_the_cli_prints_the_offenders(tmp_path, tiny_model_path, monkeypatch, capsys):
+    config_path = write_leaky_project(tmp_path / "p", tiny_model_path, leakage={"on_leak": "fail"})
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
 
@@ -126,7 +151,25 @@ def test_llm_generator_resource_feeds_synthetic_pairs_without_exposing_the_key(t
     assert meta["llm_requests"] == 3 and meta["generated"] == 6
     assert {r["auth"] for r in server.requests} == {"Bearer sk-fixture-secret"}
     assert "sk-fixture-secret" not in json.dumps({k: str(v) for k, v in meta.items()})
-    assert set(pd.read_parquet(result.output_for_node("synthetic_pairs")["path"])["method"]) <= {"llm"}
+    assert set(pd.read_parquet(result.output_for_node("synthetic_pairs").path)["method"]) <= {"llm"}
+
+
+def test_the_yaml_selects_the_llm_generator_and_names_only_the_key_variable(tmp_path, tiny_model_path, monkeypatch):
+    server = FakeEndpoint()
+    try:
+        monkeypatch.setenv("FIXTURE_LLM_KEY", "sk-yaml-secret")
+        config_path = write_project(tmp_path / "p", tiny_model_path, synthetic={
+            "max_passages": 2, "pairs_per_passage": 1, "generator": "llm",
+            "llm": {"base_url": server.url, "model": "tiny-llm", "api_key_env": "FIXTURE_LLM_KEY"}})
+        result = dg.materialize([sources.corpus, sources.synthetic_pairs],
+                                resources={"pipeline": PipelineResource(config_path=str(config_path)),
+                                           "query_generator": OfflineQueryGenerator()},
+                                instance=dg.DagsterInstance.ephemeral())
+    finally:
+        server.close()
+    meta = metadata(result, "synthetic_pairs")
+    assert meta["llm_requests"] == 2 and {r["auth"] for r in server.requests} == {"Bearer sk-yaml-secret"}
+    assert "sk-yaml-secret" not in config_path.read_text() + json.dumps({k: str(v) for k, v in meta.items()})
 
 
 @pytest.mark.parametrize("eval_value", [None])

@@ -1,54 +1,51 @@
-"""Small helpers shared by asset modules: artifact locations and reading stage outputs."""
+"""Small helpers shared by asset modules: run-scoped artifact locations and reading stage outputs."""
 
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 
+from embed_pipeline.lib.artifacts import CorpusHandle, PairsHandle, run_folder
 from embed_pipeline.lib.config import PipelineConfig
 
 
-def data_dir(config: PipelineConfig) -> Path:
-    return config.artifacts_dir / "data"
+def output_dir(context: dg.AssetExecutionContext, config: PipelineConfig) -> Path:
+    """This asset's folder for this run: `<artifacts_dir>/assets/<asset>/<run id>/` (never shared)."""
+    return run_folder(config.artifacts_dir, context.asset_key.to_user_string(), context.run_id)
 
 
 def cache_dir(config: PipelineConfig) -> Path:
+    """Content-addressed embedding cache (model fingerprint x text hash): safe to share across runs."""
     return config.artifacts_dir / "embedding_cache"
 
 
-def read_corpus(handle: dict) -> pd.DataFrame:
-    return pd.read_parquet(handle["path"])
+def read_corpus(handle: CorpusHandle) -> pd.DataFrame:
+    return pd.read_parquet(handle.path)
 
 
-def eval_split_path(config: PipelineConfig) -> Path:
-    """Where curated_pairs writes the eval split it holds out when the config names no `eval` set."""
-    return data_dir(config) / "eval_split.parquet"
-
-
-def load_eval_set(config: PipelineConfig, passage_ids: set[str]):
+def load_eval_set(config: PipelineConfig, passage_ids: set[str], curated: PairsHandle):
     """The held-out eval set as an `EvalSet` plus the validated rows (with `segment` when given).
 
-    With no `eval` in the config, the split that curated_pairs held out (`eval_split_path`) is the
-    eval set, so eval_report and the leakage check always see the same queries.
+    With no `eval` in the config, the split that this run's curated_pairs held out is the eval
+    set, so eval_report and the leakage check always see the same queries.
     """
     from embed_pipeline.lib.evaluation import EvalSet
-    from embed_pipeline.lib.pairs import LabelledPairs, load_labelled_pairs, relevance_map
+    from embed_pipeline.lib.labelled import LabelledPairs, load_labelled_pairs, relevance_map
 
     if config.eval is None:
-        path = eval_split_path(config)
-        if not path.exists():
-            raise ValueError(f"no eval set in the config and no held-out split at {path}: materialise curated_pairs first")
-        split = pd.read_parquet(path)
+        split = pd.read_parquet(curated.files["eval_split"])
         loaded = LabelledPairs(split, split.iloc[0:0].assign(reason=""), len(split))
     else:
         loaded = load_labelled_pairs(config.eval, passage_ids)
     if loaded.pairs.empty:
-        raise ValueError(f"the eval set {config.eval or eval_split_path(config)} has no usable rows ({len(loaded.quarantine)} quarantined)")
+        raise ValueError(f"the eval set {config.eval or curated.files.get('eval_split')} has no usable rows "
+                         f"({len(loaded.quarantine)} quarantined)")
     queries = loaded.pairs.drop_duplicates("query_id").set_index("query_id")["query"].to_dict()
     return EvalSet(queries=queries, relevant=relevance_map(loaded.pairs)), loaded
 
 
 def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str]):
-    """`lib.embedding.embed_corpus_and_queries` with the config's cache, batch size, prompts and threads."""
+    """`embed_corpus_and_queries` with the config's cache, batch size, prompts, threads and precision."""
     from embed_pipeline.lib.corpus import passage_texts
     from embed_pipeline.lib.encoding import embed_corpus_and_queries
 
@@ -58,7 +55,7 @@ def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, querie
 
 
 def shard_dir(config: PipelineConfig, fingerprint: str) -> Path:
-    """Per-shard embedding files of one model (by content fingerprint)."""
+    """Per-shard embedding files of one model (by content fingerprint; content-addressed, shared)."""
     return config.artifacts_dir / "embeddings" / fingerprint
 
 

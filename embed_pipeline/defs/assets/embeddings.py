@@ -2,13 +2,15 @@
 
 import dagster as dg
 
-from embed_pipeline.defs.assets.common import cache_dir, served_model_ref, shard_dir
+from embed_pipeline.defs.assets.common import cache_dir, output_dir, served_model_ref, shard_dir
 from embed_pipeline.defs.partitions import corpus_shards
 from embed_pipeline.defs.resources import PipelineResource
-from embed_pipeline.lib.corpus import load_corpus, split_shards
+from embed_pipeline.lib.artifacts import IndexHandle
+from embed_pipeline.lib.corpus import load_corpus, shard_keys, split_shards
 from embed_pipeline.lib.encoding import load_model, model_fingerprint
-from embed_pipeline.lib.indexing import publish_index
-from embed_pipeline.lib.shards import embed_shards
+from embed_pipeline.lib.indexing import build_index_from_shards
+from embed_pipeline.lib.promotion import read_served, record_reindex
+from embed_pipeline.lib.shards import embed_shards, shard_paths
 
 
 @dg.asset(
@@ -17,15 +19,18 @@ from embed_pipeline.lib.shards import embed_shards
     pool="gpu",
     partitions_def=corpus_shards,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["corpus"],  # lineage: the passages come from the configured corpus file, read as it is now
 )
 def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult[None]:
     """Embeddings of one corpus shard (or a range of shards in one run) by the served model, one .npz per shard."""
-    config = pipeline.load()
+    config = pipeline.config
     model_ref = served_model_ref(config)
     model = load_model(model_ref, threads=config.index.encode_threads)
     fingerprint = model_fingerprint(model)
     shards = split_shards(load_corpus(config.corpus).passages, config.index.shards)
     wanted = {key: shards[key] for key in context.partition_keys if key in shards}
+    context.log.info(f"corpus_embeddings: {len(wanted)} shard(s), {sum(len(s) for s in wanted.values())} passages, "
+                     f"model {model_ref}")
     done = embed_shards(model, fingerprint, wanted, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt)
     rows = ["| shard | passages | encoded | from cache | removed |", "|---|---|---|---|---|"]
@@ -48,28 +53,26 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
 
 @dg.asset(group_name="serving", kinds={"faiss"}, deps=[corpus_embeddings])
 def served_index(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """The served model's index rebuilt from its shard embeddings; the served pointer is switched to it."""
-    from embed_pipeline.lib.shards import merge_shard_embeddings, shard_paths
-    from embed_pipeline.lib.corpus import shard_keys
-    from embed_pipeline.lib.promotion import read_served, write_served
-
-    config = pipeline.load()
-    model_ref = served_model_ref(config)
-    fingerprint = model_fingerprint(load_model(model_ref))
-    ids, vectors = merge_shard_embeddings(shard_paths(shard_dir(config, fingerprint), shard_keys(config.index.shards)))
-    target = config.artifacts_dir / "indexes" / f"served-{context.run_id}"
-    published = publish_index(ids, vectors, config.index, {"model_dir": model_ref, "model_fingerprint": fingerprint}, target)
+    """The served model's index (FAISS + BM25) rebuilt from its shard embeddings; the served pointer is switched to it."""
+    config = pipeline.config
     served = read_served(config.artifacts_dir)
-    switched = served is not None and served["model_dir"] == model_ref
-    if switched:
-        write_served(config.artifacts_dir, {k: v for k, v in served.items() if k != "served_since"} | {"index_path": str(target)})
+    model_ref = served["model_dir"] if served else config.resolved_base_model
+    fingerprint = model_fingerprint(load_model(model_ref))
+    passages = load_corpus(config.corpus).passages
+    built = build_index_from_shards(shard_paths(shard_dir(config, fingerprint), shard_keys(config.index.shards)), config.index,
+                                    {"model_dir": model_ref, "model_fingerprint": fingerprint}, output_dir(context, config),
+                                    passages, config.retrieval.lexical_language)
+    switched = served is not None and record_reindex(
+        config.artifacts_dir, served["model_version"], str(built.dense.path), str(built.lexical_path), by=f"run {context.run_id}"
+    ) is not None
     return dg.MaterializeResult(
-        value={"path": str(target), "type": published.type, "size": published.size},
+        value=IndexHandle(str(built.dense.path), built.dense.type, built.dense.size, fingerprint, 0, 0, str(built.lexical_path)),
         metadata={
-            "dagster/row_count": published.size,
-            "index_type": published.type,
+            "dagster/row_count": built.dense.size,
+            "index_type": built.dense.type,
             "model": model_ref,
             "served_pointer_switched": switched,
-            "index_path": dg.MetadataValue.path(str(target)),
+            "index_path": dg.MetadataValue.path(str(built.dense.path)),
+            "lexical_index_path": dg.MetadataValue.path(str(built.lexical_path)),
         },
     )

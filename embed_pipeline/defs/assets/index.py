@@ -1,41 +1,46 @@
-"""The corpus re-embedded with the candidate model, as a FAISS index on disk."""
+"""The corpus re-embedded with the candidate model, as a FAISS index (and a BM25 index) on disk."""
 
 import dagster as dg
 
-from embed_pipeline.defs.assets.common import cache_dir, read_corpus, shard_dir
+from embed_pipeline.defs.assets.common import cache_dir, output_dir, read_corpus, shard_dir
 from embed_pipeline.defs.resources import PipelineResource
+from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle
 from embed_pipeline.lib.corpus import split_shards
 from embed_pipeline.lib.encoding import load_model, model_fingerprint
-from embed_pipeline.lib.indexing import publish_index
-from embed_pipeline.lib.shards import embed_shards, merge_shard_embeddings
+from embed_pipeline.lib.indexing import build_index_from_shards
+from embed_pipeline.lib.shards import embed_shards
 
 
 @dg.asset(group_name="serving", kinds={"faiss"}, pool="gpu")
-def corpus_index(context: dg.AssetExecutionContext, corpus: dict, embedding_model: dict, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """A FAISS index of every passage embedded by the candidate model, merged from its per-shard embeddings."""
-    config = pipeline.load()
-    model = load_model(embedding_model["model_dir"], threads=config.index.encode_threads)
+def corpus_index(context: dg.AssetExecutionContext, corpus: CorpusHandle, embedding_model: ModelHandle,
+                 pipeline: PipelineResource) -> dg.MaterializeResult:
+    """A FAISS index of every passage embedded by the candidate model (merged from per-shard embeddings), plus BM25 of the same passages."""
+    config = pipeline.config
+    model = load_model(embedding_model.model_dir, threads=config.index.encode_threads)
     fingerprint = model_fingerprint(model)
-    shards = split_shards(read_corpus(corpus), config.index.shards)
+    passages = read_corpus(corpus)
+    shards = split_shards(passages, config.index.shards)
+    context.log.info(f"corpus_index: embedding {len(passages)} passages in {len(shards)} shards with the candidate "
+                     f"v{embedding_model.version} (cached passages are reused)")
     done = embed_shards(model, fingerprint, shards, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt)
-    ids, vectors = merge_shard_embeddings([s.path for s in done.values()])
-    target = config.artifacts_dir / "indexes" / context.run_id
-    meta = {"model_dir": embedding_model["model_dir"], "model_version": embedding_model["version"],
-            "model_fingerprint": fingerprint}
-    published = publish_index(ids, vectors, config.index, meta, target)
+    meta = {"model_dir": embedding_model.model_dir, "model_version": embedding_model.version, "model_fingerprint": fingerprint}
+    built = build_index_from_shards([s.path for s in done.values()], config.index, meta, output_dir(context, config),
+                                    passages, config.retrieval.lexical_language)
     encoded = sum(s.encoded for s in done.values())
     reused = sum(s.reused for s in done.values())
     return dg.MaterializeResult(
-        value={"path": str(target), "type": published.type, "size": published.size, "model_fingerprint": fingerprint,
-               "encoded": encoded, "reused": reused},
+        value=IndexHandle(str(built.dense.path), built.dense.type, built.dense.size, fingerprint, encoded, reused,
+                          str(built.lexical_path or "")),
         metadata={
-            "dagster/row_count": published.size,
-            "index_type": published.type,
-            "dimension": published.dimension,
+            "dagster/row_count": built.dense.size,
+            "index_type": built.dense.type,
+            "dimension": built.dense.dimension,
             "shards": len(done),
             "passages_encoded": encoded,
             "passages_from_cache": reused,
-            "index_path": dg.MetadataValue.path(str(target)),
+            "index_path": dg.MetadataValue.path(str(built.dense.path)),
+            "lexical_index_path": dg.MetadataValue.path(str(built.lexical_path)),
+            "config_hash": pipeline.config_hash,
         },
     )

@@ -6,39 +6,43 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import data_dir, embed, read_corpus
+from embed_pipeline.defs.assets.common import embed, output_dir, read_corpus
 from embed_pipeline.defs.resources import PipelineResource
+from embed_pipeline.lib.artifacts import CorpusHandle, NegativesHandle, PairsHandle
 from embed_pipeline.lib.io import write_parquet
-from embed_pipeline.lib.negatives import mine_hard_negatives, score_histogram_png
+from embed_pipeline.lib.negatives import mine_hard_negatives
+from embed_pipeline.lib.plots import score_histogram_png
 from embed_pipeline.lib.text import text_hash
 
 
 @dg.asset(group_name="pairs", kinds={"faiss", "parquet"})
 def hard_negatives(
-    context: dg.AssetExecutionContext, corpus: dict, training_pairs: dict, search_log_pairs: dict, pipeline: PipelineResource
+    context: dg.AssetExecutionContext, corpus: CorpusHandle, training_pairs: PairsHandle, search_log_pairs: PairsHandle,
+    pipeline: PipelineResource,
 ) -> dg.MaterializeResult:
     """Training rows with mined negatives: one row per (query, positive) with up to N hard negative passage ids."""
-    config = pipeline.load()
+    config = pipeline.config
+    folder = output_dir(context, config)
     passages = read_corpus(corpus)
-    pairs = pd.read_parquet(training_pairs["path"])
+    pairs = pd.read_parquet(training_pairs.path)
     query_texts = list(dict.fromkeys(pairs["query"]))
     base = embed(config, config.resolved_base_model, passages, query_texts)
     fingerprint, corpus_vectors, query_vectors, corpus_stats = (base.fingerprint, base.corpus_vectors,
                                                                 base.query_vectors, base.corpus_stats)
     context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}): {len(passages)} passages, "
                      f"{corpus_stats.encoded} encoded, {corpus_stats.reused} from cache")
-    skip = pd.read_parquet(search_log_pairs["skip_above_path"])
+    skip = pd.read_parquet(search_log_pairs.files["skip_above"])
     extra = skip.groupby("query")["passage_id"].agg(list).to_dict() if len(skip) else {}
     mined = mine_hard_negatives(pairs, query_texts, query_vectors, list(passages["passage_id"]), corpus_vectors, config.mining, extra)
     triples = mined.triples.merge(pairs[["query", "passage_id", "source", "positive_text"]], on=["query", "passage_id"], how="left")
-    out = write_parquet(triples, data_dir(config) / "hard_negatives.parquet")
-    png = score_histogram_png(mined)
-    plot = data_dir(config) / "hard_negatives_scores.png"
+    out = write_parquet(triples, folder / "hard_negatives.parquet")
+    png = score_histogram_png(mined.positive_scores, mined.negative_scores, mined.removed_scores)
+    plot = folder / "hard_negatives_scores.png"
     plot.write_bytes(png)
     per_query = triples["negatives"].map(len)
     version = text_hash(triples[["query", "passage_id", "negatives"]].to_json(orient="records"))
     return dg.MaterializeResult(
-        value={"path": str(out), "rows": len(triples), "base_model_fingerprint": fingerprint, "version": version},
+        value=NegativesHandle(str(out), len(triples), version, fingerprint),
         metadata={
             "dagster/row_count": len(triples),
             "candidates_seen": mined.candidates_seen,

@@ -1,46 +1,68 @@
-"""The served model: which model version and index answer queries. Changed only by promotion or rollback."""
+"""The served model: which model version and indexes answer queries. Changed only by promotion or rollback.
+
+Both are materialisations of this asset (with who and why in the metadata), so the UI's history
+of `served_model` is the history of what served. The promotion history file is the source of
+truth; the MLflow alias and the served pointer are reconciled from it (lib/promotion.py).
+"""
+
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.io import read_json
-from embed_pipeline.lib.promotion import read_served, write_served
+from embed_pipeline.lib.promotion import PromotionError, promote, rollback
 
 
-class PromotionConfig(dg.Config):
-    report_path: str = Field(description="The eval_report JSON whose candidate is to be promoted.")
+class ServedModelConfig(dg.Config):
+    action: Literal["promote", "rollback"] = Field(default="promote", description="promote a gated candidate, or roll back one step")
+    report_path: str = Field(default="", description="promote: the eval_report JSON whose candidate is to be promoted")
+    requested_by: str = Field(default="promotion_sensor", description="who asked (a sensor, a CLI user)")
+    reason: str = Field(default="", description="why (shown in the UI and kept in the promotion history)")
 
 
 @dg.asset(group_name="serving", deps=["eval_report"], kinds={"mlflow"})
-def served_model(config: PromotionConfig, pipeline: PipelineResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    """The champion: MLflow alias `champion` plus the served pointer (model + index) under the artifacts dir."""
-    settings = pipeline.load()
-    report = read_json(config.report_path)
-    if not report["gate"]["passed"]:
-        raise dg.Failure(f"refusing to promote: the gate did not pass for {config.report_path}: {report['gate']['summary']}",
-                         metadata={"gate": report["gate"]["summary"]})
-    candidate = report["models"]["candidate"]
+def served_model(context: dg.AssetExecutionContext, config: ServedModelConfig, pipeline: PipelineResource,
+                 mlflow: MlflowResource) -> dg.MaterializeResult:
+    """The champion: MLflow alias `champion` plus the served pointer (model, FAISS and BM25 indexes, retrieval mode)."""
+    settings = pipeline.config
     tracker = mlflow.tracker(settings)
-    previous = read_served(settings.artifacts_dir)
-    tracker.set_alias(candidate["name"], candidate["version"])
-    pointer = write_served(settings.artifacts_dir, {
-        "model_name": candidate["name"],
-        "model_version": candidate["version"],
-        "model_dir": candidate["model_dir"],
-        "mlflow_run_id": candidate["run_id"],
-        "index_path": report["models"]["index"]["path"],
-        "report_path": config.report_path,
-    })
-    decision = f"promoted: {report['gate']['summary']}" + (f"; replaced v{previous['model_version']}" if previous else "")
-    tracker.set_tags(candidate["run_id"], {"promotion": "promoted", "promotion_decision": decision,
-                                           "promoted_at": pointer["served_since"]})
+    by = f"{config.requested_by} (run {context.run_id})"
+    if config.action == "rollback":
+        try:
+            change = rollback(settings.artifacts_dir, by, config.reason or "rollback requested", tracker.set_alias)
+        except PromotionError as exc:
+            raise dg.Failure(str(exc)) from None
+        pointer = change.pointer
+        decision = f"rolled back from v{change.previous_version} to v{pointer['model_version']}"
+    else:
+        report = read_json(config.report_path)
+        if not report["gate"]["passed"]:
+            raise dg.Failure(f"refusing to promote: the gate did not pass for {config.report_path}: {report['gate']['summary']}",
+                             metadata={"gate": report["gate"]["summary"]})
+        candidate = report["models"]["candidate"]
+        index = report["models"]["index"]
+        reason = config.reason or f"gate passed: {report['gate']['summary']}"
+        change = promote(settings.artifacts_dir, {
+            "model_name": candidate["name"], "model_version": str(candidate["version"]), "model_dir": candidate["model_dir"],
+            "mlflow_run_id": candidate["run_id"], "index_path": index["path"], "lexical_path": index.get("lexical_path") or None,
+            "report_path": config.report_path, "retrieval": report.get("retrieval"),
+        }, by, reason, tracker.set_alias)
+        pointer = change.pointer
+        decision = f"promoted v{pointer['model_version']}" + (f", replacing v{change.previous_version}" if change.previous_version else "")
+        tracker.set_tags(candidate["run_id"], {"promotion": "promoted", "promotion_decision": decision,
+                                               "promoted_at": change.event["at"]})
     return dg.MaterializeResult(
         metadata={
+            "action": config.action,
             "decision": decision,
-            "model": f"{candidate['name']} v{candidate['version']}",
-            "previous": f"v{previous['model_version']}" if previous else "none",
-            "recall@10 lift over champion": report["lift_over_champion"]["recall@10"],
+            "model": f"{pointer['model_name']} v{pointer['model_version']}",
+            "model_version": str(pointer["model_version"]),
+            "previous": f"v{change.previous_version}" if change.previous_version else "none",
+            "requested_by": by,
+            "reason": change.event["reason"],
+            "retrieval": dg.MetadataValue.json(pointer.get("retrieval") or {}),
             "index_path": dg.MetadataValue.path(pointer["index_path"]),
         }
     )

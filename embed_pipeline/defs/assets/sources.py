@@ -6,27 +6,33 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
+from embed_pipeline.defs.assets.common import embed, output_dir, read_corpus
+from embed_pipeline.defs.query_generators import QueryGeneratorResource, generator_for
 from embed_pipeline.defs.resources import PipelineResource
+from embed_pipeline.lib.artifacts import CorpusHandle, PairsHandle
+from embed_pipeline.lib.click_logs import pairs_from_search_logs
 from embed_pipeline.lib.corpus import load_corpus
 from embed_pipeline.lib.io import read_table, write_parquet
-from embed_pipeline.lib.pairs import PAIR_COLUMNS, load_labelled_pairs, pairs_from_search_logs
-from embed_pipeline.defs.assets.common import data_dir, embed, eval_split_path, read_corpus
-from embed_pipeline.defs.query_generators import QueryGeneratorResource
+from embed_pipeline.lib.labelled import load_labelled_pairs
 from embed_pipeline.lib.leakage import split_labelled_pairs
+from embed_pipeline.lib.pairs import PAIR_COLUMNS
 from embed_pipeline.lib.synthetic import round_trip_filter, sample_passages
+from embed_pipeline.lib.text import text_hash
 
 GROUP = "sources"
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
-def corpus(pipeline: PipelineResource) -> dg.MaterializeResult:
+def corpus(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """The passage corpus, validated: one row per passage (passage_id, title, text)."""
-    config = pipeline.load()
+    config = pipeline.config
     loaded = load_corpus(config.corpus)
-    out = write_parquet(loaded.passages, data_dir(config) / "corpus.parquet")
-    quarantine = write_parquet(loaded.quarantine, data_dir(config) / "corpus_quarantine.parquet")
+    folder = output_dir(context, config)
+    out = write_parquet(loaded.passages, folder / "corpus.parquet")
+    quarantine = write_parquet(loaded.quarantine, folder / "corpus_quarantine.parquet")
+    version = text_hash(loaded.passages.to_json(orient="values"))
     return dg.MaterializeResult(
-        value={"path": str(out), "passages": len(loaded.passages)},
+        value=CorpusHandle(str(out), len(loaded.passages), str(quarantine), version),
         metadata={
             "dagster/row_count": len(loaded.passages),
             "rows_in": loaded.rows_in,
@@ -36,28 +42,31 @@ def corpus(pipeline: PipelineResource) -> dg.MaterializeResult:
             "path": md.path(out),
             "quarantine_path": md.path(quarantine),
             "preview": md.preview(loaded.passages),
+            "config_hash": pipeline.config_hash,
         },
+        data_version=dg.DataVersion(version),
     )
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
-def search_log_pairs(corpus: dict, pipeline: PipelineResource) -> dg.MaterializeResult:
+def search_log_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pipeline: PipelineResource) -> dg.MaterializeResult:
     """Positives from satisfied clicks in the search logs, one row per (query, passage); skip-above negatives beside them."""
-    config = pipeline.load()
+    config = pipeline.config
+    folder = output_dir(context, config)
     if config.search_logs is None:
         empty = pd.DataFrame(columns=PAIR_COLUMNS + ["support"])
-        out = write_parquet(empty, data_dir(config) / "search_log_pairs.parquet")
-        skip = write_parquet(pd.DataFrame(columns=["query", "passage_id", "kind"]), data_dir(config) / "skip_above.parquet")
+        out = write_parquet(empty, folder / "search_log_pairs.parquet")
+        skip = write_parquet(pd.DataFrame(columns=["query", "passage_id", "kind"]), folder / "skip_above.parquet")
         return dg.MaterializeResult(
-            value={"path": str(out), "skip_above_path": str(skip), "pairs": 0},
+            value=PairsHandle(str(out), 0, files={"skip_above": str(skip)}),
             metadata={"dagster/row_count": 0, "note": "no search_logs in the config"},
         )
     passages = read_corpus(corpus)
     result = pairs_from_search_logs(read_table(config.search_logs), set(passages["passage_id"]), config.search_log_rules)
-    out = write_parquet(result.pairs, data_dir(config) / "search_log_pairs.parquet")
-    skip = write_parquet(result.skip_above, data_dir(config) / "skip_above.parquet")
+    out = write_parquet(result.pairs, folder / "search_log_pairs.parquet")
+    skip = write_parquet(result.skip_above, folder / "skip_above.parquet")
     return dg.MaterializeResult(
-        value={"path": str(out), "skip_above_path": str(skip), "pairs": len(result.pairs)},
+        value=PairsHandle(str(out), len(result.pairs), rows_in=result.counts.rows_in, files={"skip_above": str(skip)}),
         metadata={
             "dagster/row_count": len(result.pairs),
             "impressions_read": result.counts.rows_in,
@@ -74,32 +83,35 @@ def search_log_pairs(corpus: dict, pipeline: PipelineResource) -> dg.Materialize
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
-def curated_pairs(corpus: dict, pipeline: PipelineResource) -> dg.MaterializeResult:
+def curated_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pipeline: PipelineResource) -> dg.MaterializeResult:
     """Hand-labelled (query, passage) pairs, validated; rejected rows go to a quarantine file with a reason each.
 
     With no `eval` set in the config, a seeded share of these queries is held out as the eval set."""
-    config = pipeline.load()
+    config = pipeline.config
+    folder = output_dir(context, config)
     if config.curated_pairs is None:
-        out = write_parquet(pd.DataFrame(columns=PAIR_COLUMNS), data_dir(config) / "curated_pairs.parquet")
-        return dg.MaterializeResult(value={"path": str(out), "pairs": 0, "rows_in": 0, "quarantined": 0},
+        out = write_parquet(pd.DataFrame(columns=PAIR_COLUMNS), folder / "curated_pairs.parquet")
+        return dg.MaterializeResult(value=PairsHandle(str(out), 0),
                                     metadata={"dagster/row_count": 0, "note": "no curated_pairs in the config"})
     passages = read_corpus(corpus)
     loaded = load_labelled_pairs(config.curated_pairs, set(passages["passage_id"]))
     accepted = loaded.pairs.assign(source="curated")
-    quarantine = write_parquet(loaded.quarantine, data_dir(config) / "curated_quarantine.parquet")
+    quarantine = write_parquet(loaded.quarantine, folder / "curated_quarantine.parquet")
+    files = {"quarantine": str(quarantine)}
     share = len(loaded.quarantine) / loaded.rows_in if loaded.rows_in else 0.0
     split_md = {}
     if config.eval is None:
         lk = config.leakage
         accepted, held_out, split = split_labelled_pairs(accepted, lk.eval_fraction, lk.split_seed,
                                                          lk.near_duplicate_jaccard, lk.shingle_words)
-        split_path = write_parquet(held_out.drop(columns=["source"]), eval_split_path(config))
+        split_path = write_parquet(held_out.drop(columns=["source"]), folder / "eval_split.parquet")
+        files["eval_split"] = str(split_path)
         split_md = {"eval_split_queries": int(held_out["query_id"].nunique()), "eval_split_pairs": len(held_out),
                     "eval_split_fraction": lk.eval_fraction, "eval_split_seed": lk.split_seed,
                     "near_duplicate_groups_kept_together": split.grouped_queries, "eval_split_path": md.path(split_path)}
-    out = write_parquet(accepted, data_dir(config) / "curated_pairs.parquet")
+    out = write_parquet(accepted, folder / "curated_pairs.parquet")
     return dg.MaterializeResult(
-        value={"path": str(out), "pairs": len(accepted), "rows_in": loaded.rows_in, "quarantined": len(loaded.quarantine)},
+        value=PairsHandle(str(out), len(accepted), rows_in=loaded.rows_in, quarantined=len(loaded.quarantine), files=files),
         metadata={
             "dagster/row_count": len(accepted),
             "rows_in": loaded.rows_in,
@@ -116,12 +128,17 @@ def curated_pairs(corpus: dict, pipeline: PipelineResource) -> dg.MaterializeRes
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
-def synthetic_pairs(corpus: dict, pipeline: PipelineResource, query_generator: QueryGeneratorResource) -> dg.MaterializeResult:
+def synthetic_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pipeline: PipelineResource,
+                    query_generator: QueryGeneratorResource) -> dg.MaterializeResult:
     """Synthetic (query, passage) pairs from the corpus (offline inverse cloze/titles or an LLM), round-trip filtered."""
-    config = pipeline.load()
+    config = pipeline.config
     s = config.synthetic
     passages = read_corpus(corpus)
-    generated = query_generator.generate(sample_passages(passages, s.max_passages, s.seed), s, config.artifacts_dir / "llm_cache")
+    generator = generator_for(s, query_generator)
+    context.log.info(f"synthetic_pairs: generating queries for {min(len(passages), s.max_passages or len(passages))} passages "
+                     f"({type(generator).__name__})" + (f", then a round trip through the base model (top {s.round_trip_k})"
+                                                         if s.round_trip else ""))
+    generated = generator.generate(sample_passages(passages, s.max_passages, s.seed), s, config.artifacts_dir / "llm_cache")
     pairs, round_trip_md = generated.pairs, {"round_trip": "off"}
     if s.round_trip and len(pairs):
         base = embed(config, config.resolved_base_model, passages, list(pairs["query"]))
@@ -133,9 +150,9 @@ def synthetic_pairs(corpus: dict, pipeline: PipelineResource, query_generator: Q
                              pairs.assign(kept=ranks <= s.round_trip_k).groupby("method")["kept"].mean().round(4).to_dict()),
                          "corpus_passages_from_cache": base.corpus_stats.reused}
         pairs = kept
-    out = write_parquet(pairs, data_dir(config) / "synthetic_pairs.parquet")
+    out = write_parquet(pairs, output_dir(context, config) / "synthetic_pairs.parquet")
     return dg.MaterializeResult(
-        value={"path": str(out), "pairs": len(pairs)},
+        value=PairsHandle(str(out), len(pairs)),
         metadata={
             "dagster/row_count": len(pairs),
             **generated.stats,
