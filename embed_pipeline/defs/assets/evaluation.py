@@ -33,7 +33,7 @@ def report_metadata(report: dict, path, plots: dict[str, bytes]) -> dict:
         md.RECALL10_THRESHOLD: next(c["threshold"] for c in report["gate"]["clauses"] if c["name"] == "recall@10 lift over champion"),
         md.CANDIDATE_VERSION: str(report["models"]["candidate"]["version"]),
         "eval_queries": report["eval"]["queries"],
-        "retrieval": dg.MetadataValue.json(report["retrieval"]),
+        "retrieval": dg.MetadataValue.json(report.get("retrieval") or {"mode": "dense"}),
         "recall@10 lift CI": f"[{ci['low']:+.4f}, {ci['high']:+.4f}] ({ci['confidence']:.0%}, {ci['resamples']} resamples)",
         "candidate recall@10 (judged)": report[judged]["recall@10"],
         "candidate ndcg@10 (judged)": report[judged]["ndcg@10"],
