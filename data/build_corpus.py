@@ -1,245 +1,183 @@
 #!/usr/bin/env python3
-"""Build data/corpus.jsonl: a BEIR-style corpus from the Python 3.11 standard library.
+"""Build data/corpus.jsonl (code passages) and data/queries_src/docstrings.jsonl from the CPython 3.11 stdlib.
 
-Passages come from two sources, both part of CPython 3.11 (PSF-2.0):
+A passage is the source of one public function or method of a pure-Python stdlib module, with
+its docstring removed: the task is to find code from a description of what it does, and the
+description must not be sitting in the passage. Comments stay (real code has them).
 
-* docstrings of public modules, functions, classes and methods of a curated
-  list of well-documented stdlib modules (``_id`` = qualified name, e.g.
-  ``json.dumps`` or ``collections.OrderedDict.move_to_end``);
-* the language-reference topics shipped in ``pydoc_data.topics``, split into
-  paragraph-sized passages (``_id`` = ``topic:<key>:<n>``).
+* `_id` and `title`: the qualified name, `module.function` or `module.Class.method`
+  (`shutil.copytree`, `pathlib.Path.glob`).
+* `text`: the function's source (decorators included), dedented, docstring and blank lines
+  removed, cut at the last line that fits in `MAX_CHARS`.
+* Kept: names without a leading underscore, at module level or one class deep (definitions under
+  a module- or class-level `if`/`try` count too; the first one of a name wins). Skipped: texts
+  under `MIN_CHARS`, one-line definitions, and a text that repeats an earlier passage's.
 
-The output is deterministic for a given Python 3.11 build: objects are visited
-in sorted order, no reprs (memory addresses) are used, and the final file is
-sorted by id.  Run from anywhere:  python data/build_corpus.py
+The removed docstrings' first sentences go to `queries_src/docstrings.jsonl` (`{"_id", "summary"}`):
+the raw material of the curated training pairs (build_queries.py decides which ones are used).
+
+Sources are parsed with `ast`, never imported, so the output depends only on the files: it is
+byte-identical across runs for one CPython 3.11 build. Run:  python data/build_corpus.py
 """
 from __future__ import annotations
 
-import importlib
+import argparse
+import ast
 import inspect
 import json
 import re
 import sys
-import warnings
+import sysconfig
+import textwrap
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "corpus.jsonl"
+DATA = Path(__file__).resolve().parent
+OUT = DATA / "corpus.jsonl"
+DOCSTRINGS = DATA / "queries_src" / "docstrings.jsonl"
 
-MIN_CHARS = 60          # skip docstrings shorter than this
-MAX_CHARS = 1500        # truncate docstrings at a sentence boundary below this
-TOPIC_TARGET = 1200     # approximate cap for a topic passage
-TOPIC_MIN = 300         # merge topic paragraphs until at least this long
+MIN_CHARS = 60      # shorter functions (mostly one-line properties) say nothing a query could find
+MAX_CHARS = 1000    # about 256 MiniLM word pieces of Python: what the model reads of a passage
 
-MODULES = [
-    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "builtins", "bz2", "calendar",
-    "codecs", "collections", "collections.abc", "concurrent.futures",
-    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime",
-    "decimal", "difflib", "doctest", "email", "email.message", "email.utils",
-    "enum", "fnmatch", "fractions", "functools", "gettext", "glob", "gzip",
-    "hashlib", "heapq", "hmac", "html", "http.client", "http.server", "inspect", "io",
-    "ipaddress", "itertools", "json", "locale", "logging", "logging.handlers",
-    "math", "mimetypes", "operator", "os", "os.path", "pathlib", "pickle",
-    "platform", "pprint", "queue", "random", "re", "sched", "secrets",
-    "select", "selectors", "shlex", "shutil", "signal", "smtplib", "socket", "sqlite3",
-    "statistics", "string", "struct", "subprocess", "sys", "tarfile",
-    "tempfile", "textwrap", "threading", "time", "timeit", "traceback",
-    "types", "typing", "unicodedata", "unittest", "unittest.mock", "urllib.parse",
-    "urllib.request", "uuid", "warnings", "weakref", "xml.etree.ElementTree", "zipfile", "zlib",
-    "zoneinfo",
-]
-
-# Extra implementation modules whose objects a public module re-exports.
-ALIASES = {
-    "os": {"posix"},
-    "os.path": {"posixpath", "genericpath"},
-    "hashlib": {"_hashlib", "_blake2", "_sha3", "_md5", "_sha1", "_sha256", "_sha512"},
-    "asyncio": {"_asyncio"},
-    "time": {"time"},
+# Module family -> modules. The family is the eval segment of a query whose target is in it.
+FAMILIES = {
+    "files": ["os", "posixpath", "genericpath", "shutil", "pathlib", "tempfile", "glob", "fnmatch",
+              "filecmp", "fileinput", "linecache", "zipfile", "tarfile", "gzip", "bz2", "lzma",
+              "zipapp", "shelve"],
+    "formats": ["json", "json.encoder", "json.decoder", "csv", "configparser", "pickle", "base64",
+                "plistlib", "tomllib._parser", "quopri", "xml.etree.ElementTree",
+                "uuid", "secrets", "hmac", "hashlib"],
+    "text": ["textwrap", "difflib", "string", "shlex", "html", "html.parser", "re", "gettext",
+             "locale", "tokenize", "reprlib", "pprint"],
+    "network": ["urllib.parse", "urllib.request", "http.client", "http.cookies", "http.cookiejar",
+                "http.server", "email.utils", "email.message", "email.headerregistry", "smtplib",
+                "ftplib", "poplib", "ipaddress", "mimetypes", "socket", "socketserver",
+                "selectors", "ssl", "xmlrpc.client", "wsgiref.util", "wsgiref.headers", "webbrowser"],
+    "concurrency": ["threading", "queue", "concurrent.futures._base", "concurrent.futures.thread",
+                    "concurrent.futures.process", "asyncio.tasks", "asyncio.queues", "asyncio.locks",
+                    "asyncio.streams", "asyncio.base_events", "asyncio.events", "asyncio.runners",
+                    "asyncio.timeouts", "asyncio.subprocess", "subprocess", "sched",
+                    "multiprocessing.pool", "multiprocessing.managers"],
+    "data": ["collections", "functools", "heapq", "bisect", "copy", "dataclasses", "enum", "contextlib",
+             "weakref", "operator", "graphlib", "statistics", "fractions", "random", "datetime",
+             "calendar", "zoneinfo._zoneinfo", "typing", "types"],
+    "devtools": ["unittest.case", "unittest.mock", "doctest", "traceback", "timeit", "inspect",
+                 "warnings", "logging", "logging.handlers", "argparse", "getopt", "cmd",
+                 "ast", "dis", "pstats", "tracemalloc", "platform", "sysconfig", "pkgutil",
+                 "importlib.util", "importlib.metadata", "runpy", "compileall", "py_compile", "getpass"],
 }
 
-SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(`'\"])")
+_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")  # "copytree(src, dst) -> str" lines of C-style docstrings
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.split())
+def module_path(stdlib: Path, module: str) -> Path:
+    path = stdlib / (module.replace(".", "/") + ".py")
+    return path if path.is_file() else stdlib / module.replace(".", "/") / "__init__.py"
 
 
-def truncate(text: str, limit: int = MAX_CHARS) -> str:
-    if len(text) <= limit:
-        return text
-    head = text[:limit]
-    ends = [m.end() for m in SENTENCE_END.finditer(head)]
-    if ends and ends[-1] >= limit // 3:
-        return head[: ends[-1]].rstrip()
-    cut = head.rfind(" ")
-    return head[: cut if cut > 0 else limit].rstrip()
+def definitions(body: list[ast.stmt], prefix: str, depth: int = 0):
+    """(qualified name, node) for public functions here and in public classes one level down,
+    looking inside `if`/`try` blocks (platform-specific definitions)."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not node.name.startswith("_"):
+                yield f"{prefix}{node.name}", node
+        elif isinstance(node, ast.ClassDef):
+            if depth == 0 and not node.name.startswith("_"):
+                yield from definitions(node.body, f"{prefix}{node.name}.", depth + 1)
+        elif isinstance(node, ast.If):
+            yield from definitions(node.body + node.orelse, prefix, depth)
+        elif isinstance(node, ast.Try):
+            handlers = [stmt for h in node.handlers for stmt in h.body]
+            yield from definitions(node.body + handlers + node.orelse + node.finalbody, prefix, depth)
 
 
-def clean_doc(doc) -> str | None:
-    if not isinstance(doc, str):
+def summary(doc: str) -> str:
+    """The first sentence of a docstring's first prose paragraph, whitespace collapsed."""
+    for paragraph in re.split(r"\n\s*\n", inspect.cleandoc(doc)):
+        lines = [ln for ln in paragraph.strip().splitlines() if not _SIGNATURE.match(ln.strip())]
+        text = " ".join(" ".join(lines).split())
+        if text:
+            return _SENTENCE_END.split(text, maxsplit=1)[0]
+    return ""
+
+
+def passage(source_lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """The function's code without its docstring and blank lines, dedented and cut at MAX_CHARS."""
+    first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+    drop: set[int] = set()
+    if ast.get_docstring(node, clean=False) is not None:
+        doc = node.body[0]
+        if doc.lineno == node.lineno:  # `def f(): "doc"` on one line
+            return None
+        drop = set(range(doc.lineno, doc.end_lineno + 1))
+    lines = [source_lines[i - 1].rstrip() for i in range(first, node.end_lineno + 1) if i not in drop]
+    lines = textwrap.dedent("\n".join(ln for ln in lines if ln.strip())).splitlines()
+    if len(lines) < 2:
         return None
-    text = truncate(normalise(inspect.cleandoc(doc)))
-    if len(text) < MIN_CHARS:
-        return None
-    return text
+    kept, size = [], 0
+    for line in lines:
+        if size + len(line) + 1 > MAX_CHARS:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    text = "\n".join(kept)
+    return text if len(text) >= MIN_CHARS and len(kept) >= 2 else None
 
 
-def owned(modname: str, module, name: str, obj) -> bool:
-    """Is ``obj`` (found as ``module.name``) documented as part of ``modname``?"""
-    if hasattr(module, "__all__"):
-        return name in module.__all__
-    owner = getattr(obj, "__module__", None)
-    if not isinstance(owner, str):
-        return False
-    last = modname.rsplit(".", 1)[-1]
-    ok = {modname, "_" + last, "_" + modname.replace(".", "_")} | ALIASES.get(modname, set())
-    return owner in ok or owner.startswith(modname + ".")
-
-
-def is_documentable(obj) -> bool:
-    return inspect.isclass(obj) or inspect.isroutine(obj)
-
-
-def class_members(cls):
-    for name in sorted(vars(cls)):
-        if name.startswith("_"):
-            continue
-        raw = vars(cls)[name]
-        if isinstance(raw, (staticmethod, classmethod)):
-            raw = raw.__func__
-        if isinstance(raw, property) or inspect.isroutine(raw) or inspect.isdatadescriptor(raw):
-            yield name, raw
-
-
-def api_passages():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for modname in MODULES:
-            module = importlib.import_module(modname)
-            doc = clean_doc(module.__doc__)
-            if doc:
-                yield modname, modname, doc
-            seen_classes = set()
-            for name in sorted(dir(module)):
-                if name.startswith("_"):
+def build(stdlib: Path) -> tuple[list[dict], list[dict]]:
+    rows: dict[str, str] = {}
+    docs: dict[str, str] = {}
+    seen_text: set[str] = set()
+    for family in FAMILIES.values():
+        for module in family:
+            path = module_path(stdlib, module)
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source, filename=str(path))
+            lines = source.splitlines()
+            for qual, node in definitions(tree.body, f"{module}."):
+                if qual in rows:
                     continue
-                try:
-                    obj = getattr(module, name)
-                except Exception:
+                text = passage(lines, node)
+                if text is None or text in seen_text:
                     continue
-                if not is_documentable(obj) or not owned(modname, module, name, obj):
-                    continue
-                if (inspect.isclass(obj) and obj.__name__ != name
-                        and getattr(module, obj.__name__, None) is obj):
-                    continue  # alias of a class exported under its own name
-                qual = f"{modname}.{name}"
-                doc = clean_doc(getattr(obj, "__doc__", None))
+                rows[qual] = text
+                seen_text.add(text)
+                doc = ast.get_docstring(node)
                 if doc:
-                    yield qual, qual, doc
-                if inspect.isclass(obj) and id(obj) not in seen_classes:
-                    seen_classes.add(id(obj))
-                    for mname, member in class_members(obj):
-                        mdoc = clean_doc(getattr(member, "__doc__", None))
-                        if mdoc:
-                            mq = f"{qual}.{mname}"
-                            yield mq, mq, mdoc
+                    docs[qual] = summary(doc)
+    corpus = [{"_id": i, "title": i, "text": rows[i]} for i in sorted(rows)]
+    summaries = [{"_id": i, "summary": docs[i]} for i in sorted(docs) if docs[i]]
+    return corpus, summaries
 
 
-HEADING_RULE = re.compile(r"^\s*([*=\-~^#])\1{2,}\s*$")
-
-
-def split_long(par: str, limit: int = TOPIC_TARGET) -> list[str]:
-    out = []
-    while len(par) > limit:
-        piece = truncate(par, limit)
-        out.append(piece)
-        par = par[len(piece):].strip()
-    if par:
-        out.append(par)
-    return out
-
-
-def topic_passages():
-    """Chunk the pydoc topics.  Several topics are aggregates of others (e.g.
-    ``compound`` repeats ``if``/``for``/``try``/``with``/``function``), so
-    paragraphs are de-duplicated across topics first, visiting the shortest
-    (most specific) topics first; the aggregate keeps only what is unique to it.
-    """
-    from pydoc_data.topics import topics
-
-    seen_pars: set[str] = set()
-    out = []
-    for key in sorted(topics, key=lambda k: (len(topics[k]), k)):
-        raw = topics[key]
-        lines = raw.strip("\n").splitlines()
-        title = key
-        if len(lines) > 1 and HEADING_RULE.match(lines[1]):
-            title = lines[0].strip()
-        lines = [ln for ln in lines if not HEADING_RULE.match(ln)]
-        paragraphs = [normalise(p) for p in re.split(r"\n\s*\n", "\n".join(lines))]
-        paragraphs = [p for p in paragraphs if p]
-        if paragraphs and paragraphs[0] == title:
-            paragraphs = paragraphs[1:]
-        unique = []
-        for p in paragraphs:
-            if len(p) >= 40 and p in seen_pars:
-                continue
-            seen_pars.add(p)
-            unique.append(p)
-        pieces: list[str] = []
-        for p in unique:
-            pieces.extend(split_long(p))
-        chunks: list[str] = []
-        buf = ""
-        for p in pieces:
-            if not buf:
-                buf = p
-            elif len(buf) < TOPIC_MIN or len(buf) + 1 + len(p) <= TOPIC_TARGET:
-                if len(buf) + 1 + len(p) <= MAX_CHARS:
-                    buf = f"{buf} {p}"
-                else:
-                    chunks.append(buf)
-                    buf = p
-            else:
-                chunks.append(buf)
-                buf = p
-        if buf:
-            chunks.append(buf)
-        n = 0
-        for chunk in chunks:
-            if len(chunk) >= MIN_CHARS:
-                n += 1
-                out.append((f"topic:{key}:{n}", title, chunk))
-    return out
-
-
-def sort_key(doc_id: str):
-    if doc_id.startswith("topic:"):
-        _, key, n = doc_id.split(":")
-        return (1, key, int(n))
-    return (0, doc_id, 0)
+def family_of(passage_id: str) -> str:
+    """The family (eval segment) of a passage id: the family of its longest module prefix."""
+    best = max(((m, f) for f, mods in FAMILIES.items() for m in mods if passage_id.startswith(m + ".")),
+               key=lambda mf: len(mf[0]), default=None)
+    if best is None:
+        raise ValueError(f"no family for {passage_id}")
+    return best[1]
 
 
 def main() -> None:
-    if sys.version_info[:2] != (3, 11):
-        print(f"warning: built for Python 3.11, running {sys.version.split()[0]}", file=sys.stderr)
-    records = {}
-    for doc_id, title, text in list(api_passages()) + list(topic_passages()):
-        records.setdefault(doc_id, (title, text))
-    # Duplicate texts: keep the shallowest id (``unicodedata.category`` over
-    # ``unicodedata.UCD.category``), ties broken by the sort order.
-    keep = {}
-    for doc_id in sorted(records, key=lambda i: (i.count("."), sort_key(i))):
-        keep.setdefault(records[doc_id][1], doc_id)
-    kept = set(keep.values())
-    rows = [{"_id": i, "title": records[i][0], "text": records[i][1]}
-            for i in sorted(kept, key=sort_key)]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stdlib", type=Path, default=Path(sysconfig.get_paths()["stdlib"]),
+                        help="the CPython 3.11 Lib folder (default: this interpreter's)")
+    args = parser.parse_args()
+    if sys.version_info[:2] != (3, 11) and args.stdlib == Path(sysconfig.get_paths()["stdlib"]):
+        print(f"warning: built for the Python 3.11 stdlib, this is {sys.version.split()[0]}", file=sys.stderr)
+    corpus, summaries = build(args.stdlib)
     with OUT.open("w", encoding="utf-8") as fh:
-        for row in rows:
+        for row in corpus:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    n_topic = sum(r["_id"].startswith("topic:") for r in rows)
-    print(f"wrote {len(rows)} passages ({len(rows) - n_topic} api, {n_topic} topic) "
-          f"to {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")
+    DOCSTRINGS.parent.mkdir(exist_ok=True)
+    with DOCSTRINGS.open("w", encoding="utf-8") as fh:
+        for row in summaries:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    per_family = {f: sum(family_of(r["_id"]) == f for r in corpus) for f in FAMILIES}
+    print(f"wrote {len(corpus)} passages to {OUT} ({OUT.stat().st_size / 1e6:.2f} MB); per family {per_family}")
+    print(f"wrote {len(summaries)} docstring summaries to {DOCSTRINGS}")
 
 
 if __name__ == "__main__":

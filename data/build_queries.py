@@ -1,74 +1,54 @@
 #!/usr/bin/env python3
-"""Build the BEIR query/qrels files from the hand-written sources and validate them.
+"""Build the BEIR query/qrels files of the code-search demo and validate them.
 
-Sources (one query a line, ``query text => corpus_id[, corpus_id]``; ``#`` comments):
-  data/queries_src/curated.txt  -> data/curated/queries.jsonl, data/curated/qrels/train.tsv
-  data/queries_src/eval.txt     -> data/eval/queries.jsonl,    data/eval/qrels/test.tsv
-  data/queries_src/logs.txt     -> read by data/build_search_logs.py only
+Sources:
+  queries_src/eval.txt         hand-written eval queries, `query => corpus_id[, corpus_id]`
+                               -> eval/queries.jsonl (`metadata.segment`), eval/qrels/test.tsv
+  queries_src/logs.txt         hand-written search-box queries with their true target, read
+                               only by build_search_logs.py (the click simulator)
+  queries_src/docstrings.jsonl the docstring summaries build_corpus.py removed from the code
+                               -> curated/queries.jsonl, curated/qrels/train.tsv
 
-Checks (the script exits non-zero if any fails): every qrel id exists in
-data/corpus.jsonl; no query text repeats within or across sets after lowercasing
-and whitespace normalisation; no eval query is a near-duplicate (token Jaccard
->= 0.8) of a curated or log query; minimum counts (curated >= 220, eval >= 170,
-logs >= 100).  Run:  python data/build_queries.py
+Curated pairs are what a team has for free: each documented function's docstring summary is a
+query for its (docstring-free) code. A summary shared by several functions is one query with all
+of them as positives. Left out, each counted: summaries under `MIN_WORDS` words, and every
+summary whose functions include an eval target (so no eval target is ever a training target).
+
+Checks (exit non-zero on any failure): every qrel id is in corpus.jsonl; no eval target is a
+curated or log target; no query text repeats across the sets (lowercased, whitespace collapsed);
+no eval query has a word-bigram Jaccard >= 0.8 with a curated or log query (the pipeline's
+`leakage` rule: `\\w+` tokens of the lowercased text, a query of one or two words is its own
+single shingle); minimum sizes (curated >= 1000, eval >= 200, logs >= 100).
+Run:  python data/build_queries.py
 """
 from __future__ import annotations
 
 import json
 import re
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
+
+from build_corpus import family_of
 
 DATA = Path(__file__).resolve().parent
 SRC = DATA / "queries_src"
-MINIMUMS = {"curated": 220, "eval": 170, "logs": 100}
-
-# Module family of a passage id -> eval segment.
-SEGMENTS = {
-    "filesystem": ["os", "os.path", "pathlib", "shutil", "glob", "fnmatch", "tempfile",
-                   "io", "zipfile", "tarfile", "gzip", "bz2", "zlib"],
-    "text": ["re", "string", "textwrap", "difflib", "unicodedata", "codecs", "builtins.str",
-             "locale", "gettext", "html", "shlex"],
-    "data-structures": ["collections", "collections.abc", "itertools", "functools", "heapq",
-                        "bisect", "array", "copy", "operator", "builtins.dict",
-                        "builtins.list", "builtins.set", "builtins.frozenset",
-                        "weakref", "dataclasses", "enum", "pprint"],
-    "numeric": ["math", "statistics", "random", "decimal", "fractions", "builtins.int",
-                "builtins.float", "builtins.round", "builtins.complex"],
-    "serialization": ["json", "csv", "pickle", "sqlite3", "configparser", "struct",
-                      "base64", "xml.etree.ElementTree", "builtins.bytes", "builtins.bytearray",
-                      "hashlib", "hmac", "secrets", "uuid"],
-    "concurrency": ["threading", "asyncio", "concurrent.futures", "queue", "subprocess",
-                    "sched"],
-    "networking": ["socket", "select", "selectors", "urllib.parse", "urllib.request",
-                   "http.client", "http.server", "ipaddress", "smtplib", "email",
-                   "email.message", "email.utils", "mimetypes"],
-    "datetime": ["datetime", "time", "calendar", "zoneinfo"],
-    "testing-debugging": ["unittest", "unittest.mock", "doctest", "traceback", "timeit",
-                          "inspect", "warnings", "logging", "logging.handlers", "ast", "pdb"],
-    "system": ["sys", "signal", "platform", "argparse", "os.environ"],
-    "language": ["builtins", "types", "typing", "abc"],
-}
-_PREFIXES = sorted(((p, seg) for seg, ps in SEGMENTS.items() for p in ps),
-                   key=lambda x: -len(x[0]))
-
-
-def segment_of(doc_id: str) -> str:
-    if doc_id.startswith("topic:"):
-        return "language"
-    for prefix, seg in _PREFIXES:
-        if doc_id == prefix or doc_id.startswith(prefix + "."):
-            return seg
-    raise ValueError(f"no segment for {doc_id}")
+MIN_WORDS = 3
+MAX_CHARS = 300
+NEAR_DUPLICATE = 0.8
+MINIMUMS = {"curated": 1000, "eval": 200, "logs": 100}
+_WORD = re.compile(r"\w+")
 
 
 def norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def tokens(text: str) -> set[str]:
-    return set(re.findall(r"[a-z0-9_]+", text.lower()))
+def shingles(text: str) -> frozenset[str]:
+    words = _WORD.findall(norm(text))
+    if len(words) <= 2:
+        return frozenset([" ".join(words)]) if words else frozenset()
+    return frozenset(" ".join(words[i:i + 2]) for i in range(len(words) - 1))
 
 
 def read_source(name: str) -> list[tuple[str, list[str]]]:
@@ -84,33 +64,56 @@ def read_source(name: str) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def load_sets() -> dict[str, list[tuple[str, list[str]]]]:
-    return {name: read_source(name) for name in ("curated", "eval", "logs")}
+def shorten(text: str, limit: int = MAX_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0]
 
 
-def validate(sets, corpus_ids: set[str]) -> list[str]:
+def curated_from_docstrings(eval_targets: set[str]) -> tuple[list[tuple[str, list[str]]], Counter]:
+    by_text: dict[str, list[str]] = defaultdict(list)
+    for line in (SRC / "docstrings.jsonl").open(encoding="utf-8"):
+        row = json.loads(line)
+        by_text[shorten(row["summary"])].append(row["_id"])
+    dropped: Counter = Counter()
+    rows = []
+    for text, ids in sorted(by_text.items(), key=lambda kv: kv[1][0]):
+        if len(text.split()) < MIN_WORDS:
+            dropped["too short"] += 1
+        elif eval_targets.intersection(ids):
+            dropped["describes an eval target"] += 1
+        else:
+            rows.append((text, sorted(ids)))
+    return rows, dropped
+
+
+def validate(sets: dict[str, list[tuple[str, list[str]]]], corpus_ids: set[str]) -> list[str]:
     errors = []
     for name, rows in sets.items():
         if len(rows) < MINIMUMS[name]:
             errors.append(f"{name}: {len(rows)} queries < {MINIMUMS[name]}")
-        for text, ids in rows:
-            for i in ids:
-                if i not in corpus_ids:
-                    errors.append(f"{name}: unknown corpus id {i!r} for query {text!r}")
+        errors += [f"{name}: unknown corpus id {i!r} for query {text!r}"
+                   for text, ids in rows for i in ids if i not in corpus_ids]
+    eval_targets = {i for _, ids in sets["eval"] for i in ids}
+    for name in ("curated", "logs"):
+        errors += [f"{name} query {text!r} targets eval passage {i}"
+                   for text, ids in sets[name] for i in ids if i in eval_targets]
     seen: dict[str, str] = {}
     for name, rows in sets.items():
         for text, _ in rows:
-            key = norm(text)
-            if key in seen:
-                errors.append(f"duplicate query text {text!r} in {name} and {seen[key]}")
-            seen[key] = name
-    other = [(t, tokens(t)) for n in ("curated", "logs") for t, _ in sets[n]]
+            if norm(text) in seen:
+                errors.append(f"query text {text!r} repeats (in {name} and {seen[norm(text)]})")
+            seen[norm(text)] = name
+    index: dict[str, list[int]] = defaultdict(list)
+    train = [t for n in ("curated", "logs") for t, _ in sets[n]]
+    train_shingles = [shingles(t) for t in train]
+    for j, s in enumerate(train_shingles):
+        for g in s:
+            index[g].append(j)
     for text, _ in sets["eval"]:
-        toks = tokens(text)
-        for o, otoks in other:
-            jac = len(toks & otoks) / max(1, len(toks | otoks))
-            if jac >= 0.8:
-                errors.append(f"eval query {text!r} near-duplicates {o!r} (jaccard {jac:.2f})")
+        s = shingles(text)
+        for j in sorted({j for g in s for j in index[g]}):
+            jac = len(s & train_shingles[j]) / len(s | train_shingles[j])
+            if jac >= NEAR_DUPLICATE:
+                errors.append(f"eval query {text!r} near-duplicates training query {train[j]!r} (jaccard {jac:.2f})")
     return errors
 
 
@@ -123,7 +126,7 @@ def write_beir(rows, prefix: str, out_dir: Path, qrels_name: str, with_segment: 
             qid = f"{prefix}{n:04d}"
             obj = {"_id": qid, "text": text}
             if with_segment:
-                obj["metadata"] = {"segment": segment_of(ids[0])}
+                obj["metadata"] = {"segment": family_of(ids[0])}
             fq.write(json.dumps(obj, ensure_ascii=False) + "\n")
             for i in ids:
                 fr.write(f"{qid}\t{i}\t1\n")
@@ -131,20 +134,21 @@ def write_beir(rows, prefix: str, out_dir: Path, qrels_name: str, with_segment: 
 
 def main() -> None:
     corpus_ids = {json.loads(line)["_id"] for line in (DATA / "corpus.jsonl").open(encoding="utf-8")}
-    sets = load_sets()
+    sets = {"eval": read_source("eval"), "logs": read_source("logs")}
+    eval_targets = {i for _, ids in sets["eval"] for i in ids}
+    sets["curated"], dropped = curated_from_docstrings(eval_targets)
     errors = validate(sets, corpus_ids)
     if errors:
         print("\n".join(errors), file=sys.stderr)
         raise SystemExit(f"{len(errors)} validation error(s)")
     write_beir(sets["curated"], "c", DATA / "curated", "train.tsv", with_segment=False)
     write_beir(sets["eval"], "e", DATA / "eval", "test.tsv", with_segment=True)
-    eval_targets = {i for _, ids in sets["eval"] for i in ids}
-    cur_targets = {i for _, ids in sets["curated"] for i in ids}
-    segs = Counter(segment_of(ids[0]) for _, ids in sets["eval"])
-    print(f"curated: {len(sets['curated'])} queries, {len(cur_targets)} distinct passages")
-    print(f"eval: {len(sets['eval'])} queries, {len(eval_targets)} distinct passages, "
-          f"{len(eval_targets - cur_targets)} not targeted by curated; segments {dict(sorted(segs.items()))}")
-    print(f"logs: {len(sets['logs'])} queries (used by build_search_logs.py)")
+    segments = Counter(family_of(ids[0]) for _, ids in sets["eval"])
+    curated_targets = {i for _, ids in sets["curated"] for i in ids}
+    print(f"curated: {len(sets['curated'])} queries over {len(curated_targets)} passages; "
+          f"docstring summaries left out: {dict(dropped)}")
+    print(f"eval: {len(sets['eval'])} queries over {len(eval_targets)} passages; segments {dict(sorted(segments.items()))}")
+    print(f"logs: {len(sets['logs'])} queries (read by build_search_logs.py)")
     print("validation OK")
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Simulate docs-search click logs -> data/search_logs.parquet (seeded, deterministic).
+"""Simulate code-search click logs -> data/search_logs.parquet (seeded, deterministic).
 
 Input: data/corpus.jsonl and the log queries in data/queries_src/logs.txt
-(``query => true target id``; these texts never repeat an eval query).
+(``query => true target id``; these texts never repeat an eval query and no target is an
+eval target).
 
 Click model (all parameters are module constants below):
 
