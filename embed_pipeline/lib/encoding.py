@@ -1,14 +1,25 @@
-"""Loading models and encoding text, with an on-disk cache so no text is encoded twice.
+"""Loading models and encoding text at the hardware's speed, with an on-disk cache so no text is
+encoded twice.
 
 Encoding a corpus is the pipeline's most expensive step after training (minutes per model on a
-CPU for a few thousand abstracts). The cache is keyed by (model fingerprint, encode settings,
-text hash): mining, baseline evaluation, index builds and re-runs reuse every vector already
-computed, and a corpus change re-encodes only the changed passages.
+CPU for a few thousand abstracts). Three things make it fast:
+- precision: bf16 autocast where the hardware computes bf16 natively (CPUs with AMX or
+  AVX512-BF16, Ampere+ GPUs; fp16 on older GPUs), vectors returned as normalised float32;
+- batches of similar length (sentence-transformers sorts by length inside `encode`) and, on a GPU,
+  a batch size that fills it;
+- optionally several worker processes (`EncodePool`), each with its share of the CPU threads or
+  its own GPU.
+The cache is keyed by (model fingerprint, prompt, precision, text hash): mining, baseline
+evaluation, index builds and re-runs reuse every vector already computed, a corpus change
+re-encodes only the changed passages, and vectors of two precisions never share a key space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import queue
+import traceback
 import hashlib
 import json
 import logging
@@ -19,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from embed_pipeline.lib.hardware import pick_device, set_cpu_threads
+from embed_pipeline.lib.hardware import available_cpus, cpu_bf16_instructions, cuda_has_native_bf16, pick_device, set_cpu_threads
 from embed_pipeline.lib.text import text_hash
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+DEFAULT_BATCH_SIZE = 64
 
 
 def load_model(name_or_path: str, device: str | None = None, max_seq_length: int | None = None, threads: int = 0):
@@ -61,10 +75,14 @@ def model_fingerprint(model) -> str:
 
 @dataclass(frozen=True)
 class EncodeStats:
+    """`texts` asked for, `unique` among them, `encoded` by the model in this call, `reused` from the
+    cache; `precision` is what the vectors were computed in (`encode_precision`'s label)."""
+
     texts: int
     unique: int
     encoded: int
     reused: int
+    precision: str
 
 
 class EmbeddingCache:
@@ -102,17 +120,71 @@ class EmbeddingCache:
         os.replace(tmp, final)
 
 
-def encode(model, texts: list[str], batch_size: int = 64, prompt: str = "", progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 embeddings (inner product = cosine); bf16 autocast on CUDA.
+def encode_precision(precision: str = "auto", device: str = "cpu") -> str:
+    """What encoding on `device` computes in under the setting `precision` (auto | bf16 | fp32).
+
+    Returns the label the cache and shard files record: "bf16" or "fp16" (autocast: matmuls and
+    attention in half precision, layer norms and the pooled vector in float32), "fp32", or "tf32"
+    (fp32 on a GPU whose matmuls run TF32, as `load_model` sets). `auto`: bf16 on Ampere+ GPUs,
+    fp16 on older GPUs (no bf16 in hardware), bf16 on CPUs with AMX or AVX512-BF16, fp32 on other
+    CPUs. `bf16` forces bf16 autocast anywhere (slow where bf16 is emulated).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    if str(device).startswith("cuda"):
+        import torch
+
+        if precision == "fp32":
+            return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+        return "bf16" if precision == "bf16" or cuda_has_native_bf16(str(device)) else "fp16"
+    if precision == "auto":
+        return "bf16" if cpu_bf16_instructions() else "fp32"
+    return precision
+
+
+def fill_device_batch(free_bytes: int, max_seq_length: int, hidden_size: int) -> int:
+    """A GPU encoding batch that uses about a quarter of `free_bytes`: a power of two in [64, 1024].
+
+    Inference memory per sequence is roughly 16 half-precision activations of `hidden_size` per
+    token (hidden states, q/k/v, the 4x feed-forward, fused attention); a quarter of free memory
+    leaves room for the allocator and other tenants. Past ~1,000 sequences a GPU is saturated and
+    a bigger batch only costs memory. Example: all-MiniLM-L6-v2 (384 wide, 256 tokens) needs
+    ~3 MB per sequence, so any GPU with 4+ GB free gets 1024.
+    """
+    per_sequence = max(1, max_seq_length * hidden_size * 16 * 2)
+    fits = free_bytes // 4 // per_sequence
+    return int(min(1024, max(64, 2 ** int(math.log2(max(1, fits))))))
+
+
+def device_batch_size(model, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """The batch to encode with: `batch_size`, except on CUDA when it is the default (64) or 0 (auto),
+    where `fill_device_batch` sizes it to the GPU's free memory. On CPU, 0 means the default."""
+    if batch_size > 0 and not (batch_size == DEFAULT_BATCH_SIZE and _on_cuda(model)):
+        return batch_size
+    if not _on_cuda(model):
+        return DEFAULT_BATCH_SIZE
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(model.device)
+    return fill_device_batch(free, model.max_seq_length, model.get_embedding_dimension())
+
+
+def _autocast(label: str, device_type: str):
+    import torch
+
+    if label in ("bf16", "fp16"):
+        return torch.autocast(device_type, dtype=torch.bfloat16 if label == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def _encode_here(model, texts: list[str], batch_size: int, prompt: str, label: str, progress: bool) -> np.ndarray:
+    """Encode in this process under `label`'s autocast: normalised float32 rows in input order.
 
     sentence-transformers sorts the texts by length before batching (and restores the order),
     so a batch pads to similar lengths rather than to the longest passage in the corpus.
     """
-    import torch
-
     kwargs = {"prompt": prompt} if prompt else {}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if _on_cuda(model) else contextlib.nullcontext()
-    with autocast:
+    with _autocast(label, model.device.type):
         vectors = model.encode(
             texts,
             batch_size=batch_size,
@@ -124,6 +196,158 @@ def encode(model, texts: list[str], batch_size: int = 64, prompt: str = "", prog
     return np.asarray(vectors, dtype=np.float32)
 
 
+class EncodePool:
+    """Worker processes that each hold a copy of one model and encode batches of texts in parallel.
+
+    On CPU the torch threads are split among the workers (`threads` in all, 0 = the cores this
+    process may use), so N workers never oversubscribe the cores; on CUDA each worker takes a GPU
+    (cuda:0, cuda:1, ..., wrapping round). Workers are spawned (not forked: CUDA and OpenMP state do
+    not survive a fork) and receive the model through shared memory, so starting a pool costs a few
+    seconds of imports per worker: worth it for a corpus, not for a handful of queries. Use it as
+    a context manager; a worker that dies or raises fails the encode with its error.
+    """
+
+    def __init__(self, model, processes: int, threads: int = 0):
+        import torch
+        import torch.multiprocessing as mp
+
+        if processes < 2:
+            raise ValueError("an EncodePool needs at least 2 processes; encode in this process instead")
+        self.processes = processes
+        on_cuda = _on_cuda(model)
+        if on_cuda:
+            devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(processes)]
+            self.threads_per_process = 0
+        else:
+            devices = ["cpu"] * processes
+            self.threads_per_process = max(1, (threads or available_cpus()) // processes)
+        ctx = mp.get_context("spawn")
+        self._tasks = ctx.Queue()
+        self._results = ctx.Queue()
+        models = ctx.Queue()
+        self._workers = []
+        try:
+            # The model goes through a queue, not the Process arguments: a spawned child reads its
+            # arguments while importing, and the parent waits for that, so N workers would start
+            # one after another; through the queue they import at the same time.
+            for device in devices:
+                worker = ctx.Process(target=_pool_worker, daemon=True,
+                                     args=(models, device, self.threads_per_process, self._tasks, self._results))
+                worker.start()
+                self._workers.append(worker)
+            home = model.device
+            model.to("cpu")
+            model.share_memory()
+            for _ in devices:
+                models.put(model)
+            for _ in devices:  # each worker says when its model is in place
+                self._next_result()
+            model.to(home)
+        except BaseException:
+            self.close()
+            raise
+
+    def encode(self, texts: list[str], batch_size: int, prompt: str, label: str) -> np.ndarray:
+        """Normalised float32 rows for `texts`, in order, computed by the workers under `label`.
+
+        Texts are sorted by length over the whole list (not per worker) and cut into chunks of a
+        few batches that idle workers pull from one queue, so long and short passages spread
+        evenly and each batch pads to similar lengths.
+        """
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        chunk = max(1, min(4 * batch_size, math.ceil(len(texts) / self.processes)))
+        starts = range(0, len(order), chunk)
+        for task_id, start in enumerate(starts):
+            self._tasks.put((task_id, [texts[i] for i in order[start:start + chunk]], batch_size, prompt, label))
+        parts: dict[int, np.ndarray] = {}
+        while len(parts) < len(starts):
+            task_id, result = self._next_result()
+            if isinstance(result, str):
+                raise RuntimeError(f"encoding worker failed:\n{result}")
+            parts[task_id] = result
+        vectors = np.concatenate([parts[i] for i in range(len(starts))])
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
+
+    def _next_result(self):
+        while True:
+            with contextlib.suppress(queue.Empty):
+                return self._results.get(timeout=1.0)
+            dead = [w for w in self._workers if not w.is_alive()]
+            if dead:
+                raise RuntimeError(", ".join(f"encoding worker pid {w.pid} died (exit code {w.exitcode})" for w in dead))
+
+    def close(self) -> None:
+        for _ in self._workers:
+            self._tasks.put(None)
+        for worker in self._workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        self._workers = []
+
+    def __enter__(self) -> EncodePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pool_worker(models, device: str, threads: int, tasks, results) -> None:
+    import sentence_transformers  # noqa: F401  (imported while the other workers import too)
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = models.get()
+    model.to(device)
+    results.put((-1, None))
+    while (task := tasks.get()) is not None:
+        task_id, texts, batch_size, prompt, label = task
+        try:
+            results.put((task_id, _encode_here(model, texts, batch_size, prompt, label, progress=False)))
+        except Exception:  # sent to the parent, which raises it
+            results.put((task_id, f"{device}: {traceback.format_exc()}"))
+
+
+@contextlib.contextmanager
+def encode_pool(model, processes: int = 1, threads: int = 0):
+    """An `EncodePool` of `processes` workers, or None for 1 (encode in this process)."""
+    if processes <= 1:
+        yield None
+        return
+    with EncodePool(model, processes, threads) as pool:
+        yield pool
+
+
+def encode(
+    model,
+    texts: list[str],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    prompt: str = "",
+    progress: bool = True,
+    precision: str = "auto",
+    pool: EncodePool | None = None,
+) -> np.ndarray:
+    """L2-normalised float32 embeddings (inner product = cosine), one row per text, in order.
+
+    `precision` (auto | bf16 | fp32) picks the autocast (`encode_precision`); the vectors are
+    float32 whatever it is. `batch_size` is used as given, except the default (or 0) on CUDA,
+    which grows to fill the GPU (`device_batch_size`). With a `pool` the work is spread over its
+    worker processes, giving the same vectors as encoding here (to float rounding).
+    """
+    label = encode_precision(precision, str(model.device))
+    batch_size = device_batch_size(model, batch_size)
+    if pool is not None:
+        vectors = pool.encode(texts, batch_size, prompt, label)
+        return vectors if len(texts) else np.zeros((0, model.get_embedding_dimension()), np.float32)
+    return _encode_here(model, texts, batch_size, prompt, label, progress)
+
+
 def _on_cuda(model) -> bool:
     return str(model.device).startswith("cuda")
 
@@ -133,24 +357,31 @@ def encode_cached(
     texts: list[str],
     cache_root: Path,
     fingerprint: str,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     prompt: str = "",
     progress: bool = True,
+    precision: str = "auto",
+    pool: EncodePool | None = None,
 ) -> tuple[np.ndarray, EncodeStats]:
-    """Embeddings for `texts` in order, encoding only texts the cache lacks (each unique text once)."""
-    cache = EmbeddingCache(cache_root, fingerprint, prompt, "bf16" if _on_cuda(model) else "fp32")
+    """Embeddings for `texts` in order, encoding only texts the cache lacks (each unique text once).
+
+    The cache space is chosen by (fingerprint, prompt, the precision actually used): vectors
+    encoded in bf16 are never served to a caller asking for fp32, and the reverse.
+    """
+    label = encode_precision(precision, str(model.device))
+    cache = EmbeddingCache(cache_root, fingerprint, prompt, label)
     keys = [text_hash(t) for t in texts]
     unique = dict(zip(keys, texts, strict=True))
     found = cache.get(list(unique))
     missing = [k for k in unique if k not in found]
     if missing:
-        log.info("encoding %d of %d unique texts (%d cached)", len(missing), len(unique), len(found))
-        vectors = encode(model, [unique[k] for k in missing], batch_size=batch_size, prompt=prompt, progress=progress)
+        log.info("encoding %d of %d unique texts in %s (%d cached)", len(missing), len(unique), label, len(found))
+        vectors = encode(model, [unique[k] for k in missing], batch_size, prompt, progress, precision, pool)
         cache.put(missing, vectors)
         found.update(zip(missing, vectors, strict=True))
     dim = model.get_embedding_dimension()
     out = np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
-    return out.astype(np.float32), EncodeStats(len(texts), len(unique), len(missing), len(unique) - len(missing))
+    return out.astype(np.float32), EncodeStats(len(texts), len(unique), len(missing), len(unique) - len(missing), label)
 
 
 @dataclass(frozen=True)
@@ -168,18 +399,24 @@ def embed_corpus_and_queries(
     passage_texts: list[str],
     queries: list[str],
     cache_root: Path,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     corpus_prompt: str = "",
     query_prompt: str = "",
     threads: int = 0,
+    precision: str = "auto",
+    processes: int = 1,
 ) -> CorpusAndQueries:
     """Load `model_ref` once, fingerprint it once, and embed both sides through the cache.
 
     The one sequence mining, the synthetic round trip and evaluation all need: with the shared
-    cache, the corpus is encoded once per model however many stages ask for it.
+    cache, the corpus is encoded once per model however many stages ask for it. With
+    `processes` > 1 the corpus side is encoded by an `EncodePool` (queries are few: encoded here).
     """
     model = load_model(model_ref, threads=threads)
     fingerprint = model_fingerprint(model)
-    corpus_vectors, corpus_stats = encode_cached(model, passage_texts, cache_root, fingerprint, batch_size, corpus_prompt)
-    query_vectors, _ = encode_cached(model, queries, cache_root, fingerprint, batch_size, query_prompt, progress=False)
+    with encode_pool(model, processes, threads) as pool:
+        corpus_vectors, corpus_stats = encode_cached(model, passage_texts, cache_root, fingerprint, batch_size,
+                                                     corpus_prompt, precision=precision, pool=pool)
+    query_vectors, _ = encode_cached(model, queries, cache_root, fingerprint, batch_size, query_prompt,
+                                     progress=False, precision=precision)
     return CorpusAndQueries(fingerprint, corpus_vectors, query_vectors, corpus_stats)

@@ -19,21 +19,43 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU (Linux `/proc/cpuinfo`; empty where unreadable)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_bf16_instructions(flags: frozenset[str] | None = None) -> str | None:
+    """The CPU's bf16 matrix instructions: "amx" (Intel AMX tiles), "avx512_bf16" (bf16 dot products:
+    AMD Zen 4+, Intel Cooper Lake+), or None (bf16 would be emulated, slower than fp32).
+
+    For encoding both pay: bf16 autocast encodes SciFact abstracts with all-MiniLM-L6-v2 ~2x
+    faster than fp32 on an AVX512-BF16 AMD EPYC (docs/scaling.md), with vectors at cosine > 0.9999.
+    """
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else None
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has Intel AMX bf16 tiles (Linux cpuinfo flags).
+    """Whether this CPU has Intel AMX bf16 tiles: the test training's `precision: auto` uses.
 
     There, bf16 autocast makes MiniLM-sized training 1.6x faster at 256 tokens with attention
     dropout 0 (1.3x with the model's 0.1; benchmarks/README.md). AVX512-BF16 without AMX is not
-    counted: unmeasured here, and elsewhere bf16 is emulated and slower than fp32.
+    counted for training (unmeasured; encoding counts it, see `cpu_bf16_instructions`).
     """
-    with contextlib.suppress(OSError):
-        flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-                break
-        return "amx_bf16" in flags
-    return False
+    return cpu_bf16_instructions() == "amx"
+
+
+def cuda_has_native_bf16(device: str = "cuda") -> bool:
+    """Whether the GPU computes bf16 in hardware (compute capability 8.0+, Ampere and later)."""
+    import torch
+
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def cpus_from_cpu_max(text: str, os_count: int) -> int:

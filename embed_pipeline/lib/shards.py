@@ -1,7 +1,8 @@
 """Per-shard embedding files: one `.npz` per corpus shard, written through the embedding cache.
 
-A shard file holds exactly its shard's current passages (`passage_ids`, float32 `vectors`), so the
-index is a concatenation of shard files and a shard re-embedding touches nothing else.
+A shard file holds exactly its shard's current passages (`passage_ids`, float32 `vectors`) and the
+precision they were encoded in, so the index is a concatenation of shard files, a shard
+re-embedding touches nothing else, and shards of two precisions are never merged into one index.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embed_pipeline.lib.encoding import encode_cached
+from embed_pipeline.lib.encoding import DEFAULT_BATCH_SIZE, EncodePool, encode_cached, encode_pool
 
 SHARD_SUFFIX = ".npz"
 
@@ -22,7 +23,8 @@ class ShardEmbeddings:
     """One shard's embeddings on disk and what producing them cost.
 
     `encoded` passages went through the model in this call, `reused` came from the cache,
-    `removed` were in the previous file of this shard but are no longer in the corpus.
+    `removed` were in the previous file of this shard but are no longer in the corpus;
+    `precision` is what its vectors were computed in (bf16, fp16, fp32, tf32).
     """
 
     path: Path
@@ -30,6 +32,7 @@ class ShardEmbeddings:
     encoded: int
     reused: int
     removed: int
+    precision: str
 
 
 def write_shard_embeddings(
@@ -39,8 +42,10 @@ def write_shard_embeddings(
     texts: list[str],
     cache_root: Path,
     target: Path,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     prompt: str = "",
+    precision: str = "auto",
+    pool: EncodePool | None = None,
 ) -> ShardEmbeddings:
     """Embed one shard through the cache and write `target` (.npz: `passage_ids`, `vectors`) atomically.
 
@@ -51,10 +56,12 @@ def write_shard_embeddings(
 
     target = Path(target)
     previous = set(read_shard_embeddings(target)[0]) if target.exists() else set()
-    vectors, stats = encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False)
+    vectors, stats = encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False,
+                                   precision=precision, pool=pool)
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, passage_ids=np.array(passage_ids, dtype=str), vectors=vectors)
-    return ShardEmbeddings(target, len(passage_ids), stats.encoded, stats.reused, len(previous - set(passage_ids)))
+        np.savez(handle, passage_ids=np.array(passage_ids, dtype=str), vectors=vectors, precision=np.array(stats.precision))
+    return ShardEmbeddings(target, len(passage_ids), stats.encoded, stats.reused, len(previous - set(passage_ids)),
+                           stats.precision)
 
 
 def read_shard_embeddings(path: Path) -> tuple[list[str], np.ndarray]:
@@ -62,16 +69,31 @@ def read_shard_embeddings(path: Path) -> tuple[list[str], np.ndarray]:
         return data["passage_ids"].tolist(), data["vectors"].astype(np.float32)
 
 
+def shard_precision(path: Path) -> str:
+    """The precision a shard file's vectors were encoded in ("unrecorded" for files written before it was kept)."""
+    with np.load(path) as data:
+        return str(data["precision"]) if "precision" in data.files else "unrecorded"
+
+
 def merge_shard_embeddings(paths: list[Path]) -> tuple[list[str], np.ndarray]:
-    """Concatenate shard files (in the order given) into one id list and one vector matrix."""
+    """Concatenate shard files (in the order given) into one id list and one vector matrix.
+
+    Raises when the files mix shard counts (a passage in two files) or precisions (bf16 and fp32
+    vectors of one model differ slightly, so one index holds one kind): re-embed every shard.
+    """
     ids: list[str] = []
     blocks = []
+    precisions: dict[str, list[str]] = {}
     for path in paths:
         shard_ids, vectors = read_shard_embeddings(path)
         ids += shard_ids
         blocks.append(vectors)
+        precisions.setdefault(shard_precision(path), []).append(Path(path).name)
     if len(set(ids)) != len(ids):
         raise ValueError("a passage id appears in two shards: shard files from different shard counts were mixed")
+    if len(precisions) > 1:
+        raise ValueError(f"shard files encoded in different precisions {precisions}: re-embed every shard "
+                         "with one index.encode_precision")
     return ids, (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32))
 
 
@@ -81,21 +103,27 @@ def embed_shards(
     shards: dict[str, pd.DataFrame],
     out_dir: Path,
     cache_root: Path,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     prompt: str = "",
+    precision: str = "auto",
+    processes: int = 1,
+    threads: int = 0,
 ) -> dict[str, ShardEmbeddings]:
     """Embed each shard (key -> passages) into `out_dir/<key>.npz` with one loaded model.
 
     Passages whose text the cache already holds for this model are not re-encoded, so a shard
-    with 1 edited passage out of 1,000 costs one forward pass, not a thousand.
+    with 1 edited passage out of 1,000 costs one forward pass, not a thousand. `precision` as in
+    `encoding.encode`; `processes` > 1 encodes through one `EncodePool` shared by all the shards,
+    splitting `threads` (0 = the cores available) among its workers.
     """
     from embed_pipeline.lib.corpus import passage_texts
 
-    return {
-        key: write_shard_embeddings(model, fingerprint, list(frame["passage_id"]), passage_texts(frame), cache_root,
-                                    Path(out_dir) / f"{key}{SHARD_SUFFIX}", batch_size, prompt)
-        for key, frame in shards.items()
-    }
+    with encode_pool(model, processes, threads) as pool:
+        return {
+            key: write_shard_embeddings(model, fingerprint, list(frame["passage_id"]), passage_texts(frame), cache_root,
+                                        Path(out_dir) / f"{key}{SHARD_SUFFIX}", batch_size, prompt, precision, pool)
+            for key, frame in shards.items()
+        }
 
 
 def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:

@@ -1,10 +1,10 @@
-"""Hardware probes: the cores a process may use, from the affinity mask and a cgroup v2 quota."""
+"""Hardware probes: the cores a process may use (affinity mask, cgroup v2 quota) and bf16 instructions."""
 
 import os
 
 import pytest
 
-from embed_pipeline.lib.hardware import available_cpus, cpus_from_cpu_max, set_cpu_threads
+from embed_pipeline.lib.hardware import available_cpus, cpu_bf16_instructions, cpus_from_cpu_max, set_cpu_threads
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,10 @@ def test_cpu_threads_fit_the_cores_this_process_may_use():
         assert set_cpu_threads(1) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_bf16_instructions_from_cpu_flags():
+    assert cpu_bf16_instructions(frozenset({"avx512f", "amx_tile", "amx_bf16", "avx512_bf16"})) == "amx"
+    assert cpu_bf16_instructions(frozenset({"avx512f", "avx512_bf16"})) == "avx512_bf16"
+    assert cpu_bf16_instructions(frozenset({"avx2", "fma"})) is None
+    assert cpu_bf16_instructions(frozenset()) is None

@@ -1,10 +1,11 @@
-"""Shard files: each holds exactly its shard's current passages; merging refuses mixed shard counts."""
+"""Shard files: each holds exactly its shard's current passages and their precision; merging refuses
+mixed shard counts and mixed precisions."""
 
 import numpy as np
 import pytest
 
-from embed_pipeline.lib.encoding import load_model, model_fingerprint
-from embed_pipeline.lib.shards import merge_shard_embeddings, shard_paths, write_shard_embeddings
+from embed_pipeline.lib.encoding import encode_precision, load_model, model_fingerprint
+from embed_pipeline.lib.shards import merge_shard_embeddings, shard_paths, shard_precision, write_shard_embeddings
 from embed_pipeline_tests.fixture_data import PASSAGES
 
 TEXTS = [f"{title}: {text}" for title, text in PASSAGES.values()]
@@ -18,6 +19,7 @@ def test_shard_file_drops_deleted_passages(tiny_model_path, tmp_path):
     write_shard_embeddings(model, fingerprint, ids, TEXTS[:5], tmp_path / "cache", target)
     after = write_shard_embeddings(model, fingerprint, ids[:2] + ids[3:], TEXTS[:2] + TEXTS[3:5], tmp_path / "cache", target)
     assert (after.passages, after.encoded, after.reused, after.removed) == (4, 0, 4, 1)
+    assert after.precision == shard_precision(target) == encode_precision("auto", "cpu")
     merged_ids, vectors = merge_shard_embeddings([target])
     assert merged_ids == ["p0", "p1", "p3", "p4"] and vectors.shape[0] == 4
 
@@ -34,3 +36,17 @@ def test_shard_paths_names_the_missing_shards(tmp_path):
     assert shard_paths(tmp_path, ["shard-00-of-02"]) == [tmp_path / "shard-00-of-02.npz"]
     with pytest.raises(FileNotFoundError, match="shard-01-of-02"):
         shard_paths(tmp_path, ["shard-00-of-02", "shard-01-of-02"])
+
+
+def test_merge_refuses_shards_of_two_precisions(tiny_model_path, tmp_path):
+    model = load_model(tiny_model_path, device="cpu")
+    fingerprint = model_fingerprint(model)
+    a = write_shard_embeddings(model, fingerprint, ["p0", "p1"], TEXTS[:2], tmp_path / "cache", tmp_path / "a.npz",
+                               precision="fp32")
+    b = write_shard_embeddings(model, fingerprint, ["p2"], TEXTS[2:3], tmp_path / "cache", tmp_path / "b.npz",
+                               precision="bf16")
+    assert (a.precision, b.precision) == ("fp32", "bf16")
+    with pytest.raises(ValueError, match="different precisions"):
+        merge_shard_embeddings([a.path, b.path])
+    write_shard_embeddings(model, fingerprint, ["p2"], TEXTS[2:3], tmp_path / "cache", tmp_path / "b.npz", precision="fp32")
+    assert merge_shard_embeddings([a.path, b.path])[0] == ["p0", "p1", "p2"]
