@@ -15,6 +15,13 @@ checkpoint and resumes from it (optimizer, scheduler, RNG and data order include
 Model selection: a dev split is carved from the *training* queries (never the eval set); the
 trainer evaluates nDCG@10 on it at every checkpoint, keeps the best checkpoint, stops early when
 it stops improving, and the best weights are what gets saved.
+
+Several processes (DDP): `train_model` is also what each rank runs under torchrun
+(lib/distributed_training.py launches it). With `world_size` N, each process takes batches of
+`batch_size // N` rows and the loss gathers every process's embeddings
+(`gather_across_devices=True`), so each anchor still sees the whole `batch_size` batch as in-batch
+negatives, as in one process; the last incomplete round of batches is dropped so every rank steps
+the same number of times on equal batches. Rank 0 alone saves the model and deletes checkpoints.
 """
 
 from __future__ import annotations
@@ -48,6 +55,12 @@ class TrainResult:
     best_dev_ndcg_at_10: float | None
     dev_seconds: float
     bf16: bool  # trained under bf16 autocast (see TrainingConfig.precision)
+    processes: int = 1  # DDP processes that trained together (1: a plain single-process run)
+
+    @property
+    def precision(self) -> str:
+        """The precision label shown in metadata and MLflow tags."""
+        return "bf16 autocast" if self.bf16 else "fp32"
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -70,6 +83,9 @@ def train_model(
     dev: DevSet | None = None,
     callbacks: list | None = None,
     on_progress: Callable[[str], None] | None = None,
+    *,
+    world_size: int = 1,
+    threads: int = 0,
 ) -> TrainResult:
     """Train from `base_model` on `columns`, resuming from `checkpoint_dir` when it holds a checkpoint.
 
@@ -77,6 +93,10 @@ def train_model(
     with the base model's max sequence length restored, then deletes the checkpoints: a finished
     job has nothing to resume. One code path for both devices: CUDA gets bf16 autocast and TF32
     matmuls; a CPU gets bf16 autocast when it has native bf16 (`settings.precision: auto`), else fp32.
+
+    `world_size` > 1 only under torchrun (every rank calls this with the same arguments; see the
+    module docstring); `threads` is torch's CPU thread count for this process (0 = every core it
+    may use; a rank gets its share so ranks do not oversubscribe the cores).
     """
     import torch
     from datasets import Dataset
@@ -97,7 +117,7 @@ def train_model(
     ampere = on_cuda and torch.cuda.get_device_capability()[0] >= 8  # bf16 and TF32 in hardware
     bf16 = settings.precision == "bf16" or (settings.precision == "auto" and (ampere if on_cuda else cpu_has_native_bf16()))
     set_seed(settings.seed)
-    model = load_model(base_model, device=device)
+    model = load_model(base_model, device=device, threads=threads)
     serving_length = model.max_seq_length
     model.max_seq_length = settings.max_seq_length
     attention_layers = set_attention_dropout(model, settings.attention_dropout) if settings.attention_dropout >= 0 else 0
@@ -106,6 +126,10 @@ def train_model(
     if settings.hardness_strength > 0:
         # EmbeddingGemma's hardness weighting: the mined negatives' logits get + strength * sg(cos).
         loss_options.update(hardness_mode="hard_negatives", hardness_strength=settings.hardness_strength)
+    if world_size > 1:
+        loss_options["gather_across_devices"] = True  # in-batch negatives from every rank, with gradients
+    per_device_batch = settings.batch_size // world_size
+    total_batch = per_device_batch * world_size
     if settings.loss == "cached_mnrl":
         loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=settings.mini_batch_size, **loss_options)
     else:
@@ -121,7 +145,7 @@ def train_model(
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=per_device_batch,
         learning_rate=settings.learning_rate,
         warmup_steps=float(settings.warmup_ratio),  # a float < 1 is a ratio of the total steps (transformers v5)
         seed=settings.seed,
@@ -141,6 +165,9 @@ def train_model(
         greater_is_better=True,
         report_to="none",
         disable_tqdm=True,
+        # DDP: an uneven last round would leave a rank waiting in all_gather for a batch that never comes
+        dataloader_drop_last=world_size > 1,
+        ddp_backend=("nccl" if on_cuda else "gloo") if world_size > 1 else None,
     )
     timer = _timer()
     progress = _progress_log(on_progress or log.info)
@@ -155,17 +182,20 @@ def train_model(
         f"training on {len(dataset)} rows ({len(columns) - 2} negatives each), loss={settings.loss} ({settings.loss_terms}), device={device}, "
         f"bf16={bf16}, attention dropout {settings.attention_dropout if attention_layers else 'as in the base model'}, "
         f"torch threads={torch.get_num_threads()}, "
+        + (f"{world_size} processes x batch {per_device_batch} = {total_batch} in-batch rows, " if world_size > 1 else "")
         + (f"resuming from {resume.name}" if resume else "from the base model")
     )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.accelerator.wait_for_everyone()  # every rank has loaded the best checkpoint before it is deleted
     model.max_seq_length = serving_length
-    with atomic_path(Path(output_dir)) as tmp:
-        model.save(str(tmp))
+    if trainer.is_world_process_zero():
+        with atomic_path(Path(output_dir)) as tmp:
+            model.save(str(tmp))
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     best = trainer.state.best_metric if evaluator else None
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     steps = int(output.global_step)
-    rows_left = int(len(dataset) * settings.epochs) - resumed_from * settings.batch_size
-    rows_seen = max(0, min((steps - resumed_from) * settings.batch_size, rows_left))
+    rows_left = int(len(dataset) * settings.epochs) - resumed_from * total_batch
+    rows_seen = max(0, min((steps - resumed_from) * total_batch, rows_left))
     train_seconds = max(timer.total - timer.in_eval, 1e-9)
     return TrainResult(
         model_dir=Path(output_dir),
@@ -179,6 +209,7 @@ def train_model(
         best_dev_ndcg_at_10=float(best) if best is not None else None,
         dev_seconds=timer.in_eval,
         bf16=bf16,
+        processes=world_size,
     )
 
 

@@ -1,6 +1,8 @@
 """The embedding_model asset against a real MLflow store under tmp_path: params, tags, dev metrics,
 registered version, and a FAILED run when training fails."""
 
+from pathlib import Path
+
 import dagster as dg
 import mlflow
 import pandas as pd
@@ -8,6 +10,7 @@ import pytest
 
 from embed_pipeline.defs.assets.model import embedding_model
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
+from embed_pipeline.lib.artifacts import CorpusHandle, NegativesHandle, PairsHandle
 from embed_pipeline.lib.config import config_as_params, load_config
 from embed_pipeline_tests.fixture_data import CURATED, PASSAGES, write_project
 
@@ -24,9 +27,10 @@ def upstream(root):
                            columns=["query", "passage_id", "negatives", "source", "positive_text"])
     triples.to_parquet(root / "hard_negatives.parquet", index=False)
     return {
-        "corpus": {"path": str(root / "corpus.parquet")},
-        "training_pairs": {"version": "pairs-v1", "path": ""},
-        "hard_negatives": {"path": str(root / "hard_negatives.parquet"), "base_model_fingerprint": "fp", "version": "neg-v1"},
+        "corpus": CorpusHandle(path=str(root / "corpus.parquet"), passages=len(corpus), quarantine_path="", version="corpus-v1"),
+        "training_pairs": PairsHandle(path="", pairs=len(triples), version="pairs-v1"),
+        "hard_negatives": NegativesHandle(path=str(root / "hard_negatives.parquet"), rows=len(triples), version="neg-v1",
+                                          base_model_fingerprint="fp"),
     }
 
 
@@ -51,7 +55,7 @@ def test_embedding_model_tracks_everything_and_registers_a_tagged_version(tmp_pa
 
     value = result.value
     client = mlflow.tracking.MlflowClient(config.tracking_uri)
-    run = client.get_run(value["run_id"])
+    run = client.get_run(value.run_id)
     assert run.info.status == "FINISHED"
     assert set(config_as_params(config)) <= set(run.data.params)
     assert run.data.params["data.training_pairs_version"] == "pairs-v1"
@@ -62,11 +66,12 @@ def test_embedding_model_tracks_everything_and_registers_a_tagged_version(tmp_pa
     dev = client.get_metric_history(run.info.run_id, "dev/dev_cosine_ndcg_at_10")
     assert len(dev) >= 2, "dev nDCG@10 must be logged at every checkpoint"
     assert run.data.metrics["best_dev_ndcg_at_10"] == pytest.approx(max(m.value for m in dev))
-    version = client.get_model_version(config.registered_model_name, value["version"])
+    version = client.get_model_version(config.registered_model_name, value.version)
     assert version.run_id == run.info.run_id
     assert version.tags["training_pairs_version"] == "pairs-v1"
     assert version.tags["dagster_run_id"] == run.data.tags["dagster_run_id"]
-    assert (tmp_path / "project" / "artifacts" / "models").is_dir()
+    assert (Path(value.model_dir) / "modules.json").is_file()
+    assert result.metadata["processes"] == 1 and result.metadata["steps"] > 0
     assert not any((config.artifacts_dir / "checkpoints").glob("*/checkpoint-*")), "finished jobs keep no checkpoints"
 
 

@@ -10,8 +10,9 @@ import time
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
-from embed_pipeline.lib.config import ConfigError, TrainingConfig
+from embed_pipeline.lib.config import TrainingConfig
 from embed_pipeline.lib.training import DEV_METRIC, last_complete_checkpoint, set_attention_dropout, train_model
 from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
 from embed_pipeline_tests.fixture_data import CURATED, PASSAGES
@@ -67,23 +68,21 @@ def test_training_columns_takes_hardest_negatives_and_pads_without_positives():
     assert list(none) == ["anchor", "positive"]
 
 
-def test_config_rejects_bad_training_values_and_checkpoint_key_tracks_config():
-    with pytest.raises(ConfigError, match="loss"):
-        TrainingConfig(loss="triplet")
-    with pytest.raises(ConfigError, match="loss_terms"):
-        TrainingConfig(loss_terms="doc_to_doc")
-    with pytest.raises(ConfigError, match="hardness_strength"):
-        TrainingConfig(hardness_strength=-1.0)
-    with pytest.raises(ConfigError, match="num_negatives >= 1"):
-        TrainingConfig(hardness_strength=5.0, num_negatives=0)
-    with pytest.raises(ConfigError, match="attention_dropout"):
-        TrainingConfig(attention_dropout=1.0)
-    with pytest.raises(ConfigError, match="precision"):
-        TrainingConfig(precision="fp16")
+def test_training_config_rejects_bad_values():
+    for bad, key in [({"loss": "triplet"}, "loss"), ({"loss_terms": "doc_to_doc"}, "loss_terms"),
+                     ({"hardness_strength": -1.0}, "hardness_strength"), ({"hardness_strength": 5.0, "num_negatives": 0}, "num_negatives >= 1"),
+                     ({"attention_dropout": 1.0}, "attention_dropout"), ({"precision": "fp16"}, "precision"),
+                     ({"processes": 0}, "processes"), ({"batch_size": 6, "processes": 4}, "2 per process")]:
+        with pytest.raises(ValidationError, match=key):
+            TrainingConfig(**bad)
+
+
+def test_checkpoint_key_tracks_data_config_and_base_model():
     a = checkpoint_key("v1", TrainingConfig(), "fp")
     assert a == checkpoint_key("v1", TrainingConfig(), "fp")
     assert a != checkpoint_key("v2", TrainingConfig(), "fp")
     assert a != checkpoint_key("v1", TrainingConfig(learning_rate=TrainingConfig().learning_rate / 2), "fp")
+    assert a != checkpoint_key("v1", TrainingConfig(processes=2), "fp"), "a checkpoint's data order depends on the process count"
     assert a != checkpoint_key("v1", TrainingConfig(), "another base model")
 
 

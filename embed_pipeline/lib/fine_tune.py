@@ -1,0 +1,120 @@
+"""From mined training triples to a registered model: the one path the asset and the benchmarks share.
+
+Reads like a sentence-transformers training script: hold out a dev split, shape the columns, train
+(one process, or `training.processes` DDP ranks through torchrun), save, log, register. Around
+it, one MLflow run: every config value and data count as params, per-step loss and dev nDCG@10 as
+metrics, library versions, device and precision as tags, the model folder as an artifact, and one
+new registered version whose source is that artifact.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from embed_pipeline.lib.config import PipelineConfig, config_as_params
+from embed_pipeline.lib.corpus import passage_texts
+from embed_pipeline.lib.distributed_training import MlflowTarget, build_callbacks, train_distributed
+from embed_pipeline.lib.tracking import Tracker, library_versions, mlflow_callback
+from embed_pipeline.lib.training import TrainResult, train_model
+from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fine-tuned model on disk, its MLflow run and registered version, and what it was trained on."""
+
+    model_dir: Path
+    mlflow_run_id: str
+    name: str  # registered model name
+    version: str  # registered version
+    training: TrainResult  # steps, timings, pairs/s, loss, device, best dev nDCG@10, processes
+    training_rows: int  # rows trained on (after the dev split)
+    dev_rows: int
+    dev_queries: int  # 0: no dev split, the last checkpoint is the model
+    dev_passages: int
+    negatives_per_row: int
+    padded_negatives: int  # random negatives added to rows with fewer mined ones
+    checkpoint_key: str  # the folder under checkpoint_root a retry resumes from
+
+    @property
+    def precision(self) -> str:
+        return self.training.precision
+
+
+def fine_tune(
+    passages: pd.DataFrame,
+    triples: pd.DataFrame,
+    config: PipelineConfig,
+    tracker: Tracker,
+    *,
+    model_dir: Path,
+    checkpoint_root: Path,
+    data_versions: dict[str, str],
+    base_fingerprint: str,
+    tags: dict[str, str],
+    run_name: str = "train",
+    on_progress: Callable[[str], None] | None = None,
+    callbacks: Sequence[str] = (),
+) -> TrainedModel:
+    """Fine-tune `config.base_model` on `triples` (query, passage_id, negatives[, source, positive_text]).
+
+    `passages` is the corpus (passage_id, title, text): positives and negatives are looked up in it.
+    `data_versions` names the inputs' versions (e.g. {"training_pairs": ..., "hard_negatives": ...}):
+    with the training settings and `base_fingerprint` (the base model's content hash) they key the
+    checkpoint folder, so a retry of the same job resumes instead of starting over. `tags` go on the
+    MLflow run and the registered version. `callbacks` are `module:factory` import paths of extra
+    Trainer callbacks (built in every training process; see lib/distributed_training.py).
+    Whatever fails, the MLflow run ends FAILED and nothing is registered.
+    """
+    settings = config.training
+    texts = dict(zip(passages["passage_id"], passage_texts(passages), strict=True))
+    train_rows, dev_rows = split_dev(triples, settings.dev_share, settings.dev_max_queries, settings.seed)
+    columns, padded = training_columns(train_rows, texts, settings.num_negatives, settings.seed)
+    dev = dev_set(dev_rows, texts, settings.dev_max_passages, settings.seed) if len(dev_rows) else None
+    job_key = checkpoint_key("-".join(data_versions.values()), settings, f"{config.base_model}:{base_fingerprint}")
+    checkpoint_dir = Path(checkpoint_root) / job_key
+
+    with tracker.open_run(run_name=run_name, tags=tags) as run_id:
+        tracker.log_params(run_id, {
+            **config_as_params(config),
+            "data.training_rows": len(train_rows), "data.dev_rows": len(dev_rows),
+            "data.dev_queries": len(dev.queries) if dev else 0, "data.dev_passages": len(dev.corpus) if dev else 0,
+            "data.padded_negatives": padded, "data.corpus_passages": len(passages),
+            **{f"data.{name}_version": version for name, version in data_versions.items()},
+            "data.base_model_fingerprint": base_fingerprint, "checkpoint_key": job_key,
+        })
+        tracker.set_tags(run_id, library_versions())
+        if settings.processes == 1:
+            result = train_model(
+                config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                dev=dev, callbacks=[mlflow_callback(tracker, run_id), *build_callbacks(callbacks)], on_progress=on_progress,
+            )
+        else:
+            experiment = tracker.client.get_experiment(tracker.experiment_id)
+            result = train_distributed(
+                config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                processes=settings.processes, job_dir=checkpoint_dir.with_name(f"{job_key}.job-{uuid.uuid4().hex[:8]}"), dev=dev,
+                mlflow=MlflowTarget(tracker.tracking_uri, experiment.name, experiment.artifact_location, run_id),
+                callbacks=callbacks, on_progress=on_progress,
+            )
+        summary = {"train_seconds": result.train_seconds, "dev_eval_seconds": result.dev_seconds,
+                   "pairs_per_second": result.pairs_per_second, "final_loss": result.final_loss,
+                   "resumed_from_step": result.resumed_from_step}
+        if result.best_dev_ndcg_at_10 is not None:
+            summary["best_dev_ndcg_at_10"] = result.best_dev_ndcg_at_10
+        tracker.log_metrics(run_id, summary, step=result.steps)
+        tracker.set_tags(run_id, {"device": result.device, "precision": result.precision, "processes": result.processes})
+        tracker.log_artifacts(run_id, model_dir, "model")
+        version = tracker.register_model(config.registered_model_name, run_id, "model", tags={**tags, "model_path": str(model_dir)})
+
+    return TrainedModel(
+        model_dir=Path(model_dir), mlflow_run_id=run_id, name=config.registered_model_name, version=version, training=result,
+        training_rows=len(train_rows), dev_rows=len(dev_rows), dev_queries=len(dev.queries) if dev else 0,
+        dev_passages=len(dev.corpus) if dev else 0, negatives_per_row=settings.num_negatives, padded_negatives=padded,
+        checkpoint_key=job_key,
+    )

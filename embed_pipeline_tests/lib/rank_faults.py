@@ -1,0 +1,44 @@
+"""Trainer-callback factories for the distributed-training tests, passed to `fine_tune(callbacks=...)`
+by import path and built inside every torchrun rank (lib/distributed_training.py)."""
+
+import json
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class _ExitRankAfterStep(TrainerCallback):
+    """Rank `rank` dies with `os._exit(code)` at the end of step `step`: no Python traceback, no
+    cleanup, as a process killed by the OOM killer or a segfault would."""
+
+    def __init__(self, rank: int, step: int, code: int):
+        self.rank, self.step, self.code = rank, step, code
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_rank() == self.rank and state.global_step >= self.step:
+            os._exit(self.code)
+
+
+def exit_rank_1_after_step_2() -> TrainerCallback:
+    return _ExitRankAfterStep(rank=1, step=2, code=3)
+
+
+class _RecordWorld(TrainerCallback):
+    """Each rank writes what it trains with next to the checkpoint folder: rank, world size, per-device batch."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        seen = {"rank": rank, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                "backend": dist.get_backend() if dist.is_initialized() else None,
+                "per_device_batch": args.per_device_train_batch_size, "torch_threads": torch.get_num_threads()}
+        (Path(args.output_dir).parent / f"seen-rank{rank}.json").write_text(json.dumps(seen))
+
+
+def record_world() -> TrainerCallback:
+    return _RecordWorld()

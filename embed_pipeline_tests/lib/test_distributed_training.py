@@ -1,0 +1,97 @@
+"""`fine_tune` with `training.processes: 2`: two real torchrun ranks (gloo on this CPU) on the tiny model,
+a real MLflow store under tmp_path; and a rank that dies mid-training."""
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from embed_pipeline.lib.config import load_config
+from embed_pipeline.lib.distributed_training import RankFailedError
+from embed_pipeline.lib.fine_tune import fine_tune
+from embed_pipeline.lib.tracking import Tracker
+from embed_pipeline_tests.fixture_data import CURATED, PASSAGES, write_project
+
+NEGATIVES = {"chain-lube": "chain-clean", "chain-wear": "chain-lube", "chain-clean": "chain-lube", "tire-puncture": "tubeless-setup",
+             "tire-pressure": "tubeless-setup", "brake-bleed": "brake-pads", "brake-rub": "brake-pads",
+             "derailleur-index": "derailleur-limit", "derailleur-limit": "derailleur-index", "wheel-true": "hub-bearings"}
+PASSAGE_FRAME = pd.DataFrame([(pid, t, x) for pid, (t, x) in PASSAGES.items()], columns=["passage_id", "title", "text"])
+TRIPLES = pd.DataFrame([(q, p, [NEGATIVES[p]], "curated") for q, p in CURATED], columns=["query", "passage_id", "negatives", "source"])
+TRAINING = {"processes": 2, "batch_size": 4, "max_seq_length": 32, "logging_steps": 1, "learning_rate": 1e-3,
+            "early_stopping_patience": 0}
+
+
+def train(config, checkpoint_root, model_dir, lines, callbacks=()):
+    return fine_tune(
+        PASSAGE_FRAME, TRIPLES, config, Tracker(config.tracking_uri, config.mlflow_artifacts_uri),
+        model_dir=model_dir, checkpoint_root=checkpoint_root, data_versions={"training_pairs": "p1", "hard_negatives": "n1"},
+        base_fingerprint="fp", tags={"dagster_run_id": "test"}, on_progress=lines.append, callbacks=callbacks,
+    )
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_model_into_one_run_and_one_version(tmp_path, tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+
+    training = {**TRAINING, "epochs": 4, "checkpoint_steps": 2, "dev_share": 0.3, "dev_max_passages": 12}
+    config = load_config(write_project(tmp_path / "project", tiny_model_path, training=training))
+    lines = []
+
+    model = train(config, tmp_path / "ckpt", tmp_path / "model", lines, callbacks=["embed_pipeline_tests.lib.rank_faults:record_world"])
+
+    seen = [json.loads((tmp_path / "ckpt" / f"seen-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [s["rank"] for s in seen] == [0, 1]
+    assert all(s["world_size"] == 2 and s["backend"] == "gloo" and s["per_device_batch"] == 2 for s in seen), seen
+    assert all(s["torch_threads"] == max(1, seen[0]["torch_threads"]) for s in seen)
+    result = model.training
+    assert result.processes == 2 and result.steps == 4  # 7 training rows: 3 batches of 2 -> 1 full round of 2 ranks x 4 epochs
+    assert any("2 processes x batch 2 = 4 in-batch rows" in line for line in lines), lines
+    loss_lines = [line.split(",")[0] for line in lines if line.startswith("step ") and "loss" in line]
+    assert loss_lines[:4] == [f"step {i}/4" for i in range(1, 5)], "rank 0's progress streams back, once per step"
+
+    client = mlflow.tracking.MlflowClient(config.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("embed-pipeline").experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(model.mlflow_run_id, "FINISHED")]
+    run = runs[0]
+    assert run.data.params["training.processes"] == "2" and run.data.tags["processes"] == "2"
+    loss = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in loss) == [1, 2, 3, 4], "rank 0 alone logs, once per step"
+    dev = client.get_metric_history(run.info.run_id, "dev/dev_cosine_ndcg_at_10")
+    assert sorted(m.step for m in dev) == [2, 4]
+    assert run.data.metrics["best_dev_ndcg_at_10"] == pytest.approx(max(m.value for m in dev))
+    versions = client.search_model_versions(f"name='{config.registered_model_name}'")
+    assert [(str(v.version), v.run_id) for v in versions] == [(model.version, run.info.run_id)]
+
+    trained = SentenceTransformer(str(model.model_dir), device="cpu")
+    base = SentenceTransformer(tiny_model_path, device="cpu")
+    assert trained.max_seq_length == base.max_seq_length
+    changed = [(a - b).abs().max().item() for a, b in zip(trained.parameters(), base.parameters(), strict=True)]
+    assert max(changed) > 0, "the weights must have moved"
+    assert not any((tmp_path / "ckpt").glob("*/checkpoint-*")), "a finished job keeps no checkpoints"
+    assert not list((tmp_path / "ckpt").glob("*.job-*")), "a finished job folder is deleted"
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_fails_the_step_naming_it_and_the_retry_resumes(tmp_path, tiny_model_path):
+    training = {**TRAINING, "epochs": 3, "checkpoint_steps": 1, "dev_share": 0.0}
+    config = load_config(write_project(tmp_path / "project", tiny_model_path, training=training))
+    client = mlflow.tracking.MlflowClient(config.tracking_uri)
+
+    with pytest.raises(RankFailedError) as failed:
+        train(config, tmp_path / "ckpt", tmp_path / "model", [], callbacks=["embed_pipeline_tests.lib.rank_faults:exit_rank_1_after_step_2"])
+
+    assert failed.value.rank == 1 and failed.value.exit_code == 3
+    assert "training rank 1 of 2 failed (exit code 3)" in str(failed.value)
+    assert not (tmp_path / "model").exists()
+    experiment = client.get_experiment_by_name("embed-pipeline").experiment_id
+    assert [r.info.status for r in client.search_runs([experiment])] == ["FAILED"]
+    assert not client.search_model_versions(f"name='{config.registered_model_name}'")
+
+    lines = []
+    model = train(config, tmp_path / "ckpt", tmp_path / "model", lines)
+
+    assert model.training.resumed_from_step >= 1, lines
+    assert model.training.steps == 6  # 10 rows: 5 batches of 2 -> 2 full rounds x 3 epochs
+    assert sorted(r.info.status for r in client.search_runs([experiment])) == ["FAILED", "FINISHED"]
+    assert [v.run_id for v in client.search_model_versions(f"name='{config.registered_model_name}'")] == [model.mlflow_run_id]
