@@ -15,7 +15,9 @@ Progress: rank 0 prints each progress line to stdout behind `PROGRESS_MARKER`; t
 those to its `on_progress` as they arrive. Threads: each rank gets `available_cpus() // N` torch and
 OpenMP threads, so 2 ranks on 2 cores run one thread each instead of four fighting over two.
 
-Failure: torchrun stops every rank when one fails; the parent raises `RankFailedError` naming the
+Failure: torchrun stops every rank when one fails, and every rank exits when the launching process
+is gone (a SIGKILLed Dagster step must not leave ranks training into the checkpoint folder its
+retry resumes from); the parent raises `RankFailedError` naming the
 first rank that failed, its exit code, and its error text (the Python traceback torchrun's error
 file records for an exception, else the rank's last stderr lines, e.g. after a SIGKILL). The job
 folder (with every rank's logs under `logs/`) is kept on failure and deleted after success.
@@ -41,6 +43,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -87,6 +90,7 @@ class TrainingJob:
     threads_per_process: int
     mlflow: MlflowTarget | None = None
     callbacks: tuple[str, ...] = ()
+    launcher_pid: int = 0  # the process that started torchrun; ranks exit when it is gone (0: no watch)
 
 
 def build_callbacks(paths: Sequence[str]) -> list:
@@ -152,7 +156,7 @@ def train_distributed(
     job = TrainingJob(
         base_model=base_model, settings=dataclasses.asdict(settings), output_dir=str(output_dir),
         checkpoint_dir=str(checkpoint_dir), processes=processes, threads_per_process=threads, mlflow=mlflow,
-        callbacks=tuple(callbacks),
+        callbacks=tuple(callbacks), launcher_pid=os.getpid(),
     )
     if job_dir.exists():
         shutil.rmtree(job_dir)
@@ -225,6 +229,23 @@ def _failure(code: int, stderr: str, job_dir: Path, processes: int) -> RankFaile
                            rank, exit_code)
 
 
+def exit_when_gone(pid: int, interval_seconds: float = 2.0) -> None:
+    """End this process (exit code 1) once process `pid` no longer exists; checked from a daemon thread."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_seconds)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                print(f"the launching process {pid} is gone: this rank stops", file=sys.stderr, flush=True)
+                os._exit(1)
+            except PermissionError:  # exists, owned by someone else
+                continue
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
 def main(job_dir: Path) -> None:
     """One rank: rebuild the job, train, and (rank 0) write result.json."""
     import torch
@@ -233,6 +254,8 @@ def main(job_dir: Path) -> None:
     from embed_pipeline.lib.training import train_model
 
     job, columns, dev = read_job(job_dir)
+    if job.launcher_pid:
+        exit_when_gone(job.launcher_pid)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])  # set by torchrun
     world_size = int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():

@@ -2,6 +2,8 @@
 a real MLflow store under tmp_path; and a rank that dies mid-training."""
 
 import json
+import subprocess
+import sys
 
 import mlflow
 import pandas as pd
@@ -95,3 +97,19 @@ def test_a_rank_that_dies_fails_the_step_naming_it_and_the_retry_resumes(tmp_pat
     assert model.training.steps == 6  # 10 rows: 5 batches of 2 -> 2 full rounds x 3 epochs
     assert sorted(r.info.status for r in client.search_runs([experiment])) == ["FAILED", "FINISHED"]
     assert [v.run_id for v in client.search_model_versions(f"name='{config.registered_model_name}'")] == [model.mlflow_run_id]
+
+
+@pytest.mark.slow
+def test_a_rank_exits_when_the_process_that_launched_it_is_gone():
+    launcher = subprocess.Popen([sys.executable, "-c", "pass"])
+    launcher.wait()  # reaped: its pid no longer exists, as after a SIGKILLed Dagster step
+    rank = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom embed_pipeline.lib.distributed_training import exit_when_gone\n"
+                               f"exit_when_gone({launcher.pid}, interval_seconds=0.1)\ntime.sleep(60)\nsys.exit(5)"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert rank.wait(timeout=45) == 1
+    finally:
+        rank.kill()
+    assert f"the launching process {launcher.pid} is gone" in rank.stderr.read()
