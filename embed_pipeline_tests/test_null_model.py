@@ -31,7 +31,6 @@ def shuffle_curated_positives(project_root) -> list[tuple[str, str]]:
 @pytest.mark.slow
 def test_gate_refuses_a_model_trained_on_shuffled_positives(tmp_path, tiny_model_path, monkeypatch, capsys):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    monkeypatch.setenv("EMBED_PIPELINE_CONFIG", "")
     (tmp_path / "dagster_home").mkdir()
     config = write_project(
         tmp_path / "null", tiny_model_path,
@@ -61,7 +60,14 @@ def test_gate_refuses_a_model_trained_on_shuffled_positives(tmp_path, tiny_model
     assert run.data.tags["promotion_decision"].startswith("not promoted: recall@10 lift")
     assert {"eval/eval_report.json", "eval/recall_at_k.png", "eval/segment_lift.png", "eval/per_query.parquet"} <= {
         a.path for a in client.list_artifacts(run.info.run_id, "eval")}
-    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("eval_report"))
+    instance = dg.DagsterInstance.get()
+    event = instance.get_latest_materialization_event(dg.AssetKey("eval_report"))
     meta = event.asset_materialization.metadata
+    # A refusal is a normal outcome: the run is green, the gate's verdict is a failed check of WARN severity.
+    assert instance.get_run_by_id(event.run_id).status == dg.DagsterRunStatus.SUCCESS
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("eval_report"), "eval_report_promotion_gate")])
+    evaluation = next(iter(check.values())).event.dagster_event.event_specific_data
+    assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert meta["plot: recall_at_k"].value.startswith("![recall_at_k](data:image/png;base64,iVBOR")
     assert "| segment | drivetrain | 4 |" in meta["report"].value

@@ -86,7 +86,8 @@ def test_definitions_graph():
     assert schedule.job_name == "training_job"
     sensor = defs.resolve_sensor_def("promotion_sensor")
     assert sensor.job_name == "promotion_job"
-    assert {s.name for s in defs.sensors} == {"promotion_sensor", "corpus_change_sensor", "served_index_sensor", "retention_sensor"}
+    assert {s.name for s in defs.sensors} == {"promotion_sensor", "corpus_change_sensor", "served_index_sensor", "retention_sensor",
+                                              "orphaned_mlflow_runs_sensor"}
     checks = {k.name for k in graph.asset_check_keys}
     assert checks == {"training_pairs_no_eval_leakage", "curated_pairs_quarantine_share", "eval_report_promotion_gate",
                       "eval_report_eval_set_size"}

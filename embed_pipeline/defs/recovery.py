@@ -15,6 +15,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from embed_pipeline.defs.resources import MlflowResource, PipelineResource
+
 PID_TAG = "embed_pipeline/pid"
 HOST_TAG = "embed_pipeline/host"
 LIVE_STATUSES = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING,
@@ -79,3 +81,13 @@ def pool_holders(instance: dg.DagsterInstance, pool: str, run_id: str) -> tuple[
     waiting = [p.step_key for p in info.pending_steps if p.run_id == run_id and p.assigned_timestamp is None]
     holders = [f"run {c.run_id[:8]} step {c.step_key}" for c in info.claimed_slots if c.run_id != run_id]
     return waiting, holders
+
+
+@dg.run_failure_sensor(name="orphaned_mlflow_runs_sensor", default_status=dg.DefaultSensorStatus.RUNNING)
+def orphaned_mlflow_runs_sensor(context: dg.RunFailureSensorContext, pipeline: PipelineResource, mlflow: MlflowResource):
+    """When a run fails (also when run monitoring marks a dead run failed), end its MLflow runs still RUNNING as KILLED."""
+    from embed_pipeline.lib.tracking import close_orphaned_runs
+
+    killed = close_orphaned_runs(mlflow.tracker(pipeline.config), context.dagster_run.run_id)
+    if killed:
+        context.log.info(f"ended {len(killed)} MLflow run(s) of failed run {context.dagster_run.run_id} as KILLED: {killed}")

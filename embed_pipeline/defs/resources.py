@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from embed_pipeline.lib.config import ConfigSnapshot, PipelineConfig, config_hash, load_config, load_snapshot, write_snapshot
-from embed_pipeline.lib.tracking import Tracker
+from embed_pipeline.lib.tracking import RegistryError, Tracker
 
 SNAPSHOT_TAG = "embed_pipeline/config_snapshot"
 CONFIG_HASH_TAG = "embed_pipeline/config_hash"
@@ -65,6 +65,10 @@ class MlflowResource(dg.ConfigurableResource):
     experiment: str = Field(default="embed-pipeline", description="MLflow experiment name.")
 
     def tracker(self, config: PipelineConfig) -> Tracker:
+        """A tracker on the configured store; `RegistryError` (a clear one-line failure) when it cannot be reached."""
         uri = self.tracking_uri or config.tracking_uri
         config.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        return Tracker(uri, config.mlflow_artifacts_uri, self.experiment)
+        try:
+            return Tracker(uri, config.mlflow_artifacts_uri, self.experiment)
+        except Exception as exc:  # noqa: BLE001 - connection refused, a locked or missing store, HTTP errors ...
+            raise RegistryError(f"cannot reach the MLflow store at {uri}: {' '.join(str(exc).split())[:300]}") from exc

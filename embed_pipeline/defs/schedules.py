@@ -2,11 +2,21 @@ import dagster as dg
 
 from embed_pipeline.defs.jobs import training_job
 
-nightly_retraining = dg.ScheduleDefinition(
-    name="nightly_retraining",
-    job=training_job,
-    cron_schedule="0 2 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Retrain from the latest pairs every night at 02:00 UTC; the promotion sensor decides what ships.",
-)
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def nightly_schedule(cron: str = NIGHTLY_CRON, status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.RUNNING
+                     ) -> dg.ScheduleDefinition:
+    """The nightly retraining schedule (the lifecycle test runs the same definition on a one-minute cron)."""
+    return dg.ScheduleDefinition(
+        name="nightly_retraining",
+        job=training_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=status,
+        tags={"embed_pipeline/trigger": "nightly"},
+        description="Retrain from the latest pairs every night at 02:00 UTC; the promotion sensor decides what ships.",
+    )
+
+
+nightly_retraining = nightly_schedule()

@@ -38,7 +38,7 @@ def promotion_decision(event: dg.EventLogEntry) -> dg.RunRequest | dg.SkipReason
     job=promotion_job,
     name="promotion_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=10,
 )
 def promotion_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, pipeline: PipelineResource,
                      mlflow: MlflowResource):

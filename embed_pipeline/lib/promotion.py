@@ -156,7 +156,7 @@ class ServedChange:
 
     pointer: dict | None
     previous_version: str | None
-    event: dict
+    event: dict | None  # None: nothing changed (the model already served)
 
 
 def promote(artifacts_dir: Path, pointer: dict, by: str, reason: str, set_alias=None) -> ServedChange:
@@ -168,6 +168,8 @@ def promote(artifacts_dir: Path, pointer: dict, by: str, reason: str, set_alias=
     with _history_lock(artifacts_dir):
         stack = served_stack(served_history(artifacts_dir))
         previous = stack[-1]["model_version"] if stack else None
+        if previous is not None and str(previous) == str(pointer["model_version"]):
+            return ServedChange(read_served(artifacts_dir), previous, None)  # already serving it: nothing to record
         event = {"action": "promote", **{k: pointer.get(k) for k in SERVED_KEYS}, "at": datetime.now(UTC).isoformat(),
                  "by": by, "reason": reason, "replaced_version": previous}
         _append(artifacts_dir, event)

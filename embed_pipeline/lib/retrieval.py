@@ -57,7 +57,7 @@ def choose_weight(configured: float | None, fusion: str, dense: Ranked | None, l
 class Searcher:
     """Queries against a served pointer: its model, FAISS index and BM25 index, loaded once."""
 
-    def __init__(self, pointer: dict, query_prompt: str = "", threads: int = 0):
+    def __init__(self, pointer: dict, query_prompt: str = "", threads: int = 0, precision: str = "auto"):
         from embed_pipeline.lib.encoding import load_model
         from embed_pipeline.lib.indexing import load_index
         from embed_pipeline.lib.lexical import LexicalIndex
@@ -68,6 +68,7 @@ class Searcher:
         lexical = pointer.get("lexical_path")
         self.lexical = LexicalIndex.load(Path(lexical)) if lexical and Path(lexical).exists() else None
         self.query_prompt = query_prompt
+        self.precision = precision
         self.retrieval = pointer.get("retrieval") or {"mode": "dense", "fusion": "convex", "dense_weight": 1.0}
 
     def search(self, queries: list[str], k: int = 10, mode: str | None = None, depth: int = 100) -> list[list[tuple[str, float]]]:
@@ -80,7 +81,7 @@ class Searcher:
         if mode == "lexical":
             ids, scores = self.lexical.search(queries, k)
             return [list(zip(i, map(float, s), strict=False)) for i, s in zip(ids, scores, strict=True)]
-        vectors = encode(self.model, queries, prompt=self.query_prompt, progress=False)
+        vectors = encode(self.model, queries, prompt=self.query_prompt, progress=False, precision=self.precision)
         scores, ids = self.dense.search_ids(vectors, depth if mode == "hybrid" else k)
         if mode == "dense":
             return [list(zip(i, map(float, s), strict=False)) for i, s in zip(ids, scores, strict=True)]
@@ -100,7 +101,7 @@ def search_served(config, query: str, k: int = 10, mode: str | None = None) -> l
     pointer = read_served(config.artifacts_dir)
     if pointer is None:
         raise LookupError("no model is served yet: promote one first (`embed-pipeline run`, then the promotion sensor or `promote`)")
-    searcher = Searcher(pointer, config.query_prompt, config.index.encode_threads)
+    searcher = Searcher(pointer, config.query_prompt, config.index.encode_threads, config.index.encode_precision)
     hits = searcher.search([query], k, mode, config.retrieval.depth)[0]
     passages = load_corpus(config.corpus).passages.set_index("passage_id")
     used = mode or searcher.retrieval["mode"]

@@ -51,7 +51,7 @@ def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, querie
 
     return embed_corpus_and_queries(model_ref, passage_texts(passages), queries, cache_dir(config),
                                     config.encode_batch_size, config.corpus_prompt, config.query_prompt,
-                                    config.index.encode_threads)
+                                    config.index.encode_threads, config.index.encode_precision, config.index.encode_processes)
 
 
 def shard_dir(config: PipelineConfig, fingerprint: str) -> Path:

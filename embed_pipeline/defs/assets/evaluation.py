@@ -84,7 +84,10 @@ def eval_report(
     """BM25, base, champion and candidate (dense and hybrid) on the eval set: metrics, bootstrap CI, segments, plots, the gate's verdict."""
     config = pipeline.config
     retrieval = config.retrieval
-    tracker = mlflow.tracker(config)
+    try:
+        tracker = mlflow.tracker(config)
+    except RegistryError as exc:
+        raise dg.Failure(f"cannot resolve the champion, refusing to judge the candidate: {exc}") from None
     champion = resolve_champion(tracker, config)
     passages = read_corpus(corpus)
     ids = list(passages["passage_id"])

@@ -23,7 +23,8 @@ def corpus_index(context: dg.AssetExecutionContext, corpus: CorpusHandle, embedd
     context.log.info(f"corpus_index: embedding {len(passages)} passages in {len(shards)} shards with the candidate "
                      f"v{embedding_model.version} (cached passages are reused)")
     done = embed_shards(model, fingerprint, shards, shard_dir(config, fingerprint), cache_dir(config),
-                        config.encode_batch_size, config.corpus_prompt)
+                        config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
+                        config.index.encode_processes, config.index.encode_threads)
     meta = {"model_dir": embedding_model.model_dir, "model_version": embedding_model.version, "model_fingerprint": fingerprint}
     built = build_index_from_shards([s.path for s in done.values()], config.index, meta, output_dir(context, config),
                                     passages, config.retrieval.lexical_language)

@@ -50,9 +50,12 @@ def served_model(context: dg.AssetExecutionContext, config: ServedModelConfig, p
             "report_path": config.report_path, "retrieval": report.get("retrieval"),
         }, by, reason, tracker.set_alias)
         pointer = change.pointer
-        decision = f"promoted v{pointer['model_version']}" + (f", replacing v{change.previous_version}" if change.previous_version else "")
-        tracker.set_tags(candidate["run_id"], {"promotion": "promoted", "promotion_decision": decision,
-                                               "promoted_at": change.event["at"]})
+        if change.event is None:
+            decision = f"v{pointer['model_version']} already serves: nothing changed"
+        else:
+            decision = f"promoted v{pointer['model_version']}" + (f", replacing v{change.previous_version}" if change.previous_version else "")
+            tracker.set_tags(candidate["run_id"], {"promotion": "promoted", "promotion_decision": decision,
+                                                   "promoted_at": change.event["at"]})
     return dg.MaterializeResult(
         metadata={
             "action": config.action,
@@ -61,7 +64,7 @@ def served_model(context: dg.AssetExecutionContext, config: ServedModelConfig, p
             "model_version": str(pointer["model_version"]),
             "previous": f"v{change.previous_version}" if change.previous_version else "none",
             "requested_by": by,
-            "reason": change.event["reason"],
+            "reason": change.event["reason"] if change.event else reason,
             "retrieval": dg.MetadataValue.json(pointer.get("retrieval") or {}),
             "index_path": dg.MetadataValue.path(pointer["index_path"]),
         }

@@ -1,0 +1,79 @@
+"""A CLI run killed mid-training (SIGKILL, or SIGHUP from a closed terminal): the same command again
+recovers the dead run, frees its pool slot, ends its MLflow run, and resumes from the last checkpoint."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow.tracking import MlflowClient
+
+from embed_pipeline.lib.config import load_config
+from embed_pipeline_tests.fixture_data import write_project
+
+BIN = Path(sys.executable).parent
+# Long enough to kill mid-way: many small steps, a checkpoint every 5, no dev split to stop early.
+SLOW_TRAINING = {"epochs": 12, "batch_size": 4, "checkpoint_steps": 5, "logging_steps": 5, "dev_share": 0.0,
+                 "early_stopping_patience": 0}
+
+
+def start_run(config: Path, home: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([str(BIN / "embed-pipeline"), "run", "--config", str(config)], env=env,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+
+def wait_for_checkpoint(config: Path, process: subprocess.Popen, timeout: float = 240.0) -> Path:
+    root = load_config(config).artifacts_dir / "checkpoints"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [p for p in root.glob("*/checkpoint-*") if (p / "trainer_state.json").is_file()]
+        if done:
+            return done[0]
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.2)
+    raise TimeoutError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGHUP], ids=["sigkill", "sighup"])
+def test_a_killed_run_is_recovered_and_the_same_command_resumes_training(tmp_path, tiny_model_path, kill, monkeypatch, capsys):
+    config = write_project(tmp_path / "project", tiny_model_path, training=SLOW_TRAINING)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())
+    first = start_run(config, home, tmp_path / "first.log")
+    wait_for_checkpoint(config, first)
+    first.send_signal(kill)
+    first.wait(timeout=60)
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    (dead,) = instance.get_runs(dg.RunsFilter(job_name="training_job"))
+    if kill == signal.SIGKILL:
+        assert dead.status == dg.DagsterRunStatus.STARTED  # what a hard kill leaves behind
+        assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots, "and its pool slot stays taken"
+
+    from embed_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert main(["run", "--config", str(config)]) in (0, 3)  # the same command, again
+    err = capsys.readouterr().err
+    instance = dg.DagsterInstance.get()
+    old = instance.get_run_by_id(dead.run_id)
+    if kill == signal.SIGKILL:
+        assert f"recovered dead run {dead.run_id}" in err
+        assert old.status == dg.DagsterRunStatus.FAILURE
+    else:  # SIGHUP is handled like Ctrl-C: the run cleaned up after itself
+        assert old.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE)
+    assert not [s for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots if s.run_id == dead.run_id]
+    model = instance.get_latest_materialization_event(dg.AssetKey("embedding_model"))
+    assert model.run_id != dead.run_id and model.asset_materialization.metadata["resumed_from_step"].value > 0
+    settings = load_config(config)
+    client = MlflowClient(settings.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("embed-pipeline").experiment_id])
+    by_dagster_run = {r.data.tags.get("dagster_run_id"): r.info.status for r in runs}
+    assert by_dagster_run[dead.run_id] in ("KILLED", "FAILED") and "RUNNING" not in by_dagster_run.values()
