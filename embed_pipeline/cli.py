@@ -311,7 +311,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from embed_pipeline.demo import run_demo
 
-    return run_demo(Session(args.config), as_json=args.json, verbose=args.verbose)
+    return run_demo(args.config, as_json=args.json, verbose=args.verbose)
 
 
 COMMANDS = [
