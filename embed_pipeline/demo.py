@@ -145,16 +145,16 @@ class Walkthrough:
             run = self._execute("reembed_job", tags=tags, partition_key=request.partition_key) if request.partition_key \
                 else self._execute("reembed_job", tags=tags)
             counts["runs"] += 1
-            for event in run.get_asset_materialization_events():
-                meta = event.event_specific_data.materialization.metadata
-                counts["passages"] += meta["dagster/row_count"].value
-                counts["encoded"] += meta["passages_encoded"].value
-                counts["reused"] += meta["passages_from_cache"].value
-                counts["changed"] += meta["passages_encoded"].value + meta["passages_removed"].value
+            # One run over a range of shards reports its totals on each partition's event: read one.
+            meta = run.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
+            counts["passages"] += meta["dagster/row_count"].value
+            counts["encoded"] += meta["passages_encoded"].value
+            counts["reused"] += meta["passages_from_cache"].value
+            counts["changed"] += meta["passages_encoded"].value + meta["passages_removed"].value
             last = run
         if last is not None:
             record = instance.get_run_record_by_id(last.run_id)
-            success = next(e for e in instance.all_logs(last.run_id) if e.dagster_event and e.dagster_event.event_type_value == "RUN_SUCCESS")
+            success = next(e for e in instance.all_logs(last.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS))
             status_context = dg.build_run_status_sensor_context(
                 sensor_name="served_index_sensor", dagster_event=success.dagster_event, dagster_instance=instance,
                 dagster_run=record.dagster_run, resources=self._resources())

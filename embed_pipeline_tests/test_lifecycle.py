@@ -169,7 +169,14 @@ class Deployment:
         return read_served(self.settings.artifacts_dir)
 
     def wait_promoted(self, version: str) -> dict:
+        """Until `version` serves and its own index (re-embedded through the change sensor) is published."""
         wait_for(f"v{version} to be promoted", lambda: (p := self.served()) and p["model_version"] == version)
+
+        def reindexed():
+            last = served_history(self.settings.artifacts_dir)[-1]
+            return last["action"] == "reindex" and str(last["model_version"]) == version
+
+        wait_for(f"v{version}'s served index", reindexed)
         self.idle()
         assert self.alias() == version
         return self.served()
