@@ -111,20 +111,18 @@ class Session:
 @contextlib.contextmanager
 def _pool_watch(instance, every: float = 20.0):
     """While a run executes, say at INFO level when one of its steps waits for the `gpu` pool, and who holds it."""
-    from embed_pipeline.defs.recovery import pool_holders
+    import dagster as dg
+
+    from embed_pipeline.defs.recovery import PID_TAG, pool_holders
 
     stop = threading.Event()
-    run_ids: set[str] = set()
 
     def watch():
         while not stop.wait(every):
             try:
-                import dagster as dg
-
-                mine = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={}), limit=20)
+                mine = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
+                                                              tags={PID_TAG: str(os.getpid())}), limit=5)
                 for record in mine:
-                    if record.dagster_run.tags.get("embed_pipeline/pid") != str(os.getpid()):
-                        continue
                     waiting, holders = pool_holders(instance, POOL, record.dagster_run.run_id)
                     if waiting:
                         say(f"step(s) {', '.join(waiting)} waiting for pool '{POOL}' (limit reached), held by "
@@ -135,7 +133,7 @@ def _pool_watch(instance, every: float = 20.0):
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     try:
-        yield run_ids
+        yield
     finally:
         stop.set()
 
