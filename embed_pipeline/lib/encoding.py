@@ -123,8 +123,9 @@ class EmbeddingCache:
 def encode_precision(precision: str = "auto", device: str = "cpu") -> str:
     """What encoding on `device` computes in under the setting `precision` (auto | bf16 | fp32).
 
-    Returns the label the cache and shard files record: "bf16" or "fp16" (autocast: matmuls and
-    attention in half precision, layer norms and the pooled vector in float32), "fp32", or "tf32"
+    Returns the label the cache and shard files record: "bf16" or "fp16" (torch autocast: matmuls
+    and attention run in half precision, with float32 accumulation; the vectors returned are
+    normalised in float32 all the same), "fp32", or "tf32"
     (fp32 on a GPU whose matmuls run TF32, as `load_model` sets). `auto`: bf16 on Ampere+ GPUs,
     fp16 on older GPUs (no bf16 in hardware), bf16 on CPUs with AMX or AVX512-BF16, fp32 on other
     CPUs. `bf16` forces bf16 autocast anywhere (slow where bf16 is emulated).
@@ -236,13 +237,15 @@ class EncodePool:
                 worker.start()
                 self._workers.append(worker)
             home = model.device
-            model.to("cpu")
-            model.share_memory()
-            for _ in devices:
-                models.put(model)
-            for _ in devices:  # each worker says when its model is in place
-                self._next_result()
-            model.to(home)
+            try:
+                model.to("cpu")
+                model.share_memory()
+                for _ in devices:
+                    models.put(model)
+                for _ in devices:  # each worker says when its model is in place
+                    self._next_result()
+            finally:
+                model.to(home)
         except BaseException:
             self.close()
             raise
@@ -298,6 +301,8 @@ class EncodePool:
 
 
 def _pool_worker(models, device: str, threads: int, tasks, results) -> None:
+    import multiprocessing
+
     import sentence_transformers  # noqa: F401  (imported while the other workers import too)
     import torch
 
@@ -306,7 +311,16 @@ def _pool_worker(models, device: str, threads: int, tasks, results) -> None:
     model = models.get()
     model.to(device)
     results.put((-1, None))
-    while (task := tasks.get()) is not None:
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            task = tasks.get(timeout=5)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return  # the parent was killed without closing the pool: do not linger
+            continue
+        if task is None:
+            return
         task_id, texts, batch_size, prompt, label = task
         try:
             results.put((task_id, _encode_here(model, texts, batch_size, prompt, label, progress=False)))
