@@ -36,13 +36,26 @@ SHARDS = 4
 SLOW_TRAINING = {"epochs": 12, "batch_size": 4, "checkpoint_steps": 5, "logging_steps": 5, "dev_share": 0.0,
                  "early_stopping_patience": 0}
 DEFS_MODULE = '''
+from pathlib import Path
+
 import dagster as dg
 from embed_pipeline.definitions import build_defs
 from embed_pipeline.defs.schedules import nightly_schedule
 
-# The production definitions; the nightly schedule on a one-minute cron (started by the test when
-# "night" comes) and steps in the run worker's process (the multiprocess executor is tested apart).
-defs = build_defs(dg.EnvVar("EMBED_PIPELINE_CONFIG"), schedule=nightly_schedule("* * * * *", dg.DefaultScheduleStatus.STOPPED),
+NIGHT = Path(__file__).with_name("night.flag")
+
+
+def night_has_come(context) -> bool:
+    """One tick fires per flag the test drops: "night" comes when the test says so."""
+    if NIGHT.exists():
+        NIGHT.unlink()
+        return True
+    return False
+
+
+# The production definitions; the nightly schedule on a one-minute cron gated by the flag, and steps
+# in the run worker's process (the multiprocess executor is tested apart).
+defs = build_defs(dg.EnvVar("EMBED_PIPELINE_CONFIG"), schedule=nightly_schedule("* * * * *", should_execute=night_has_come),
                   executor=dg.in_process_executor)
 '''
 
@@ -53,7 +66,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(what: str, predicate, timeout: float = 240.0, every: float = 1.0):
+def wait_for(what: str, predicate, timeout: float = 600.0, every: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -134,7 +147,7 @@ class Deployment:
         kwargs = {"asset_selection": [[k] for k in selection]} if selection else {}
         return self.client.submit_job_execution(job, run_config={"resources": resources}, **kwargs)
 
-    def wait_run(self, run_id: str, status=dg.DagsterRunStatus.SUCCESS, timeout: float = 300.0):
+    def wait_run(self, run_id: str, status=dg.DagsterRunStatus.SUCCESS, timeout: float = 600.0):
         done = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
         run = wait_for(f"run {run_id}", lambda: (r := self.instance.get_run_by_id(run_id)) and r.status in done and r, timeout)
         assert run.status == status, f"run {run_id} ended {run.status}; see {self.tmp}/daemon.log"
@@ -144,7 +157,7 @@ class Deployment:
         return sorted(self.instance.get_runs(dg.RunsFilter(tags=tags)),
                       key=lambda r: self.instance.get_run_record_by_id(r.run_id).create_timestamp)
 
-    def idle(self, timeout: float = 300.0) -> None:
+    def idle(self, timeout: float = 600.0) -> None:
         """Wait until no run is queued or running (sensor-triggered work included)."""
         busy = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                 dg.DagsterRunStatus.STARTED]
@@ -181,15 +194,14 @@ class Deployment:
         assert self.alias() == version
         return self.served()
 
-    def schedule(self, start: bool) -> None:
-        location = self.client._get_repo_locations_and_names_with_pipeline("training_job")[0]
-        selector = {"repositoryLocationName": location.repository_location_name,
-                    "repositoryName": location.repository_name, "scheduleName": "nightly_retraining"}
-        started = self.client._execute("""mutation($s: ScheduleSelector!) { startSchedule(scheduleSelector: $s) {
-            __typename ... on ScheduleStateResult { scheduleState { id } } } }""", {"s": selector})
-        if not start:
-            state_id = started["startSchedule"]["scheduleState"]["id"]
-            self.client._execute("""mutation($id: String!) { stopRunningSchedule(id: $id) { __typename } }""", {"id": state_id})
+    def settle(self) -> None:
+        """Idle, and still idle after a sensor tick: sensor-triggered follow-ups (promotion, re-embedding) done."""
+        history = None
+        while history != len(served_history(self.settings.artifacts_dir)):
+            history = len(served_history(self.settings.artifacts_dir))
+            self.idle()
+            time.sleep(16)  # longer than the promotion (10 s) and corpus (15 s) sensors' intervals
+            self.idle()
 
 
 def served_ids(pointer: dict) -> set[str]:
@@ -204,15 +216,10 @@ def rewrite_corpus(config: Path, edit: dict[str, str], add: dict[str, str], dele
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def worker_pid(run_id: str) -> int | None:
-    """The run worker process of `run_id` (`dagster api execute_run` with the run id in its arguments)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if proc.name.isdigit() and run_id in cmdline and "execute_run" in cmdline:
-            return int(proc.name)
+def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The run worker process of `run_id`, from its RUN_START event."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START):
+        return entry.dagster_event.pid
     return None
 
 
@@ -258,13 +265,12 @@ def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path):
         leaked = [q for q, _, _ in EVAL[:2]]
         logs = click_logs()
         extra = [{"query": q, "passage_id": p, "position": 1, "clicked": True, "dwell_seconds": 90.0,
-                  "session_id": f"night-{i}", "timestamp": pd.Timestamp("2026-12-03 01:00")}
+                  "session_id": f"night-{i}", "timestamp": pd.Timestamp("2026-12-03T01:00:00Z")}
                  for i, (q, p, _) in enumerate(EVAL[:2])]
         pd.concat([logs, pd.DataFrame(extra).astype(logs.dtypes.to_dict())], ignore_index=True).to_parquet(
             config.parent / "search_logs.parquet", index=False)
-        deployment.schedule(start=True)
+        (tmp_path / "night.flag").touch()
         (night,) = wait_for("the nightly run", lambda: deployment.runs(**{"dagster/schedule_name": "nightly_retraining"}), 150)
-        deployment.schedule(start=False)
         deployment.wait_run(night.run_id)
         pairs = deployment.materialization("training_pairs", night.run_id)
         assert pairs["leaking_pairs_dropped"] >= 2 and "click" in pairs["leaking_pairs_per_source"]
@@ -291,7 +297,8 @@ def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path):
             assert f"/assets/corpus_index/{run_id}/" in report["models"]["index"]["path"]
             sizes.append(report["models"]["index"]["size"])
         assert sizes == [20, 17]
-        deployment.idle()
+        wait_for("both candidates promoted", lambda: sum(e["action"] == "promote" for e in served_history(artifacts)) == 4)
+        deployment.settle()
         promoted = served_history(artifacts)
         assert [e["model_version"] for e in promoted if e["action"] == "promote"][-2:] in (["3", "4"], ["4", "3"])
         champion = deployment.served()["model_version"]
@@ -301,13 +308,15 @@ def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path):
         history = len(served_history(artifacts))
         down = deployment.launch(selection=["eval_report"], mlflow_uri=f"http://127.0.0.1:{free_port()}")
         deployment.wait_run(down, dg.DagsterRunStatus.FAILURE)
-        failure = next(e for e in deployment.instance.all_logs(down) if e.dagster_event and e.dagster_event.is_step_failure)
-        assert "cannot resolve the champion" in failure.dagster_event.step_failure_data.error.cause.message
-        time.sleep(12)  # a promotion sensor tick
+        from embed_pipeline.cli import root_cause
+
+        (failure,) = deployment.instance.all_logs(down, of_type=dg.DagsterEventType.STEP_FAILURE)
+        assert "cannot resolve the champion" in root_cause(failure.dagster_event.step_failure_data.error)
+        deployment.settle()
         assert len(served_history(artifacts)) == history and deployment.alias() == champion
         after = deployment.launch(selection=["eval_report"])
         deployment.wait_run(after)
-        deployment.idle()
+        deployment.settle()
 
         # A run killed with SIGKILL mid-training: run monitoring fails it and frees its slot, its MLflow
         # run ends KILLED, and the next run resumes from the dead one's last checkpoint.
@@ -318,7 +327,7 @@ def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path):
         doomed = deployment.launch(config=slow)
         wait_for("a checkpoint", lambda: [p for p in (artifacts / "checkpoints").glob("*/checkpoint-*")
                                           if (p / "trainer_state.json").is_file()], 300, 0.3)
-        os.kill(wait_for("the run worker", lambda: worker_pid(doomed)), signal.SIGKILL)
+        os.kill(wait_for("the run worker", lambda: worker_pid(deployment.instance, doomed)), signal.SIGKILL)
         deployment.wait_run(doomed, dg.DagsterRunStatus.FAILURE, timeout=120)
         wait_for("the dead run's MLflow run to end KILLED", lambda: "KILLED" in {
             r.info.status for r in deployment.tracker.client.search_runs(
@@ -326,7 +335,7 @@ def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path):
         retry = deployment.launch(config=slow)
         deployment.wait_run(retry)
         assert deployment.materialization("embedding_model", retry)["resumed_from_step"] > 0
-        deployment.idle()
+        deployment.settle()
 
         # Two rollbacks walk back two promotions, each a served_model materialisation.
         from embed_pipeline.cli import main

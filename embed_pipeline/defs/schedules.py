@@ -5,15 +5,17 @@ from embed_pipeline.defs.jobs import training_job
 NIGHTLY_CRON = "0 2 * * *"
 
 
-def nightly_schedule(cron: str = NIGHTLY_CRON, status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.RUNNING
-                     ) -> dg.ScheduleDefinition:
-    """The nightly retraining schedule (the lifecycle test runs the same definition on a one-minute cron)."""
+def nightly_schedule(cron: str = NIGHTLY_CRON, status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.RUNNING,
+                     should_execute=None) -> dg.ScheduleDefinition:
+    """The nightly retraining schedule. The lifecycle test runs the same definition on a one-minute
+    cron with `should_execute` (a tick's gate) deciding when "night" comes."""
     return dg.ScheduleDefinition(
         name="nightly_retraining",
         job=training_job,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=status,
+        should_execute=should_execute,
         tags={"embed_pipeline/trigger": "nightly"},
         description="Retrain from the latest pairs every night at 02:00 UTC; the promotion sensor decides what ships.",
     )

@@ -18,7 +18,9 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import os
 import typing
+import uuid
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -305,7 +307,10 @@ class IndexConfig:
     `hnsw_max_passages`, `ivfpq` (`pq_m` bytes per passage, `ivf_nlist` lists, 0 = 4*sqrt(n))
     above. `shards` is the number of hash buckets of passage ids (one Dagster partition each).
     `encode_threads` is the torch CPU thread count (0 = the cores this process may use).
-    `encode_precision: auto` encodes in bf16 where the hardware has it (AMX CPUs, Ampere+ GPUs).
+    `encode_precision: auto` encodes in bf16 autocast where the hardware computes it natively (CPUs
+    with AMX or AVX512-BF16, Ampere+ GPUs), fp16 on older GPUs, fp32 elsewhere; vectors come back
+    float32 either way, and the precision is part of the embedding cache key. `encode_processes` > 1
+    encodes in that many worker processes (threads split among them on a CPU, one GPU each).
     """
 
     type: Literal["auto", "flat", "hnsw", "ivfpq"] = Field("auto", description="index type")
@@ -495,9 +500,6 @@ def write_snapshot(config: PipelineConfig, source: Path, target: Path) -> Config
     Exclusive create (hard link of a finished temp file), so concurrent steps of one run agree on
     one snapshot: the first writer wins and everyone reads what it wrote.
     """
-    import os
-    import uuid
-
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"

@@ -43,6 +43,7 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
             "passages_encoded": sum(s.encoded for s in done.values()),
             "passages_from_cache": sum(s.reused for s in done.values()),
             "passages_removed": sum(s.removed for s in done.values()),
+            "encode_precision": ", ".join(sorted({s.precision for s in done.values()})),
             "shards": len(done),
             "model": model_ref,
             "model_fingerprint": fingerprint,

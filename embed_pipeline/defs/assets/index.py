@@ -40,6 +40,7 @@ def corpus_index(context: dg.AssetExecutionContext, corpus: CorpusHandle, embedd
             "shards": len(done),
             "passages_encoded": encoded,
             "passages_from_cache": reused,
+            "encode_precision": ", ".join(sorted({s.precision for s in done.values()})),
             "index_path": dg.MetadataValue.path(str(built.dense.path)),
             "lexical_index_path": dg.MetadataValue.path(str(built.lexical_path)),
             "config_hash": pipeline.config_hash,
