@@ -50,7 +50,7 @@ from pathlib import Path
 import pandas as pd
 
 from embed_pipeline.lib.config import TrainingConfig
-from embed_pipeline.lib.training import TrainResult
+from embed_pipeline.lib.training import TrainResult, check_batch_split
 from embed_pipeline.lib.training_data import DevSet
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ def train_distributed(
     """
     from embed_pipeline.lib.hardware import available_cpus, pick_device
 
+    check_batch_split(settings.batch_size, processes)
     if pick_device() == "cuda":
         import torch
 

@@ -17,11 +17,12 @@ trainer evaluates nDCG@10 on it at every checkpoint, keeps the best checkpoint, 
 it stops improving, and the best weights are what gets saved.
 
 Several processes (DDP): `train_model` is also what each rank runs under torchrun
-(lib/distributed_training.py launches it). With `world_size` N, each process takes batches of
-`batch_size // N` rows and the loss gathers every process's embeddings
-(`gather_across_devices=True`), so each anchor still sees the whole `batch_size` batch as in-batch
-negatives, as in one process; the last incomplete round of batches is dropped so every rank steps
-the same number of times on equal batches. Rank 0 alone saves the model and deletes checkpoints.
+(lib/distributed_training.py launches it). With `world_size` N, the sampler still draws batches of
+`batch_size` rows (free of duplicates, in the same seeded order as one process) and each rank
+takes its `batch_size / N` slice (accelerate's `split_batches`); the loss gathers every rank's
+embeddings (`gather_across_devices=True`), so each anchor sees the same `batch_size` in-batch
+negatives it would in one process. An incomplete last batch is dropped (a rank would wait in the
+gather for rows that never come). Rank 0 alone saves the model and deletes checkpoints.
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     done = [p for p in Path(checkpoint_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     done = [p for p in done if p.name.removeprefix("checkpoint-").isdigit()]
     return max(done, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
+
+
+def check_batch_split(batch_size: int, processes: int) -> None:
+    """Each of `processes` ranks takes an equal slice of every `batch_size`-row batch: it must divide evenly."""
+    if batch_size % processes:
+        raise ValueError(f"training.batch_size {batch_size} must be a multiple of training.processes {processes}: "
+                         "each process takes an equal slice of every batch")
 
 
 def train_model(
@@ -128,8 +136,7 @@ def train_model(
         loss_options.update(hardness_mode="hard_negatives", hardness_strength=settings.hardness_strength)
     if world_size > 1:
         loss_options["gather_across_devices"] = True  # in-batch negatives from every rank, with gradients
-    per_device_batch = settings.batch_size // world_size
-    total_batch = per_device_batch * world_size
+    check_batch_split(settings.batch_size, world_size)
     if settings.loss == "cached_mnrl":
         loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=settings.mini_batch_size, **loss_options)
     else:
@@ -145,7 +152,7 @@ def train_model(
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=settings.epochs,
-        per_device_train_batch_size=per_device_batch,
+        per_device_train_batch_size=settings.batch_size,  # with N processes: the batch N slices are cut from
         learning_rate=settings.learning_rate,
         warmup_steps=float(settings.warmup_ratio),  # a float < 1 is a ratio of the total steps (transformers v5)
         seed=settings.seed,
@@ -165,8 +172,8 @@ def train_model(
         greater_is_better=True,
         report_to="none",
         disable_tqdm=True,
-        # DDP: an uneven last round would leave a rank waiting in all_gather for a batch that never comes
         dataloader_drop_last=world_size > 1,
+        accelerator_config={"split_batches": world_size > 1},
         ddp_backend=("nccl" if on_cuda else "gloo") if world_size > 1 else None,
     )
     timer = _timer()
@@ -182,7 +189,8 @@ def train_model(
         f"training on {len(dataset)} rows ({len(columns) - 2} negatives each), loss={settings.loss} ({settings.loss_terms}), device={device}, "
         f"bf16={bf16}, attention dropout {settings.attention_dropout if attention_layers else 'as in the base model'}, "
         f"torch threads={torch.get_num_threads()}, "
-        + (f"{world_size} processes x batch {per_device_batch} = {total_batch} in-batch rows, " if world_size > 1 else "")
+        + (f"{world_size} processes x {settings.batch_size // world_size} rows of each {settings.batch_size}-row batch, "
+           if world_size > 1 else "")
         + (f"resuming from {resume.name}" if resume else "from the base model")
     )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -194,8 +202,8 @@ def train_model(
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     best = trainer.state.best_metric if evaluator else None
     steps = int(output.global_step)
-    rows_left = int(len(dataset) * settings.epochs) - resumed_from * total_batch
-    rows_seen = max(0, min((steps - resumed_from) * total_batch, rows_left))
+    rows_left = int(len(dataset) * settings.epochs) - resumed_from * settings.batch_size
+    rows_seen = max(0, min((steps - resumed_from) * settings.batch_size, rows_left))
     train_seconds = max(timer.total - timer.in_eval, 1e-9)
     return TrainResult(
         model_dir=Path(output_dir),

@@ -27,16 +27,18 @@ def exit_rank_1_after_step_2() -> TrainerCallback:
 
 
 class _RecordWorld(TrainerCallback):
-    """Each rank writes what it trains with next to the checkpoint folder: rank, world size, per-device batch."""
+    """Each rank writes what it trains with next to the checkpoint folder: rank, world size, batch split, threads."""
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         import torch
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_initialized() else 0
+        shard = train_dataloader.batch_sampler  # accelerate's BatchSamplerShard around the sentence-transformers sampler
+        rows = shard.batch_size // shard.num_processes if shard.split_batches else shard.batch_size
         seen = {"rank": rank, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-                "backend": dist.get_backend() if dist.is_initialized() else None,
-                "per_device_batch": args.per_device_train_batch_size, "torch_threads": torch.get_num_threads()}
+                "backend": dist.get_backend() if dist.is_initialized() else None, "sampler_batch": shard.batch_size,
+                "rows_per_rank": rows, "torch_threads": torch.get_num_threads()}
         (Path(args.output_dir).parent / f"seen-rank{rank}.json").write_text(json.dumps(seen))
 
 

@@ -44,11 +44,13 @@ def test_two_processes_train_one_model_into_one_run_and_one_version(tmp_path, ti
 
     seen = [json.loads((tmp_path / "ckpt" / f"seen-rank{r}.json").read_text()) for r in (0, 1)]
     assert [s["rank"] for s in seen] == [0, 1]
-    assert all(s["world_size"] == 2 and s["backend"] == "gloo" and s["per_device_batch"] == 2 for s in seen), seen
+    # one duplicate-free batch of 4 drawn as in one process, 2 rows of it per rank
+    assert all(s["world_size"] == 2 and s["backend"] == "gloo" and s["sampler_batch"] == 4 and s["rows_per_rank"] == 2
+               for s in seen), seen
     assert all(s["torch_threads"] == max(1, seen[0]["torch_threads"]) for s in seen)
     result = model.training
-    assert result.processes == 2 and result.steps == 4  # 7 training rows: 3 batches of 2 -> 1 full round of 2 ranks x 4 epochs
-    assert any("2 processes x batch 2 = 4 in-batch rows" in line for line in lines), lines
+    assert result.processes == 2 and result.steps == 4  # 7 training rows: 1 full batch of 4 per epoch (the rest dropped) x 4 epochs
+    assert any("2 processes x 2 rows of each 4-row batch" in line for line in lines), lines
     loss_lines = [line.split(",")[0] for line in lines if line.startswith("step ") and "loss" in line]
     assert loss_lines[:4] == [f"step {i}/4" for i in range(1, 5)], "rank 0's progress streams back, once per step"
 
@@ -94,7 +96,7 @@ def test_a_rank_that_dies_fails_the_step_naming_it_and_the_retry_resumes(tmp_pat
     model = train(config, tmp_path / "ckpt", tmp_path / "model", lines)
 
     assert model.training.resumed_from_step >= 1, lines
-    assert model.training.steps == 6  # 10 rows: 5 batches of 2 -> 2 full rounds x 3 epochs
+    assert model.training.steps == 6  # 10 rows: 2 full batches of 4 per epoch x 3 epochs
     assert sorted(r.info.status for r in client.search_runs([experiment])) == ["FAILED", "FINISHED"]
     assert [v.run_id for v in client.search_model_versions(f"name='{config.registered_model_name}'")] == [model.mlflow_run_id]
 
