@@ -195,7 +195,9 @@ class Deployment:
         return self.served()
 
     def settle(self) -> None:
-        """Idle, and still idle after a sensor tick: sensor-triggered follow-ups (promotion, re-embedding) done."""
+        """Idle, and still idle after a sensor tick: sensor-triggered follow-ups (promotion, re-embedding) done,
+        and the served model has its own index (the last history event re-indexed it)."""
+        wait_for("the served model's own index", lambda: served_history(self.settings.artifacts_dir)[-1]["action"] == "reindex")
         history = None
         while history != len(served_history(self.settings.artifacts_dir)):
             history = len(served_history(self.settings.artifacts_dir))
