@@ -270,8 +270,9 @@ class TrainingConfig:
     def _consistent(self):
         if self.hardness_strength > 0 and self.num_negatives == 0:
             raise ValueError("hardness_strength weights the mined negatives: it needs num_negatives >= 1")
-        if self.batch_size < 2 * self.processes:
-            raise ValueError(f"batch_size {self.batch_size} is the total over {self.processes} processes: need >= 2 per process")
+        if self.batch_size % self.processes or self.batch_size < 2 * self.processes:
+            raise ValueError(f"batch_size {self.batch_size} is the total over {self.processes} processes: "
+                             "it must be a multiple of processes, with >= 2 rows per process")
         return self
 
 
