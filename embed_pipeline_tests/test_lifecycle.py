@@ -97,7 +97,7 @@ class Deployment:
         home = tmp_path / "dagster_home"
         home.mkdir()
         instance_yaml = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
-        instance_yaml["run_monitoring"].update(poll_interval_seconds=3, free_slots_after_run_end_seconds=0)
+        instance_yaml["run_monitoring"].update(poll_interval_seconds=3, free_slots_after_run_end_seconds=1)
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
         (tmp_path / "lifecycle_defs.py").write_text(DEFS_MODULE)
         workspace = tmp_path / "workspace.yaml"

@@ -85,8 +85,11 @@ def pool_holders(instance: dg.DagsterInstance, pool: str, run_id: str) -> tuple[
 
 @dg.run_failure_sensor(name="orphaned_mlflow_runs_sensor", default_status=dg.DefaultSensorStatus.RUNNING)
 def orphaned_mlflow_runs_sensor(context: dg.RunFailureSensorContext, pipeline: PipelineResource, mlflow: MlflowResource):
-    """When a run fails (also when run monitoring marks a dead run failed), end its MLflow runs still RUNNING as KILLED."""
+    """When a run fails (also when run monitoring marks a dead run failed), free its pool slots and end its
+    MLflow runs still RUNNING as KILLED: a dead run's `gpu` slot must not block the next run."""
     from embed_pipeline.lib.tracking import close_orphaned_runs
+
+    context.instance.event_log_storage.free_concurrency_slots_for_run(context.dagster_run.run_id)
 
     killed = close_orphaned_runs(mlflow.tracker(pipeline.config), context.dagster_run.run_id)
     if killed:
