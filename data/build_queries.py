@@ -6,11 +6,12 @@ Sources:
                                -> eval/queries.jsonl (`metadata.segment`), eval/qrels/test.tsv
   queries_src/logs.txt         hand-written search-box queries with their true target, read
                                only by build_search_logs.py (the click simulator)
+  queries_src/questions.txt    hand-written training questions, same format
   queries_src/docstrings.jsonl the docstring summaries build_corpus.py removed from the code
-                               -> curated/queries.jsonl, curated/qrels/train.tsv
+                               -> curated/queries.jsonl, curated/qrels/train.tsv (questions first)
 
-Curated pairs are what a team has for free: each documented function's docstring summary is a
-query for its (docstring-free) code. A summary shared by several functions is one query with all
+Curated pairs are the hand-written questions plus what a team has for free: each documented
+function's docstring summary is a query for its (docstring-free) code. A summary shared by several functions is one query with all
 of them as positives. Left out, each counted: summaries under `MIN_WORDS` words, and every
 summary whose functions include an eval target (so no eval target is ever a training target).
 
@@ -136,7 +137,11 @@ def main() -> None:
     corpus_ids = {json.loads(line)["_id"] for line in (DATA / "corpus.jsonl").open(encoding="utf-8")}
     sets = {"eval": read_source("eval"), "logs": read_source("logs")}
     eval_targets = {i for _, ids in sets["eval"] for i in ids}
-    sets["curated"], dropped = curated_from_docstrings(eval_targets)
+    questions = read_source("questions")
+    docstrings, dropped = curated_from_docstrings(eval_targets)
+    asked = {norm(t) for t, _ in questions}
+    dropped["same text as a question"] = sum(norm(t) in asked for t, _ in docstrings)
+    sets["curated"] = questions + [(t, ids) for t, ids in docstrings if norm(t) not in asked]
     errors = validate(sets, corpus_ids)
     if errors:
         print("\n".join(errors), file=sys.stderr)
@@ -145,7 +150,7 @@ def main() -> None:
     write_beir(sets["eval"], "e", DATA / "eval", "test.tsv", with_segment=True)
     segments = Counter(family_of(ids[0]) for _, ids in sets["eval"])
     curated_targets = {i for _, ids in sets["curated"] for i in ids}
-    print(f"curated: {len(sets['curated'])} queries over {len(curated_targets)} passages; "
+    print(f"curated: {len(sets['curated'])} queries ({len(questions)} hand-written questions) over {len(curated_targets)} passages; "
           f"docstring summaries left out: {dict(dropped)}")
     print(f"eval: {len(sets['eval'])} queries over {len(eval_targets)} passages; segments {dict(sorted(segments.items()))}")
     print(f"logs: {len(sets['logs'])} queries (read by build_search_logs.py)")
