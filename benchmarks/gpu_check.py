@@ -9,9 +9,13 @@ functions, so what it proves is the code the assets run:
   3. `lib.embedding.encode` of `--passages` passages (the demo corpus repeated with a numbered
      suffix, so every text is distinct) with the trained model.
 Prints one JSON object: device, steps/s, pairs/s, passages/s, peak GPU memory of each phase.
+`--processes N` trains step 2 through `lib.distributed_training.train_distributed` instead: torchrun
+with N ranks (nccl on CUDA, one GPU per rank; N = 1 checks the launcher on a one-GPU machine), the
+batch split N ways with gathered in-batch negatives; the training peak memory is then not measured.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py                         # GPU: 300 steps, 50k passages
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py --steps 4 --passages 256  # CPU smoke run
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py --processes 2            # DDP: 2 GPUs (or 2 CPU ranks)
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embed_pipeline.lib.config import load_config  # noqa: E402
+from embed_pipeline.lib.distributed_training import train_distributed  # noqa: E402
 from embed_pipeline.lib.corpus import load_corpus, passage_texts  # noqa: E402
 from embed_pipeline.lib.encoding import encode, load_model  # noqa: E402
 from embed_pipeline.lib.hardware import pick_device  # noqa: E402
@@ -57,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--passages", type=int, default=50_000)
     parser.add_argument("--encode-batch", type=int, default=256)
+    parser.add_argument("--processes", type=int, default=0, help="train through torchrun with this many ranks (0: in process)")
     args = parser.parse_args()
 
     config = load_config(args.config)
@@ -80,15 +86,25 @@ def main() -> None:
 
     settings = config.training
     columns, _ = training_columns(mined.triples, text_of, settings.num_negatives, settings.seed)
+    wanted = args.steps * settings.batch_size  # rows for exactly --steps steps
+    if wanted <= len(columns["anchor"]):  # one epoch over the first `wanted` rows (the config allows no less than 1 epoch)
+        columns = {name: values[:wanted] for name, values in columns.items()}
     rows = len(columns["anchor"])
-    epochs = args.steps * settings.batch_size / rows  # enough epochs for exactly --steps steps
+    epochs = max(1.0, wanted / rows)
     settings = dataclasses.replace(settings, epochs=epochs, dev_share=0.0, early_stopping_patience=0,
                                    checkpoint_steps=args.steps + 1)
     reset_gpu_peak()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-        result = train_model(config.resolved_base_model, columns, settings, Path(scratch) / "model",
-                             Path(scratch) / "ckpt", on_progress=lambda line: print(line, flush=True))
-        train_peak = gpu_peak_gib()
+        if args.processes:
+            settings = dataclasses.replace(settings, processes=args.processes)
+            result = train_distributed(config.resolved_base_model, columns, settings, Path(scratch) / "model", Path(scratch) / "ckpt",
+                                       processes=args.processes, job_dir=Path(scratch) / "job",
+                                       on_progress=lambda line: print(line, flush=True))
+            train_peak = None  # the ranks' memory, not this process's
+        else:
+            result = train_model(config.resolved_base_model, columns, settings, Path(scratch) / "model",
+                                 Path(scratch) / "ckpt", on_progress=lambda line: print(line, flush=True))
+            train_peak = gpu_peak_gib()
         model = load_model(str(result.model_dir), device=device)
 
     corpus = [f"{texts[i % len(texts)]} [{i}]" for i in range(args.passages)]
@@ -112,6 +128,7 @@ def main() -> None:
         "training_rows": rows,
         "negatives_per_row": settings.num_negatives,
         "batch_size": settings.batch_size,
+        "processes": result.processes,
         "max_seq_length": settings.max_seq_length,
         "mining_s": round(mining_s, 2),
         "steps": result.steps,
