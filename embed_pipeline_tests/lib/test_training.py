@@ -72,7 +72,7 @@ def test_training_config_rejects_bad_values():
     for bad, key in [({"loss": "triplet"}, "loss"), ({"loss_terms": "doc_to_doc"}, "loss_terms"),
                      ({"hardness_strength": -1.0}, "hardness_strength"), ({"hardness_strength": 5.0, "num_negatives": 0}, "num_negatives >= 1"),
                      ({"attention_dropout": 1.0}, "attention_dropout"), ({"precision": "fp16"}, "precision"),
-                     ({"processes": 0}, "processes"), ({"batch_size": 6, "processes": 4}, "2 per process")]:
+                     ({"processes": 0}, "processes"), ({"batch_size": 6, "processes": 4}, "multiple of processes"), ({"batch_size": 2, "processes": 2}, "2 rows per process")]:
         with pytest.raises(ValidationError, match=key):
             TrainingConfig(**bad)
 
