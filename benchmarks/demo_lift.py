@@ -153,9 +153,9 @@ class Stages:
         fit_rows, dev_rows = split_dev(triples, training.dev_share, training.dev_max_queries, training.seed)
         dev = dev_set(dev_rows, self.text_of, training.dev_max_passages, training.seed) if len(dev_rows) else None
         columns, padded = training_columns(fit_rows, self.text_of, training.num_negatives, training.seed)
-        with tempfile.TemporaryDirectory(prefix="demo-lift-ckpt-") as scratch:
-            result = self.timed(f"training seed {training.seed}", train_model, self.base, columns, training, out,
-                                Path(scratch) / "checkpoints", dev=dev, on_progress=lambda m: say("  " + m))
+        # Beside the model, so a killed run resumes from its last checkpoint (train_model deletes them when done).
+        result = self.timed(f"training seed {training.seed}", train_model, self.base, columns, training, out,
+                            out.parent / "checkpoints", dev=dev, on_progress=lambda m: say("  " + m))
         dev_queries = list(dev_rows["query"].unique())
         dev_relevant = dev_rows.groupby("query")["passage_id"].agg(set).to_dict()
         return result, dev_queries, {"train_rows": len(columns["anchor"]), "padded_negatives": padded,
