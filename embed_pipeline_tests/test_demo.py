@@ -22,7 +22,6 @@ def test_the_demo_walks_train_promote_serve_change_and_roll_back(tmp_path, tiny_
     assert main(["demo", "--config", str(config), "--json"]) == 0
 
     out = json.loads(capsys.readouterr().out)
-    err = capsys.readouterr().err
     settings = load_config(config)
     assert out["promoted"] is True and out["report"]["gate"]["passed"]
     assert out["report"]["models"]["champion"]["version"] == "1"  # the stock model served first, as v1

@@ -4,9 +4,9 @@ The parent (`train_distributed`) writes everything a rank needs to a job folder:
 columns (Parquet), the dev set, the training settings, the paths, and where to send metrics (MLflow
 tracking URI + the run the parent opened). It then runs
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m embed_pipeline.lib.distributed_training JOB
+    python -m torch.distributed.run --standalone --nproc_per_node N -m embed_pipeline.train_worker JOB
 
-and every rank (`main` below) calls `train_model` with `world_size=N`. Rank 0 alone logs to MLflow
+and every rank (`embed_pipeline/train_worker.py`, the process entry point) calls `train_model` with `world_size=N`. Rank 0 alone logs to MLflow
 (per step, into the parent's run), saves the model and writes `result.json`; the parent reads it
 back and does everything after training (registration included), so one MLflow run and one
 registered version result. Backend: gloo on CPU, nccl on CUDA (one GPU per rank).
@@ -43,7 +43,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -56,6 +55,7 @@ from embed_pipeline.lib.training_data import DevSet
 log = logging.getLogger(__name__)
 
 PROGRESS_MARKER = "[embed-pipeline progress] "
+WORKER_MODULE = "embed_pipeline.train_worker"  # each rank's entry point (reads torchrun's RANK / WORLD_SIZE)
 STDERR_TAIL_LINES = 40
 
 
@@ -164,12 +164,11 @@ def train_distributed(
     write_job(job_dir, job, columns, dev)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-        f"--log-dir={job_dir / 'logs'}", "--tee=3", "-m", __name__, str(job_dir),
+        f"--log-dir={job_dir / 'logs'}", "--tee=3", "-m", WORKER_MODULE, str(job_dir),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     say = on_progress or log.info
     stderr_tail: collections.deque[str] = collections.deque(maxlen=400)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # its own process group: stopping the step stops every rank
     reader = threading.Thread(target=lambda: stderr_tail.extend(process.stderr), daemon=True)
     reader.start()
@@ -228,61 +227,3 @@ def _failure(code: int, stderr: str, job_dir: Path, processes: int) -> RankFaile
         detail = "\n".join(line for line in root.strip().splitlines() if not line.startswith("[")).strip()
     return RankFailedError(f"training rank {rank} of {processes} failed ({how}): {detail}\n(job folder kept: {job_dir})",
                            rank, exit_code)
-
-
-def exit_when_gone(pid: int, interval_seconds: float = 2.0) -> None:
-    """End this process (exit code 1) once process `pid` no longer exists; checked from a daemon thread."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(interval_seconds)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                print(f"the launching process {pid} is gone: this rank stops", file=sys.stderr, flush=True)
-                os._exit(1)
-            except PermissionError:  # exists, owned by someone else
-                continue
-
-    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-
-
-def main(job_dir: Path) -> None:
-    """One rank: rebuild the job, train, and (rank 0) write result.json."""
-    import torch
-
-    from embed_pipeline.lib.tracking import Tracker, mlflow_callback
-    from embed_pipeline.lib.training import train_model
-
-    job, columns, dev = read_job(job_dir)
-    if job.launcher_pid:
-        exit_when_gone(job.launcher_pid)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])  # set by torchrun
-    world_size = int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)  # "cuda" below means this rank's GPU
-    callbacks = build_callbacks(job.callbacks)
-    if rank == 0 and job.mlflow is not None:
-        target = job.mlflow
-        tracker = Tracker(target.tracking_uri, target.artifact_location, target.experiment)
-        callbacks.append(mlflow_callback(tracker, target.run_id))
-
-    def say(line: str) -> None:
-        if rank == 0:
-            print(PROGRESS_MARKER + line, flush=True)
-
-    result = train_model(
-        job.base_model, columns, TrainingConfig(**job.settings), Path(job.output_dir), Path(job.checkpoint_dir),
-        dev=dev, callbacks=callbacks, on_progress=say, world_size=world_size, threads=job.threads_per_process,
-    )
-    if rank == 0:
-        body = {**dataclasses.asdict(result), "model_dir": str(result.model_dir)}
-        tmp = job_dir / "result.json.tmp"
-        tmp.write_text(json.dumps(body), encoding="utf-8")
-        tmp.replace(job_dir / "result.json")
-
-
-if __name__ == "__main__":
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    record(main)(Path(sys.argv[1]))

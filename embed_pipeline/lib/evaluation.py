@@ -22,6 +22,7 @@ The report is a JSON contract read by the CLI (`--json`), the promotion gate and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +30,11 @@ import numpy as np
 import pandas as pd
 
 from embed_pipeline.lib.bootstrap import paired_bootstrap
-from embed_pipeline.lib.config import GateConfig
+from embed_pipeline.lib.config import GateConfig, RetrievalConfig
 from embed_pipeline.lib.indexing import build_faiss_index, search
 from embed_pipeline.lib.io import write_json, write_parquet
 from embed_pipeline.lib.metrics import MAX_K, METRICS, mean_metrics, per_query_metrics, recall_curve
+from embed_pipeline.lib.retrieval import WeightChoice, choose_weight, dense_ranked, ranked_ids
 
 CI_METRICS = ("recall@10", "ndcg@10")
 REPORT_MODELS = ("base", "champion", "candidate", "candidate_exact")  # always present
@@ -176,6 +178,111 @@ def assemble_report(
     report["retrieval"] = retrieval
     report["gate"] = evaluate_gate(report, gate)
     return report, per_query_table(per_query)
+
+
+# (model ref, query texts) -> (query vectors, corpus vectors), both L2-normalised, corpus in corpus_ids order.
+Encode = Callable[[str, list[str]], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Contenders:
+    """The models an eval compares (model folders or hub ids) and the candidate's index as it will serve.
+
+    `champion` None: nothing is promoted yet, the base model stands in. `served_index` is anything
+    with `search_ids(vectors, k) -> (scores, ids)` (`lib.indexing.load_index`); None: the candidate
+    is searched exactly (the `candidate` and `candidate_exact` rows are then the same).
+    """
+
+    base: str
+    candidate: str
+    champion: str | None = None
+    served_index: object | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    report: dict  # the JSON contract of this module's docstring, with the gate's verdict
+    per_query: pd.DataFrame  # one row per (model row, query): every metric
+    weight: WeightChoice  # the hybrid's dense weight and where it came from
+
+
+def evaluate(
+    eval_set: EvalSet,
+    eval_pairs: pd.DataFrame,
+    corpus_ids: list[str],
+    contenders: Contenders,
+    encode: Encode,
+    retrieval: RetrievalConfig,
+    gate: GateConfig,
+    models: dict[str, dict],
+    *,
+    lexical=None,
+    dev_queries: list[str] = (),
+    dev_relevant: dict[str, set[str]] | None = None,
+) -> Evaluation:
+    """Rank the eval queries with BM25, the base model, the champion and the candidate, fuse, judge.
+
+    Every dense row is exact search over the whole corpus, except `candidate`, which goes through
+    `served_index` (what will serve). With a BM25 index (`lexical`, a `lib.lexical.LexicalIndex`)
+    the `bm25`, `champion_hybrid` and `candidate_hybrid` rows are added, fused with the dense weight
+    `retrieval.dense_weight`, or chosen on `dev_queries` (the training dev split: never the eval
+    set). In `hybrid` mode the gate judges the hybrid rows. `models` describes the contenders for
+    the report (names, versions, run ids, index).
+    """
+    qids, texts = list(eval_set.queries), list(eval_set.queries.values())
+
+    def dense(model_ref: str, queries: list[str]):
+        query_vectors, corpus_vectors = encode(model_ref, queries)
+        return dense_ranked(query_vectors, corpus_vectors, corpus_ids, MAX_K), query_vectors
+
+    base = dense(contenders.base, texts)[0]
+    champion = dense(contenders.champion, texts)[0] if contenders.champion else base
+    candidate_exact, candidate_vectors = dense(contenders.candidate, texts)
+    if contenders.served_index is not None:
+        served_scores, served_ids = contenders.served_index.search_ids(candidate_vectors, MAX_K)
+        candidate = (served_ids, served_scores)
+    else:
+        candidate = candidate_exact
+    rankings = {"base": ranked_ids(base, qids), "champion": ranked_ids(champion, qids),
+                "candidate": ranked_ids(candidate, qids), "candidate_exact": ranked_ids(candidate_exact, qids)}
+
+    if lexical is None and retrieval.mode == "hybrid":
+        raise ValueError("retrieval.mode is hybrid but there is no BM25 index beside the dense one")
+    dev_queries = list(dev_queries)
+    choose = lexical is not None and bool(dev_queries) and retrieval.dense_weight is None  # else nothing to rank them for
+    weight = choose_weight(retrieval.dense_weight, retrieval.fusion,
+                           dense(contenders.candidate, dev_queries)[0] if choose else None,
+                           lexical.search(dev_queries, retrieval.depth) if choose else None,
+                           dev_queries, dev_relevant or {})
+    if lexical is not None:
+        from embed_pipeline.lib.fusion import fuse
+
+        lexical_eval = lexical.search(texts, retrieval.depth)
+        rankings["bm25"] = ranked_ids(lexical_eval, qids)
+        for row, dense_list in (("candidate_hybrid", candidate), ("champion_hybrid", champion)):
+            fused = fuse(dense_list, lexical_eval, retrieval.fusion, weight.dense_weight, MAX_K, retrieval.rrf_k)
+            rankings[row] = dict(zip(qids, fused, strict=True))
+    hybrid = retrieval.mode == "hybrid"
+    served_mode = {"mode": retrieval.mode, "fusion": retrieval.fusion if hybrid else None,
+                   "dense_weight": weight.dense_weight if hybrid else None, "dense_weight_source": weight.source}
+    report, per_query = assemble_report(eval_set, eval_pairs, rankings, models, gate, served_mode)
+    return Evaluation(report, per_query, weight)
+
+
+def record_evaluation(tracker, run_id: str, evaluation: Evaluation, folder: Path, served_mode: str) -> None:
+    """Log the judged metrics, the lift, its CI, the chosen dense weight and the report files on the candidate's MLflow run."""
+    report = evaluation.report
+    judged = report["judged"]["candidate"]
+    tracker.log_metrics(run_id, {f"eval/{m}": v for m, v in report[judged].items()}
+                        | {f"eval/dense/{m}": v for m, v in report["candidate"].items()}
+                        | {f"eval/lift_over_champion/{m}": v for m, v in report["lift_over_champion"].items()}
+                        | {f"eval/ci_low/{m}": c["low"] for m, c in report["ci"].items()})
+    tracker.log_params(run_id, {"retrieval.served_mode": served_mode,
+                                "retrieval.chosen_dense_weight": report["retrieval"]["dense_weight"],
+                                "retrieval.dense_weight_source": evaluation.weight.source})
+    tracker.log_artifacts(run_id, folder, "eval")
+    decision = "gate passed: awaiting promotion" if report["gate"]["passed"] else f"not promoted: {report['gate']['summary']}"
+    tracker.set_tags(run_id, {"gate_passed": report["gate"]["passed"], "promotion_decision": decision})
 
 
 def write_report(report: dict, per_query: pd.DataFrame, folder: Path, min_segment_queries: int) -> tuple[Path, dict[str, bytes]]:

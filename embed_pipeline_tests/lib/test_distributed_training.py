@@ -106,7 +106,7 @@ def test_a_rank_exits_when_the_process_that_launched_it_is_gone():
     launcher = subprocess.Popen([sys.executable, "-c", "pass"])
     launcher.wait()  # reaped: its pid no longer exists, as after a SIGKILLed Dagster step
     rank = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom embed_pipeline.lib.distributed_training import exit_when_gone\n"
+        [sys.executable, "-c", "import sys, time\nfrom embed_pipeline.train_worker import exit_when_gone\n"
                                f"exit_when_gone({launcher.pid}, interval_seconds=0.1)\ntime.sleep(60)\nsys.exit(5)"],
         stderr=subprocess.PIPE, text=True,
     )
