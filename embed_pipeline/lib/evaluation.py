@@ -5,8 +5,11 @@ The report is a JSON contract read by the CLI (`--json`), the promotion gate and
 - `bm25` (lexical), `base`, `champion`, `candidate` (dense, through the served FAISS index),
   `candidate_exact` (exact search) and, for hybrid retrieval, `candidate_hybrid` and
   `champion_hybrid` (each fused with BM25) map each metric in `metrics.METRICS` to its mean.
-- `retrieval`: `{mode, fusion, dense_weight}`: what is served, and so what the gate judged;
-  `judged`: the two rows compared (`candidate`/`champion` when dense, the `_hybrid` rows when hybrid).
+- `retrieval`: `{mode, fusion, dense_weight}`: how the candidate would serve, and so what the gate
+  judged, plus `dense_weight_source` and `champion` (`{mode, fusion, dense_weight, as}`: how the
+  champion row was judged: `as` "served" = as the champion serves now, from the served pointer);
+  `judged`: the two rows compared (`candidate` or `candidate_hybrid` by the candidate's mode against
+  `champion` or `champion_hybrid` by the champion's).
 - `lift` is the judged candidate minus base; `lift_over_champion` is the judged candidate minus the
   judged champion (the number the gate judges); `approximate_search_loss` is exact minus index.
 - `ci`: for `recall@10` and `ndcg@10`, the paired-bootstrap interval of the lift of the candidate
@@ -158,18 +161,21 @@ def assemble_report(
     models: dict[str, dict],
     gate: GateConfig,
     retrieval: dict | None = None,
+    judged: tuple[str, str] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """The full report (with the gate's verdict) and the per-query table, from each model's rankings.
 
     `rankings` maps row names (every name in `REPORT_MODELS`, optionally `bm25` and the `_hybrid`
     rows) to {query_id: ranked passage ids}; `eval_pairs` is the validated eval table (for
     source/segment slices). `retrieval` = {mode, fusion, dense_weight}: in `hybrid` mode the gate
-    judges `candidate_hybrid` against `champion_hybrid`, the mode that will be served.
+    judges `candidate_hybrid` against `champion_hybrid`, the mode that will be served; `judged`
+    = (candidate row, champion row) overrides that pair.
     """
     from embed_pipeline.lib.promotion import evaluate_gate
 
     retrieval = retrieval or {"mode": "dense", "fusion": None, "dense_weight": None}
-    judged = ("candidate_hybrid", "champion_hybrid") if retrieval["mode"] == "hybrid" else ("candidate", "champion")
+    if judged is None:
+        judged = ("candidate_hybrid", "champion_hybrid") if retrieval["mode"] == "hybrid" else ("candidate", "champion")
     per_query = {name: per_query_metrics(rankings[name], eval_set.relevant) for name in ROW_ORDER if name in rankings}
     curves = {name: recall_curve(rankings[name], eval_set.relevant) for name in ("bm25", "base", "champion", judged[0])
               if name in rankings}
@@ -191,12 +197,16 @@ class Contenders:
     `champion` None: nothing is promoted yet, the base model stands in. `served_index` is anything
     with `search_ids(vectors, k) -> (scores, ids)` (`lib.indexing.load_index`); None: the candidate
     is searched exactly (the `candidate` and `candidate_exact` rows are then the same).
+    `champion_retrieval` is the served pointer's `retrieval`: the champion is judged as it serves
+    now (dense, or fused with its own weight), so the gate compares what would serve against what
+    serves. Unknown (or no champion yet): the champion row takes the candidate's mode and weight.
     """
 
     base: str
     candidate: str
     champion: str | None = None
     served_index: object | None = None
+    champion_retrieval: dict | None = None  # how the champion serves now ({mode, fusion, dense_weight}); None: unknown
 
 
 @dataclass(frozen=True)
@@ -254,19 +264,37 @@ def evaluate(
                            dense(contenders.candidate, dev_queries)[0] if choose else None,
                            lexical.search(dev_queries, retrieval.depth) if choose else None,
                            dev_queries, dev_relevant or {})
+    hybrid = retrieval.mode == "hybrid"
+    served_mode = {"mode": retrieval.mode, "fusion": retrieval.fusion if hybrid else None,
+                   "dense_weight": weight.dense_weight if hybrid else None, "dense_weight_source": weight.source}
+    champion_mode = _champion_serving(contenders, served_mode, weight.dense_weight)
     if lexical is not None:
         from embed_pipeline.lib.fusion import fuse
 
         lexical_eval = lexical.search(texts, retrieval.depth)
         rankings["bm25"] = ranked_ids(lexical_eval, qids)
-        for row, dense_list in (("candidate_hybrid", candidate), ("champion_hybrid", champion)):
-            fused = fuse(dense_list, lexical_eval, retrieval.fusion, weight.dense_weight, MAX_K, retrieval.rrf_k)
+        fusions = (("candidate_hybrid", candidate, retrieval.fusion, weight.dense_weight),
+                   ("champion_hybrid", champion, champion_mode["fusion"] or retrieval.fusion,
+                    weight.dense_weight if champion_mode["dense_weight"] is None else champion_mode["dense_weight"]))
+        for row, dense_list, fusion, dense_weight in fusions:
+            fused = fuse(dense_list, lexical_eval, fusion, dense_weight, MAX_K, retrieval.rrf_k)
             rankings[row] = dict(zip(qids, fused, strict=True))
-    hybrid = retrieval.mode == "hybrid"
-    served_mode = {"mode": retrieval.mode, "fusion": retrieval.fusion if hybrid else None,
-                   "dense_weight": weight.dense_weight if hybrid else None, "dense_weight_source": weight.source}
-    report, per_query = assemble_report(eval_set, eval_pairs, rankings, models, gate, served_mode)
+    judged = ("candidate_hybrid" if hybrid else "candidate",
+              "champion_hybrid" if champion_mode["mode"] == "hybrid" and lexical is not None else "champion")
+    served_mode["champion"] = champion_mode
+    report, per_query = assemble_report(eval_set, eval_pairs, rankings, models, gate, served_mode, judged)
     return Evaluation(report, per_query, weight)
+
+
+def _champion_serving(contenders: Contenders, candidate_mode: dict, candidate_weight: float) -> dict:
+    """How the champion row is judged: as the champion serves now, else (none yet, or not recorded) like the candidate."""
+    served = contenders.champion_retrieval if contenders.champion else None
+    if not served or served.get("mode") not in ("dense", "hybrid"):
+        return {"mode": candidate_mode["mode"], "fusion": candidate_mode["fusion"],
+                "dense_weight": candidate_weight if candidate_mode["mode"] == "hybrid" else None, "as": "the candidate's mode"}
+    if served["mode"] == "dense":
+        return {"mode": "dense", "fusion": None, "dense_weight": None, "as": "served"}
+    return {"mode": "hybrid", "fusion": served.get("fusion"), "dense_weight": served.get("dense_weight"), "as": "served"}
 
 
 def record_evaluation(tracker, run_id: str, evaluation: Evaluation, folder: Path, served_mode: str) -> None:

@@ -77,7 +77,8 @@ def test_a_configured_weight_is_used_as_is_and_dense_mode_judges_the_dense_rows(
 
     report = evaluation.report
     assert report["judged"] == {"candidate": "candidate", "champion": "champion"}
-    assert report["retrieval"] == {"mode": "dense", "fusion": None, "dense_weight": None, "dense_weight_source": "config"}
+    assert report["retrieval"] == {"mode": "dense", "fusion": None, "dense_weight": None, "dense_weight_source": "config",
+                                   "champion": {"mode": "dense", "fusion": None, "dense_weight": None, "as": "the candidate's mode"}}
     assert report["candidate_hybrid"] == report["bm25"]  # weight 0: the fused ranking is BM25's
     assert DEV_QUERIES[0] not in {q for _, texts in encode.calls for q in texts}  # nothing to choose: dev queries unused
 
@@ -112,3 +113,26 @@ def test_hybrid_mode_without_a_bm25_index_is_an_error(tiny_model_path, eval_inpu
     with pytest.raises(ValueError, match="retrieval.mode is hybrid but there is no BM25 index"):
         evaluate(eval_set, pairs, IDS, Contenders(tiny_model_path, tiny_model_path), encode,
                  dataclasses.replace(RetrievalConfig(), mode="hybrid"), GateConfig(), {})
+
+
+def test_the_champion_is_judged_as_it_serves_now(tiny_model_path, eval_inputs, encode):
+    eval_set, pairs = eval_inputs
+    lexical = LexicalIndex.build(IDS, TEXTS)
+
+    def judge(served: dict | None):
+        contenders = Contenders(tiny_model_path, tiny_model_path, champion=tiny_model_path, champion_retrieval=served)
+        return evaluate(eval_set, pairs, IDS, contenders, encode, RetrievalConfig(mode="hybrid", dense_weight=0.5),
+                        GateConfig(), {}, lexical=lexical).report
+
+    dense_champion = judge({"mode": "dense", "fusion": None, "dense_weight": None})
+    assert dense_champion["judged"] == {"candidate": "candidate_hybrid", "champion": "champion"}
+    assert dense_champion["retrieval"]["champion"]["as"] == "served"
+
+    lexical_heavy = judge({"mode": "hybrid", "fusion": "convex", "dense_weight": 0.0})  # served with its own weight
+    assert lexical_heavy["judged"] == {"candidate": "candidate_hybrid", "champion": "champion_hybrid"}
+    assert lexical_heavy["champion_hybrid"] == lexical_heavy["bm25"]  # fused at 0.0, not at the candidate's 0.5
+
+    unknown = judge(None)  # no record of how it serves: judged like the candidate
+    assert unknown["judged"] == {"candidate": "candidate_hybrid", "champion": "champion_hybrid"}
+    assert unknown["retrieval"]["champion"] == {"mode": "hybrid", "fusion": "convex", "dense_weight": 0.5, "as": "the candidate's mode"}
+    assert unknown["champion_hybrid"] == unknown["candidate_hybrid"]  # the same model, fused the same way

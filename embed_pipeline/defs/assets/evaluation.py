@@ -104,7 +104,8 @@ def eval_report(
                            {"name": config.base_model, "version": None, "note": "no champion yet: the base model stands in"}),
               "candidate": dataclasses.asdict(embedding_model), "index": dataclasses.asdict(corpus_index)}
     contenders = Contenders(base=config.resolved_base_model, candidate=embedding_model.model_dir,
-                            champion=champion["model_dir"] if champion else None, served_index=load_index(corpus_index.path))
+                            champion=champion["model_dir"] if champion else None, served_index=load_index(corpus_index.path),
+                            champion_retrieval=champion["retrieval"] if champion else None)
     lexical = LexicalIndex.load(corpus_index.lexical_path) if corpus_index.lexical_path else None
     evaluation = evaluate(eval_set, loaded.pairs, list(passages["passage_id"]), contenders, encode, config.retrieval,
                           config.gate, models, lexical=lexical, dev_queries=dev_queries, dev_relevant=dev_relevant)

@@ -47,7 +47,8 @@ def served_model(context: dg.AssetExecutionContext, config: ServedModelConfig, p
         change = promote(settings.artifacts_dir, {
             "model_name": candidate["name"], "model_version": str(candidate["version"]), "model_dir": candidate["model_dir"],
             "mlflow_run_id": candidate["run_id"], "index_path": index["path"], "lexical_path": index.get("lexical_path") or None,
-            "report_path": config.report_path, "retrieval": report.get("retrieval"),
+            "report_path": config.report_path,
+            "retrieval": {k: v for k, v in (report.get("retrieval") or {}).items() if k in ("mode", "fusion", "dense_weight")},
         }, by, reason, tracker.set_alias)
         pointer = change.pointer
         if change.event is None:
