@@ -12,8 +12,9 @@ back and does everything after training (registration included), so one MLflow r
 registered version result. Backend: gloo on CPU, nccl on CUDA (one GPU per rank).
 
 Progress: rank 0 prints each progress line to stdout behind `PROGRESS_MARKER`; the parent forwards
-those to its `on_progress` as they arrive. Threads: each rank gets `available_cpus() // N` torch and
-OpenMP threads, so 2 ranks on 2 cores run one thread each instead of four fighting over two.
+those to its `on_progress` as they arrive. Threads: each rank sets `available_cpus() // N` torch threads itself (`threads_per_process` in the job),
+so 2 ranks on 2 cores run one thread each instead of four fighting over two; nothing travels
+through the environment.
 
 Failure: torchrun stops every rank when one fails, and every rank exits when the launching process
 is gone (a SIGKILLed Dagster step must not leave ranks training into the checkpoint folder its
