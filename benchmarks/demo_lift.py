@@ -10,13 +10,14 @@ config's own settings (override any with `--set training.epochs=2`):
             (`lib.pairs.merge_pairs`) and decontaminated against the eval queries (`lib.leakage`);
   mining    `lib.negatives.mine_hard_negatives` with the base model (skip-above clicks as extra
             candidates);
-  training  `lib.training.train_model` (dev split for checkpoint choice carved from the training
-            queries, never the eval set), seeded by `--seeds` (training.seed);
-  eval      exact search over the whole corpus for the stock and the tuned model;
-            `lib.evaluation.assemble_report` gives the metrics, the paired-bootstrap CI of the lift,
-            the segment table and the gate's verdict with the stock model as champion (the
-            first-run situation). Hybrid (BM25 fused by `lib.fusion`, dense weight chosen on the
-            dev queries against the full corpus) is reported beside it, judged the same way.
+  training  `lib.fine_tune.fine_tune`, the `embedding_model` asset's function (dev split for
+            checkpoint choice carved from the training queries, never the eval set; an MLflow run
+            and a registered version in a scratch store under --out), seeded by `--seeds`;
+  eval      `lib.evaluation.evaluate`, the `eval_report` asset's function, exactly as the demo
+            judges its first candidate: the stock model serves first (dense), so it is the
+            champion judged as served; the candidate in the config's `retrieval.mode` (hybrid:
+            BM25 fused, the dense weight chosen on the dev queries), exact search over the whole
+            corpus. Printed twice per seed: as the gate judges it, and dense against dense.
 `--null` is the null test: curated positives moved to other queries (a derangement, as
 benchmarks/null_test.py does through the CLI), click and synthetic pairs off: the gate must refuse.
 
@@ -41,23 +42,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embed_pipeline.lib.click_logs import pairs_from_search_logs  # noqa: E402
-from embed_pipeline.lib.config import DEMO_CONFIG, load_config  # noqa: E402
+from embed_pipeline.lib.config import DEMO_CONFIG, parse_config  # noqa: E402
 from embed_pipeline.lib.corpus import load_corpus, passage_texts  # noqa: E402
-from embed_pipeline.lib.encoding import embed_corpus_and_queries  # noqa: E402
-from embed_pipeline.lib.evaluation import EvalSet, assemble_report, rank_exact  # noqa: E402
-from embed_pipeline.lib.fusion import choose_dense_weight, fuse  # noqa: E402
+from embed_pipeline.lib.encoding import embed_corpus_and_queries, load_model, model_fingerprint  # noqa: E402
+from embed_pipeline.lib.evaluation import Contenders, EvalSet, evaluate  # noqa: E402
+from embed_pipeline.lib.fine_tune import fine_tune  # noqa: E402
 from embed_pipeline.lib.labelled import load_labelled_pairs, relevance_map  # noqa: E402
 from embed_pipeline.lib.leakage import decontaminate  # noqa: E402
 from embed_pipeline.lib.lexical import LexicalIndex  # noqa: E402
-from embed_pipeline.lib.metrics import MAX_K  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
 from embed_pipeline.lib.pairs import PAIR_COLUMNS, merge_pairs  # noqa: E402
+from embed_pipeline.lib.retrieval import dev_relevance  # noqa: E402
 from embed_pipeline.lib.synthetic import inverse_cloze_pairs, round_trip_filter, sample_passages  # noqa: E402
-from embed_pipeline.lib.training import train_model  # noqa: E402
-from embed_pipeline.lib.training_data import dev_set, split_dev, training_columns  # noqa: E402
+from embed_pipeline.lib.tracking import Tracker  # noqa: E402
+from embed_pipeline.lib.training_data import split_dev  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEPTH = 100
 
 
 def say(message: str) -> None:
@@ -73,16 +73,20 @@ def derange(pairs: pd.DataFrame, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["query", "passage_id"]).assign(source="curated")
 
 
-def with_overrides(config, items: list[str]):
-    """`section.key=value` overrides of the config (value parsed as YAML: 2, 0.5, true, dense)."""
+def demo_config(path: Path, overrides: list[str], seed: int, artifacts: Path):
+    """The demo YAML with `section.key=value` overrides (values parsed as YAML: 2, 0.5, true, dense),
+    `training.seed`, and the artifacts (MLflow store, checkpoints) under `artifacts`, validated as
+    the pipeline validates a config file."""
     import yaml
 
-    for item in items:
+    raw = yaml.safe_load(path.read_text())
+    for item in overrides:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        part = getattr(config, section)
-        config = dataclasses.replace(config, **{section: dataclasses.replace(part, **{name: yaml.safe_load(value)})})
-    return config
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    raw.setdefault("training", {})["seed"] = seed
+    raw["artifacts_dir"] = str(artifacts)
+    return parse_config(raw, path.parent, f"{path.name} with {overrides}")
 
 
 class Stages:
@@ -109,6 +113,7 @@ class Stages:
             self.skip_above = logs.skip_above.groupby("query")["passage_id"].agg(list).to_dict() if len(logs.skip_above) else {}
         self.null = null
         self.base = config.resolved_base_model
+        self.base_fingerprint = model_fingerprint(load_model(self.base))
 
     def embed(self, model_ref: str, queries: list[str]):
         c = self.config
@@ -143,69 +148,48 @@ class Stages:
         stats.update(per_source=merged.per_source, leaking_pairs_dropped=clean.dropped_pairs)
         return clean.pairs, stats
 
-    def train(self, pairs: pd.DataFrame, training, out: Path) -> tuple[object, list[str], dict]:
+    def train(self, pairs: pd.DataFrame, config, out: Path, seed: int):
+        """Mining with the base model, then `fine_tune` (what the `hard_negatives` and `embedding_model` assets run)."""
         query_texts = list(dict.fromkeys(pairs["query"]))
         base = self.timed("base encode (mining)", self.embed, self.base, query_texts)
         mined = self.timed("mining", mine_hard_negatives, pairs[PAIR_COLUMNS], query_texts, base.query_vectors, self.ids,
-                           base.corpus_vectors, self.config.mining, self.skip_above)
+                           base.corpus_vectors, config.mining, self.skip_above)
         triples = mined.triples.merge(pairs[["query", "passage_id", "source", "positive_text"]].drop_duplicates(["query", "passage_id"]),
                                       on=["query", "passage_id"], how="left")
-        fit_rows, dev_rows = split_dev(triples, training.dev_share, training.dev_max_queries, training.seed)
-        dev = dev_set(dev_rows, self.text_of, training.dev_max_passages, training.seed) if len(dev_rows) else None
-        columns, padded = training_columns(fit_rows, self.text_of, training.num_negatives, training.seed)
-        # Beside the model, so a killed run resumes from its last checkpoint (train_model deletes them when done).
-        result = self.timed(f"training seed {training.seed}", train_model, self.base, columns, training, out,
-                            out.parent / "checkpoints", dev=dev, on_progress=lambda m: say("  " + m))
-        dev_queries = list(dev_rows["query"].unique())
-        dev_relevant = dev_rows.groupby("query")["passage_id"].agg(set).to_dict()
-        return result, dev_queries, {"train_rows": len(columns["anchor"]), "padded_negatives": padded,
-                                     "dev_queries": len(dev_queries), "dev_relevant": dev_relevant}
+        model = self.timed(f"training seed {seed}", fine_tune, self.passages, triples, config,
+                           Tracker(config.tracking_uri, config.mlflow_artifacts_uri), model_dir=out / "model",
+                           checkpoint_root=out / "checkpoints", data_versions={"demo_lift": f"seed{seed}"},
+                           base_fingerprint=self.base_fingerprint, tags={"benchmark": "demo_lift"},
+                           on_progress=lambda m: say("  " + m))
+        dev_rows = split_dev(triples, config.training.dev_share, config.training.dev_max_queries, config.training.seed)[1]
+        return model, dev_relevance(dev_rows)
 
-    def rankings(self, model_ref: str, name: str) -> tuple[dict[str, list[str]], tuple, object]:
-        """Exact top-`MAX_K` eval rankings (by query id) and the raw (ids, scores) lists for fusion."""
-        queries = list(self.eval_set.queries.values())
-        vectors = self.timed(f"encode corpus + eval queries ({name})", self.embed, model_ref, queries)
-        scores = vectors.query_vectors @ vectors.corpus_vectors.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :DEPTH]
-        ranked = [[self.ids[i] for i in row] for row in top]
-        exact = rank_exact(vectors.query_vectors, vectors.corpus_vectors, self.ids, MAX_K)
-        return dict(zip(self.eval_set.queries, exact, strict=True)), (ranked, np.take_along_axis(scores, top, axis=1)), vectors
+    def judge(self, config, candidate: str, lexical, dev: tuple[list[str], dict], mode: str) -> dict:
+        """`evaluate` as the demo's first eval: the stock model served dense is the champion."""
+        def encode(model_ref: str, queries: list[str]):
+            vectors = self.embed(model_ref, queries)
+            return vectors.query_vectors, vectors.corpus_vectors
 
-
-def dense_lists(vectors, ids: list[str], query_vectors: np.ndarray) -> tuple[list[list[str]], np.ndarray]:
-    scores = query_vectors @ vectors.corpus_vectors.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :DEPTH]
-    return [[ids[i] for i in row] for row in top], np.take_along_axis(scores, top, axis=1)
-
-
-def report_for(stages: Stages, base: dict, tuned: dict, models: dict) -> dict:
-    rankings = {"base": base, "champion": base, "candidate": tuned, "candidate_exact": tuned}
-    report, _ = assemble_report(stages.eval_set, stages.eval_pairs, rankings, models, stages.config.gate)
-    return report
-
-
-def hybrid(stages: Stages, lexical: LexicalIndex, model_ref: str, dense_eval, dev_queries: list[str], dev_relevant: dict) -> tuple[dict, float]:
-    """Eval rankings of `model_ref` fused with BM25, the convex dense weight chosen on the dev queries."""
-    r = stages.config.retrieval
-    dev_vectors = stages.embed(model_ref, dev_queries)
-    dev_dense = dense_lists(dev_vectors, stages.ids, dev_vectors.query_vectors)
-    weight = r.dense_weight
-    if weight is None:
-        weight, _ = choose_dense_weight(dev_dense, lexical.search(dev_queries, DEPTH), dev_relevant, dev_queries,
-                                        method=r.fusion, rrf_k=r.rrf_k)
-    queries = list(stages.eval_set.queries.values())
-    fused = fuse(dense_eval, lexical.search(queries, DEPTH), r.fusion, weight, MAX_K, r.rrf_k)
-    return dict(zip(stages.eval_set.queries, fused, strict=True)), weight
+        retrieval = dataclasses.replace(config.retrieval, mode=mode)
+        contenders = Contenders(base=self.base, candidate=candidate, champion=self.base,
+                                champion_retrieval={"mode": "dense", "fusion": None, "dense_weight": None})
+        models = {"base": config.base_model, "champion": {"name": config.base_model, "version": None},
+                  "candidate": {"model_dir": candidate, "seed": config.training.seed}}
+        return self.timed(f"eval ({mode})", evaluate, self.eval_set, self.eval_pairs, self.ids, contenders, encode, retrieval,
+                          config.gate, models, lexical=lexical, dev_queries=dev[0], dev_relevant=dev[1]).report
 
 
 def summary_row(label: str, seed: int, report: dict) -> dict:
+    """One line: the judged rows (the report's `judged`: candidate vs champion, each as it would serve)."""
     ci = report["ci"]["recall@10"]
     judged = [s for s in report["segments"] if s["queries"] >= 30]
     worst = min(judged, key=lambda s: s["recall@10_lift"])
-    return {"seed": seed, "retrieval": label,
-            "stock r@10": report["base"]["recall@10"], "tuned r@10": report["candidate"]["recall@10"],
+    candidate, champion = report["judged"]["candidate"], report["judged"]["champion"]
+    weight = report["retrieval"]["dense_weight"]
+    return {"seed": seed, "judged": label + (f" (w {weight})" if weight is not None else ""),
+            "stock r@10": report[champion]["recall@10"], "tuned r@10": report[candidate]["recall@10"],
             "lift": report["lift"]["recall@10"], "CI low": ci["low"], "CI high": ci["high"],
-            "stock nDCG@10": report["base"]["ndcg@10"], "tuned nDCG@10": report["candidate"]["ndcg@10"],
+            "stock nDCG@10": report[champion]["ndcg@10"], "tuned nDCG@10": report[candidate]["ndcg@10"],
             "worst segment": f"{worst['kind']}={worst['segment']} {worst['recall@10_lift']:+.3f}",
             "gate": "PASS" if report["gate"]["passed"] else "refused: " + report["gate"]["summary"]}
 
@@ -222,7 +206,7 @@ def main() -> int:
     parser.add_argument("--no-hybrid", action="store_true", help="skip the hybrid (BM25-fused) rows")
     args = parser.parse_args()
 
-    config = with_overrides(load_config(args.config), args.set)
+    config = demo_config(args.config, args.set, 0, args.out / "scratch")
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="cache-", dir=args.out))
     start = time.perf_counter()
@@ -231,41 +215,32 @@ def main() -> int:
         f"{' (deranged: null test)' if args.null else ''}, {len(stages.clicks)} click pairs; training {config.training}")
     pairs, pair_stats = stages.timed("pairs (clicks, curated, synthetic, merge)", stages.training_pairs)
     say(f"training pairs: {len(pairs)} {pair_stats}")
-    base_eval, base_lists, _ = stages.rankings(stages.base, "stock")
-    lexical = None if args.no_hybrid else LexicalIndex.build(stages.ids, stages.texts, config.retrieval.lexical_language)
+    lexical = stages.timed("bm25 index", LexicalIndex.build, stages.ids, stages.texts, config.retrieval.lexical_language)
+    modes = ["dense"] if args.no_hybrid else list(dict.fromkeys([config.retrieval.mode, "dense", "hybrid"]))
     rows, label = [], "null" if args.null else "demo"
     for seed in args.seeds:
-        training = dataclasses.replace(config.training, seed=seed)
         out = args.out / f"{label}-seed{seed}"
-        say(f"seed {seed}: mining + training")
-        result, dev_queries, train_stats = stages.train(pairs, training, out / "model")
-        say(f"seed {seed}: {result.steps} steps on {train_stats['train_rows']} rows in {result.train_seconds:.0f} s "
-            f"+ {result.dev_seconds:.0f} s dev eval (bf16 {result.bf16}), best dev nDCG@10 {result.best_dev_ndcg_at_10}")
-        tuned_eval, tuned_lists, _ = stages.rankings(str(result.model_dir), f"tuned seed {seed}")
-        models = {"base": config.base_model, "champion": {"name": config.base_model, "version": None},
-                  "candidate": {"model_dir": str(result.model_dir), "seed": seed}}
-        reports = {"dense": report_for(stages, base_eval, tuned_eval, models)}
-        weights = {}
-        if lexical is not None:
-            relevant = train_stats.pop("dev_relevant")
-            base_h, weights["stock"] = hybrid(stages, lexical, stages.base, base_lists, dev_queries, relevant)
-            tuned_h, weights["tuned"] = hybrid(stages, lexical, str(result.model_dir), tuned_lists, dev_queries, relevant)
-            reports["hybrid"] = report_for(stages, base_h, tuned_h, models)
-        else:
-            train_stats.pop("dev_relevant")
-        record = {"seed": seed, "null": args.null, "pairs": pair_stats, "training": {**train_stats, "steps": result.steps,
-                  "train_seconds": result.train_seconds, "dev_seconds": result.dev_seconds,
-                  "best_dev_ndcg@10": result.best_dev_ndcg_at_10, "bf16": result.bf16},
-                  "hybrid_dense_weights": weights, "seconds": dict(stages.seconds), "cpu_seconds": dict(stages.cpu_seconds),
-                  "reports": reports,
-                  "config": {"training": dataclasses.asdict(training), "synthetic": dataclasses.asdict(config.synthetic)}}
+        seeded = demo_config(args.config, args.set, seed, out / "scratch")
+        say(f"seed {seed}: mining + fine_tune")
+        model, dev = stages.train(pairs, seeded, out, seed)
+        result = model.training
+        say(f"seed {seed}: {result.steps} steps on {model.training_rows} rows in {result.train_seconds:.0f} s "
+            f"+ {result.dev_seconds:.0f} s dev eval ({model.training.pairs_per_second:.2f} pairs/s, bf16 {result.bf16}), "
+            f"best dev nDCG@10 {result.best_dev_ndcg_at_10}")
+        reports = {mode: stages.judge(seeded, str(model.model_dir), lexical, dev, mode) for mode in modes}
+        record = {"seed": seed, "null": args.null, "pairs": pair_stats,
+                  "training": {"rows": model.training_rows, "dev_queries": model.dev_queries, "steps": result.steps,
+                               "train_seconds": result.train_seconds, "dev_seconds": result.dev_seconds,
+                               "best_dev_ndcg@10": result.best_dev_ndcg_at_10, "bf16": result.bf16},
+                  "seconds": dict(stages.seconds), "cpu_seconds": dict(stages.cpu_seconds), "reports": reports,
+                  "config": {"training": dataclasses.asdict(seeded.training), "synthetic": dataclasses.asdict(seeded.synthetic),
+                             "retrieval": dataclasses.asdict(seeded.retrieval)}}
         (out / "result.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        for name, report in reports.items():
-            rows.append(summary_row(name if name == "dense" else f"hybrid (w {weights['stock']}/{weights['tuned']})", seed, report))
-        for name, report in reports.items():
+        for mode, report in reports.items():
+            rows.append(summary_row(mode + (" (the demo's gate)" if mode == config.retrieval.mode else ""), seed, report))
             segs = [f"{s['kind']}={s['segment']}({s['queries']}) {s['champion_recall@10']:.3f}->{s['candidate_recall@10']:.3f}"
                     for s in report["segments"]]
-            say(f"seed {seed} {name} segments: " + "; ".join(segs))
+            say(f"seed {seed} {mode} segments: " + "; ".join(segs))
         print(pd.DataFrame(rows).round(4).to_markdown(index=False), flush=True)
     say(f"stage wall seconds: {stages.seconds}; total {time.perf_counter() - start:.0f} s")
     say(f"stage CPU seconds (all threads; / torch threads ~ wall when the machine is not shared): {stages.cpu_seconds}")

@@ -4,7 +4,7 @@ Prepared for the `device` machine (one prepared script, one call). It uses the p
 functions, so what it proves is the code the assets run:
   1. mine hard negatives for the demo's curated pairs with the base model (`lib.negatives`);
   2. `lib.training.train_model` for about `--steps` optimisation steps with the config's training
-     settings (precision auto: bf16 autocast + TF32 on CUDA, bf16 on AMX CPUs, else fp32), no dev
+     settings (precision auto: bf16 autocast + TF32 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), no dev
      split, no early stopping, one checkpoint at the end only (saves would count in the timing);
   3. `lib.embedding.encode` of `--passages` passages (the demo corpus repeated with a numbered
      suffix, so every text is distinct) with the trained model.

@@ -215,7 +215,7 @@ class MiningConfig:
 
 
 TRAINING_LOSSES = ("mnrl", "cached_mnrl")
-PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on Ampere+ CUDA and AMX CPUs, else fp32
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on Ampere+ CUDA and CPUs with AMX or AVX512-BF16, else fp32
 # Interaction terms of the contrastive loss (sentence-transformers' `directions`, one joint softmax):
 # "infonce" = query -> documents only (classic MNRL), "symmetric" adds document -> queries,
 # "gte" (Li et al. 2023's improved contrastive loss) also adds query -> queries and document -> documents.
@@ -236,7 +236,7 @@ class TrainingConfig:
     add in-batch negatives. `num_negatives` hard negatives per row are trained on.
     `max_seq_length` truncates texts during training only: the saved model keeps the base model's
     length for encoding. `precision: auto` trains in bf16 autocast on Ampere+ CUDA GPUs (with TF32)
-    and on CPUs with Intel AMX, fp32 elsewhere. `attention_dropout` replaces the base model's dropout
+    and on CPUs with native bf16 (Intel AMX or AVX512-BF16), fp32 elsewhere. `attention_dropout` replaces the base model's dropout
     on attention probabilities during training (negative: keep the model's own); 0 lets CPU
     attention use its fused kernel. `checkpoint_steps` is also the dev-evaluation interval;
     `dev_share` of the training queries (at most `dev_max_queries`) are held out to pick the best

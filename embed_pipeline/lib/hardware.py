@@ -42,13 +42,13 @@ def cpu_bf16_instructions(flags: frozenset[str] | None = None) -> str | None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has Intel AMX bf16 tiles: the test training's `precision: auto` uses.
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16): training's `precision: auto`.
 
-    There, bf16 autocast makes MiniLM-sized training 1.6x faster at 256 tokens with attention
-    dropout 0 (1.3x with the model's 0.1; benchmarks/README.md). AVX512-BF16 without AMX is not
-    counted for training (unmeasured; encoding counts it, see `cpu_bf16_instructions`).
+    bf16 autocast makes MiniLM-sized training (attention dropout 0) faster on both: 1.6x at 256
+    tokens with AMX; 1.9x at 256 tokens and 1.4x at 64 on an AVX512-BF16 EPYC without AMX
+    (`benchmarks/train_step_speed.py`, figures in benchmarks/README.md).
     """
-    return cpu_bf16_instructions() == "amx"
+    return cpu_bf16_instructions() is not None
 
 
 def cuda_has_native_bf16(device: str = "cuda") -> bool:
