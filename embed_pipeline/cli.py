@@ -10,8 +10,8 @@ Exit codes:
   0  success (for `run`: the candidate passed the promotion gate)
   1  a step failed, or a blocking data check failed; the root cause is the last line printed
   2  config or input error (a bad key or value, a missing or malformed file), found before any work
-  3  `run` only: everything ran and the promotion gate refused the candidate (a normal outcome;
-     the run itself is green in the UI, the gate's check is a warning)
+  3  `run` and `demo`: everything ran and the promotion gate refused the candidate (a normal
+     outcome; the run itself is green in the UI, the gate's check is a warning)
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ def say(message: str) -> None:
 
 
 def dagster_home(config: PipelineConfig) -> Path:
-    """$DAGSTER_HOME, or `<artifacts_dir>/dagster_home` seeded with the project's dagster.yaml."""
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    home = config.artifacts_dir / "dagster_home"
+    """$DAGSTER_HOME, or `<artifacts_dir>/dagster_home`; created when missing and seeded with the
+    project's dagster.yaml when it has none (Dagster itself refuses a DAGSTER_HOME that does not exist)."""
+    chosen = os.environ.get("DAGSTER_HOME")
+    home = Path(chosen) if chosen else config.artifacts_dir / "dagster_home"
+    ours = not chosen or not home.exists()  # an existing instance of the user's is left as it is
     home.mkdir(parents=True, exist_ok=True)
     project_yaml = PROJECT_ROOT / "dagster.yaml"
-    if project_yaml.exists() and not (home / "dagster.yaml").exists():
+    if ours and project_yaml.exists() and not (home / "dagster.yaml").exists():
         shutil.copy(project_yaml, home / "dagster.yaml")
     return home
 

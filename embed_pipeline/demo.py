@@ -12,9 +12,15 @@
    data/); the sensor requests only the touched shards; counts printed.
 5. Roll back: the previous champion serves again.
 
+When the gate refuses the candidate (an honest outcome: the lift is too small or not
+distinguishable from noise), the demo says so, shows that the promotion sensor skips it and the
+stock model keeps serving, still runs step 4 against the stock model's index, and ends with exit
+3 (as `embed-pipeline run` does for a refusal); there is nothing to roll back to.
+
 Every step goes through the real sensor evaluation and jobs (partitions included); only the
-daemon's loop is replaced by calling each sensor once. Exit 0 only when every step behaved as
-described; `--json` prints one object: report, promoted, reembedded, rollback, seconds.
+daemon's loop is replaced by calling each sensor once. Exit 0 when every step behaved as
+described, 3 when it did but the gate refused, 1 when a step did not; `--json` prints one
+object: report, promoted, reembedded, rollback (null after a refusal), seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 import yaml
 
 STEP_NAMES = ("serve the stock model", "train", "promote", "serve the new champion", "change the corpus", "roll back")
+REFUSED_SKIPS = ("serve the new champion", "roll back")  # need a promoted candidate
 
 
 class DemoFailure(RuntimeError):
@@ -63,9 +70,13 @@ def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = Fal
     session.recover()
     session.reconcile()
     demo = Walkthrough(session, say, verbose)
+    steps = dict(zip(STEP_NAMES, (demo.serve_stock, demo.train, demo.promote, demo.serve_champion,
+                                  demo.change_corpus, demo.roll_back), strict=True))
+    name = STEP_NAMES[0]
     try:
-        for name, step in zip(STEP_NAMES, (demo.serve_stock, demo.train, demo.promote, demo.serve_champion,
-                                           demo.change_corpus, demo.roll_back), strict=True):
+        for name, step in steps.items():
+            if name in REFUSED_SKIPS and demo.refused:
+                continue
             say(f"--- {name} ---")
             start = time.perf_counter()
             result = step()
@@ -78,6 +89,10 @@ def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = Fal
             print(json.dumps({**out, "seconds": seconds, "failed_step": name, "error": str(exc)}, indent=2))
         return 1
     say("done: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    if demo.refused:
+        say("the gate refused this candidate, so nothing was promoted and there is nothing to roll back: "
+            "the stock model still serves. See data/README.md for the lift measured over several seeds.")
+        out.update(promoted=False, rollback=None)
     home = session.instance.root_directory
     say("look at what just happened:\n"
         f"  Dagster UI: DAGSTER_HOME={home} {Path(__import__('sys').executable).parent / 'embed-pipeline'} ui "
@@ -86,7 +101,7 @@ def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = Fal
         f"{session.config.tracking_uri} --port 5000 --workers 1")
     if as_json:
         print(json.dumps({**out, "seconds": seconds}, indent=2))
-    return 0
+    return 3 if demo.refused else 0
 
 
 def _default_config() -> str:
@@ -103,6 +118,7 @@ class Walkthrough:
         self.config = session.config
         self.examples: list[dict] = []
         self.before: list[list[dict]] = []
+        self.refused = False  # the gate refused the candidate: the stock model keeps serving
 
     # --- helpers -------------------------------------------------------------------------------
     def _execute(self, job: str, **kwargs):
@@ -228,6 +244,14 @@ class Walkthrough:
         last = self.session.instance.get_latest_materialization_event(dg.AssetKey("eval_report"))
         decision = promotion_sensor.evaluate_tick(context)
         requests = [r for r in decision.run_requests if r.run_key == f"promote-{last.run_id}"]
+        if not self.report["gate"]["passed"]:
+            if requests:
+                raise DemoFailure("the promotion sensor requested a promotion of a candidate the gate refused")
+            served = self.session.tracker().alias_version(self.config.registered_model_name)
+            self.refused = True
+            self.say(f"the promotion sensor skipped the refused candidate ({decision.skip_message or 'no run requested'}); "
+                     f"the stock model (v{served and served.version}) keeps serving")
+            return {"promoted": False}
         if not requests:
             skipped = decision.skip_message or "no run requested"
             raise DemoFailure(f"the promotion sensor did not promote: {skipped}")

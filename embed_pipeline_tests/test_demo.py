@@ -47,3 +47,29 @@ def test_the_demo_walks_train_promote_serve_change_and_roll_back(tmp_path, tiny_
     sensor_runs = instance.get_runs(dg.RunsFilter(job_name="reembed_job"))
     assert any(r.tags.get("dagster/partition") for r in sensor_runs), "the corpus edit re-embedded single shards"
     assert demo_config.corpus != settings.corpus
+
+
+@pytest.mark.slow
+def test_a_refused_candidate_keeps_the_stock_model_serving_and_the_demo_says_so(tmp_path, tiny_model_path, monkeypatch,
+                                                                                 capsys):
+    """The gate refuses (an unreachable lift): the sensor skips, the stock model still serves, the
+    corpus edit is re-embedded for it, nothing is rolled back, and the exit code is 3, not a crash."""
+    config = write_project(tmp_path / "project", tiny_model_path, index={"shards": 4},
+                           gate={"min_recall_at_10_lift": 1.0})
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))  # not created: the CLI creates it
+
+    assert main(["demo", "--config", str(config), "--json"]) == 3
+
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    settings = load_config(config)
+    assert out["report"]["gate"]["passed"] is False and out["promoted"] is False and out["rollback"] is None
+    assert set(out["seconds"]) == {"serve the stock model", "train", "promote", "change the corpus"}
+    assert out["reembedded"]["encoded"] == 4 and out["reembedded"]["changed"] == 5
+    served = read_served(settings.artifacts_dir)
+    assert served["model_version"] == "1"  # the stock model, served first, still serves
+    assert Tracker(settings.tracking_uri, settings.mlflow_artifacts_uri).alias_version(
+        settings.registered_model_name).version == 1
+    assert "demo-added-passage" in set(load_index(served["index_path"]).passage_ids)
+    assert [e["action"] for e in served_history(settings.artifacts_dir)].count("promote") == 1
+    assert "the promotion sensor skipped the refused candidate" in captured.err
