@@ -229,7 +229,8 @@ class Walkthrough:
         self.say("eval report:\n" + report_markdown(report))
         judged = report["judged"]["candidate"]
         ci = report["ci"]["recall@10"]
-        self.say(f"recall@10 {report['champion']['recall@10']:.3f} (champion) -> {report[judged]['recall@10']:.3f} "
+        against = report["judged"]["champion"]
+        self.say(f"recall@10 {report[against]['recall@10']:.3f} ({against}) -> {report[judged]['recall@10']:.3f} "
                  f"({judged}); lift {report['lift_over_champion']['recall@10']:+.3f}, 95% CI [{ci['low']:+.3f}, {ci['high']:+.3f}]; "
                  f"gate {'PASSED' if report['gate']['passed'] else 'REFUSED: ' + report['gate']['summary']}")
         self.report = report

@@ -116,7 +116,11 @@ def eval_report(
     if evaluation.weight.table is not None:
         evaluation.weight.table.to_csv(folder / "dense_weight_dev.csv", index=False)
     record_evaluation(tracker, embedding_model.run_id, evaluation, folder, config.retrieval.mode)
-    context.log.info("eval report:\n" + report_markdown(report))
+    judged, against, ci = report["judged"]["candidate"], report["judged"]["champion"], report["ci"]["recall@10"]
+    # One line here: the full Markdown is the asset's `report` metadata, and the CLI prints it once at the end.
+    context.log.info(f"eval report written to {path}: recall@10 {report[against]['recall@10']:.4f} ({against}) -> "
+                     f"{report[judged]['recall@10']:.4f} ({judged}), 95% CI of the lift [{ci['low']:+.4f}, {ci['high']:+.4f}]; "
+                     f"gate {'passed' if report['gate']['passed'] else 'refused: ' + report['gate']['summary']}")
     return dg.MaterializeResult(value=ReportHandle(str(path), bool(report["gate"]["passed"])),
                                 metadata={**report_metadata(report, path, plots), "config_hash": pipeline.config_hash})
 
