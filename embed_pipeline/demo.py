@@ -90,8 +90,8 @@ def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = Fal
         return 1
     say("done: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     if demo.refused:
-        say("the gate refused this candidate, so nothing was promoted and there is nothing to roll back: "
-            "the stock model still serves. See data/README.md for the lift measured over several seeds.")
+        say("the gate refused this candidate, so nothing was promoted and nothing rolled back: the champion "
+            "from before this run still serves. See data/README.md for the demo's lift measured over several seeds.")
         out.update(promoted=False, rollback=None)
     home = session.instance.root_directory
     say("look at what just happened:\n"
@@ -251,7 +251,7 @@ class Walkthrough:
             served = self.session.tracker().alias_version(self.config.registered_model_name)
             self.refused = True
             self.say(f"the promotion sensor skipped the refused candidate ({decision.skip_message or 'no run requested'}); "
-                     f"the stock model (v{served and served.version}) keeps serving")
+                     f"v{served and served.version} keeps serving (on a first demo: the stock model)")
             return {"promoted": False}
         if not requests:
             skipped = decision.skip_message or "no run requested"
