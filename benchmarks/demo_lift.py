@@ -52,10 +52,9 @@ from embed_pipeline.lib.leakage import decontaminate  # noqa: E402
 from embed_pipeline.lib.lexical import LexicalIndex  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
 from embed_pipeline.lib.pairs import PAIR_COLUMNS, merge_pairs  # noqa: E402
-from embed_pipeline.lib.retrieval import dev_relevance  # noqa: E402
+from embed_pipeline.lib.retrieval import training_dev_queries  # noqa: E402
 from embed_pipeline.lib.synthetic import inverse_cloze_pairs, round_trip_filter, sample_passages  # noqa: E402
 from embed_pipeline.lib.tracking import Tracker  # noqa: E402
-from embed_pipeline.lib.training_data import split_dev  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +96,6 @@ class Stages:
         self.passages = load_corpus(config.corpus).passages
         self.ids = list(self.passages["passage_id"])
         self.texts = passage_texts(self.passages)
-        self.text_of = dict(zip(self.ids, self.texts, strict=True))
         known = set(self.ids)
         loaded = load_labelled_pairs(config.eval, known)
         self.eval_pairs = loaded.pairs
@@ -161,8 +159,7 @@ class Stages:
                            checkpoint_root=out / "checkpoints", data_versions={"demo_lift": f"seed{seed}"},
                            base_fingerprint=self.base_fingerprint, tags={"benchmark": "demo_lift"},
                            on_progress=lambda m: say("  " + m))
-        dev_rows = split_dev(triples, config.training.dev_share, config.training.dev_max_queries, config.training.seed)[1]
-        return model, dev_relevance(dev_rows)
+        return model, training_dev_queries(triples, config.training)
 
     def judge(self, config, candidate: str, lexical, dev: tuple[list[str], dict], mode: str) -> dict:
         """`evaluate` as the demo's first eval: the stock model served dense is the champion."""

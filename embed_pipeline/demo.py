@@ -14,7 +14,8 @@
 
 When the gate refuses the candidate (an honest outcome: the lift is too small or not
 distinguishable from noise), the demo says so, shows that the promotion sensor skips it and the
-stock model keeps serving, still runs step 4 against the stock model's index, and ends with exit
+current champion (on a first demo, the stock model) keeps serving, still runs step 4 against its
+index, and ends with exit
 3 (as `embed-pipeline run` does for a refusal); there is nothing to roll back to.
 
 Every step goes through the real sensor evaluation and jobs (partitions included); only the

@@ -39,6 +39,14 @@ def dev_relevance(dev_rows: pd.DataFrame) -> tuple[list[str], dict[str, set[str]
     return list(relevant), relevant
 
 
+def training_dev_queries(triples: pd.DataFrame, training) -> tuple[list[str], dict[str, set[str]]]:
+    """The dev queries `fine_tune` held out of `triples` under `training` (a TrainingConfig), and their
+    positives: the same seeded split, so the hybrid's weight is chosen on queries never trained on."""
+    from embed_pipeline.lib.training_data import split_dev
+
+    return dev_relevance(split_dev(triples, training.dev_share, training.dev_max_queries, training.seed)[1])
+
+
 def choose_weight(configured: float | None, fusion: str, dense: Ranked | None, lexical: Ranked | None,
                   dev_queries: list[str], relevant: dict[str, set[str]]) -> WeightChoice:
     """The configured dense weight, or the one `choose_dense_weight` picks on the dev split.

@@ -15,8 +15,7 @@ from embed_pipeline.lib.indexing import load_index
 from embed_pipeline.lib.lexical import LexicalIndex
 from embed_pipeline.lib.plots import png_markdown
 from embed_pipeline.lib.promotion import expected_served
-from embed_pipeline.lib.retrieval import dev_relevance
-from embed_pipeline.lib.training_data import split_dev
+from embed_pipeline.lib.retrieval import training_dev_queries
 from embed_pipeline.lib.tracking import RegistryError
 
 
@@ -91,9 +90,7 @@ def eval_report(
     eval_set, loaded = load_eval_set(config, set(passages["passage_id"]), curated_pairs)
     context.log.info(f"eval_report: ranking {len(eval_set.queries)} eval queries with BM25, the base model, "
                      f"{'champion v' + champion['version'] if champion else 'no champion (base stands in)'} and the candidate")
-    dev_rows = split_dev(pd.read_parquet(hard_negatives.path), config.training.dev_share, config.training.dev_max_queries,
-                         config.training.seed)[1]
-    dev_queries, dev_relevant = dev_relevance(dev_rows)
+    dev_queries, dev_relevant = training_dev_queries(pd.read_parquet(hard_negatives.path), config.training)
 
     def encode(model_ref: str, queries: list[str]):
         vectors = embed(config, model_ref, passages, queries)
