@@ -205,8 +205,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _failure(code: int, stderr: str, job_dir: Path, processes: int) -> RankFailedError:
-    """The error for a failed launch, from torchrun's "Root Cause" report and the rank's own logs."""
-    root = stderr.partition("Root Cause (first observed failure):")[2].split("=" * 20)[0]
+    """The error for a failed launch, from torchrun's failure report and the rank's own logs."""
+    root = _culprit(stderr.rpartition("Failures:")[2])
     rank_match = re.search(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)", root, re.M)
     exit_match = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", root, re.M)
     if rank_match is None:
@@ -228,3 +228,19 @@ def _failure(code: int, stderr: str, job_dir: Path, processes: int) -> RankFaile
         detail = "\n".join(line for line in root.strip().splitlines() if not line.startswith("[")).strip()
     return RankFailedError(f"training rank {rank} of {processes} failed ({how}): {detail}\n(job folder kept: {job_dir})",
                            rank, exit_code)
+
+
+def _culprit(report: str) -> str:
+    """The failure block that names the rank that really failed.
+
+    torchrun's "Root Cause (first observed failure)" is the failure with the smallest timestamp, in
+    whole seconds; a failure without an error file gets the time torchrun noticed it. When one rank
+    dies, torchrun stops the others with SIGTERM, and those can land in the same second and be named
+    the root cause. So: the root cause unless it was SIGTERM'd while another rank failed otherwise.
+    """
+    others, _, root = report.partition("Root Cause (first observed failure):")
+    root = root.split("=" * 20)[0]
+    blocks = [root] + re.split(r"^\[\d+\]:\s*$", others, flags=re.M)[1:]
+    blocks = [block.split("-" * 20)[0] for block in blocks if "rank" in block]
+    stopped = re.compile(rf"^\s*exitcode\s*:\s*-{int(signal.SIGTERM)}\b", re.M)
+    return next((block for block in blocks if not stopped.search(block)), root)

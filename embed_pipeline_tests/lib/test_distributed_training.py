@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from embed_pipeline.lib.config import load_config
-from embed_pipeline.lib.distributed_training import RankFailedError
+from embed_pipeline.lib.distributed_training import RankFailedError, _failure
 from embed_pipeline.lib.fine_tune import fine_tune
 from embed_pipeline.lib.tracking import Tracker
 from embed_pipeline_tests.fixture_data import CURATED, PASSAGES, write_project
@@ -115,3 +115,48 @@ def test_a_rank_exits_when_the_process_that_launched_it_is_gone():
     finally:
         rank.kill()
     assert f"the launching process {launcher.pid} is gone" in rank.stderr.read()
+
+
+# torchrun's report when rank 1 died on its own and torchrun then stopped rank 0 with SIGTERM within
+# the same second: its "first observed failure" (smallest whole-second timestamp, ties to the lower
+# rank) names rank 0. Seen in CI on 2026-12-03.
+SAME_SECOND_REPORT = """\
+============================================================
+embed_pipeline.lib.training_worker FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-03_16:25:06
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : 3 (pid: 4242)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-03_16:25:06
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 4241)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 4241
+============================================================
+"""
+
+
+def test_the_rank_torchrun_stopped_is_not_blamed_for_the_rank_that_died(tmp_path):
+    failed = _failure(1, "W1203 some warning\n" + SAME_SECOND_REPORT, tmp_path, 2)
+
+    assert (failed.rank, failed.exit_code) == (1, 3)
+    assert "training rank 1 of 2 failed (exit code 3)" in str(failed)
+
+
+def test_a_rank_killed_by_sigterm_alone_is_still_named(tmp_path):
+    alone = SAME_SECOND_REPORT.replace("[1]:", "").replace("rank      : 1 (local_rank: 1)", "").replace("exitcode  : 3 (pid: 4242)", "")
+    alone = alone.split("Failures:")[0] + "Failures:\n  <NO_OTHER_FAILURES>\n" + "-" * 60 + "\nRoot Cause" + alone.split("Root Cause")[1]
+
+    failed = _failure(1, alone, tmp_path, 2)
+
+    assert (failed.rank, failed.exit_code) == (0, -15)
+    assert "killed by SIGTERM" in str(failed)
