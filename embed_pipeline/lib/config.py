@@ -241,7 +241,9 @@ class TrainingConfig:
     attention use its fused kernel. `checkpoint_steps` is also the dev-evaluation interval;
     `dev_share` of the training queries (at most `dev_max_queries`) are held out to pick the best
     checkpoint and stop early after `early_stopping_patience` evaluations without improvement
-    (0 = never stop early).
+    (0 = never stop early). `base_merge` > 0 saves the weight average
+    `(1 - base_merge) * tuned + base_merge * base` (WiSE-FT / LM-Cocktail) instead of the tuned
+    model: more robust when the training queries differ from the ones served (the demo uses 0.5).
     """
 
     epochs: Float = Field(5.0, ge=1, le=1000, description="passes over the training rows")
@@ -265,6 +267,7 @@ class TrainingConfig:
     dev_max_passages: Int = Field(500, ge=1, description="passage pool of the dev evaluation")
     early_stopping_patience: Int = Field(3, ge=0, description="dev evaluations without improvement before stopping (0: never)")
     processes: Int = Field(1, ge=1, le=64, description="training processes (> 1: DDP through torchrun; gloo on CPU, nccl on CUDA)")
+    base_merge: Float = Field(0.0, ge=0, lt=1, description="share of the base model in a weight average with the tuned one (0: off)")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -197,6 +197,9 @@ def train_model(
     trainer.accelerator.wait_for_everyone()  # every rank has loaded the best checkpoint before it is deleted
     model.max_seq_length = serving_length
     if trainer.is_world_process_zero():
+        if settings.base_merge > 0:
+            tensors = merge_with_base(model, load_model(base_model, device="cpu"), settings.base_merge)
+            progress.say(f"averaged {tensors} weight tensors with the base model's ({settings.base_merge:.0%} base)")
         with atomic_path(Path(output_dir)) as tmp:
             model.save(str(tmp))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -219,6 +222,35 @@ def train_model(
         bf16=bf16,
         processes=world_size,
     )
+
+
+def merge_with_base(model, base, base_share: float) -> int:
+    """Replace every floating-point weight of `model` with `(1 - base_share) * tuned + base_share * base`.
+
+    Weight-space averaging of a fine-tuned model with the model it started from (WiSE-FT, Wortsman
+    et al. 2022; FlagEmbedding's LM-Cocktail): the tuned direction keeps most of its in-domain gain
+    while the average keeps what the base model knew about queries unlike the training ones. On the
+    bundled demo, where the training queries (docstrings, written questions) differ from the eval's
+    search-box queries, a 0.5 average lifted recall@10 on every seed and narrowed the spread across
+    seeds (data/README.md). Both models must share one architecture; integer buffers (position ids)
+    are kept. Returns the number of tensors averaged.
+    """
+    import torch
+
+    base_weights = base.state_dict()
+    tuned = model.state_dict()
+    if tuned.keys() != base_weights.keys():
+        raise ValueError(f"cannot average with the base model: their weights differ ({len(tuned)} vs {len(base_weights)} tensors)")
+    merged = 0
+    with torch.no_grad():
+        for name, weight in tuned.items():
+            other = base_weights[name]
+            if other.shape != weight.shape:
+                raise ValueError(f"cannot average with the base model: {name} is {tuple(weight.shape)} here, {tuple(other.shape)} there")
+            if weight.is_floating_point():
+                weight.mul_(1 - base_share).add_(other.to(weight.device, weight.dtype), alpha=base_share)
+                merged += 1
+    return merged
 
 
 def set_attention_dropout(model, p: float) -> int:

@@ -1,5 +1,6 @@
 """Training: dev split, columns, best-checkpoint selection on the dev split, and resume after a kill."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from embed_pipeline.lib.config import TrainingConfig
-from embed_pipeline.lib.training import DEV_METRIC, last_complete_checkpoint, set_attention_dropout, train_model
+from embed_pipeline.lib.training import DEV_METRIC, last_complete_checkpoint, merge_with_base, set_attention_dropout, train_model
 from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
 from embed_pipeline_tests.fixture_data import CURATED, PASSAGES
 
@@ -207,3 +208,46 @@ def test_training_resumes_from_last_checkpoint_after_a_kill(tiny_model_path, tmp
     assert started == [killed_at]
     assert result.steps == killed_at + 1
     assert (tmp_path / "model" / "modules.json").is_file()
+
+
+def test_merge_with_base_averages_float_weights_and_keeps_integer_buffers():
+    import torch
+
+    def module(fill: float):
+        m = torch.nn.Linear(3, 2)
+        m.register_buffer("position_ids", torch.arange(4))
+        torch.nn.init.constant_(m.weight, fill)
+        torch.nn.init.constant_(m.bias, -fill)
+        return m
+
+    tuned, base = module(1.0), module(3.0)
+    base.position_ids += 10  # an integer buffer the average must not touch
+
+    assert merge_with_base(tuned, base, 0.25) == 2
+    assert torch.equal(tuned.weight, torch.full((2, 3), 1.5)) and torch.equal(tuned.bias, torch.full((2,), -1.5))
+    assert torch.equal(tuned.position_ids, torch.arange(4))
+    assert torch.equal(base.weight, torch.full((2, 3), 3.0)), "the base model is read, never changed"
+    with pytest.raises(ValueError, match="weight is \\(2, 3\\) here, \\(2, 4\\) there"):
+        wider = torch.nn.Linear(4, 2)
+        wider.register_buffer("position_ids", torch.arange(4))
+        merge_with_base(module(1.0), wider, 0.5)
+
+
+def test_a_base_merge_saves_the_average_of_the_tuned_and_the_base_model(tiny_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    settings = small_config(epochs=2, checkpoint_steps=100)
+    train, _ = split_dev(triples(), share=0.0, max_queries=10, seed=0)
+    columns, _ = training_columns(train, TEXTS, settings.num_negatives, settings.seed)
+    lines = []
+    train_model(tiny_model_path, columns, settings, tmp_path / "tuned", tmp_path / "ckpt-a")
+    train_model(tiny_model_path, columns, dataclasses.replace(settings, base_merge=0.5), tmp_path / "merged", tmp_path / "ckpt-b",
+                on_progress=lines.append)
+
+    base, tuned, merged = (SentenceTransformer(str(p), device="cpu").state_dict()
+                           for p in (tiny_model_path, tmp_path / "tuned", tmp_path / "merged"))
+    floats = [name for name, w in merged.items() if w.is_floating_point()]
+    assert floats and any(not (tuned[n] == base[n]).all() for n in floats), "training moved the weights"
+    for name in floats:
+        assert (merged[name] - (tuned[name] + base[name]) / 2).abs().max() < 1e-5, name
+    assert any("averaged" in line and "50% base" in line for line in lines), lines
