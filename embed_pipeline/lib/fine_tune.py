@@ -107,6 +107,8 @@ def fine_tune(
                    "resumed_from_step": result.resumed_from_step}
         if result.best_dev_ndcg_at_10 is not None:
             summary["best_dev_ndcg_at_10"] = result.best_dev_ndcg_at_10
+        if result.merged_dev_ndcg_at_10 is not None:
+            summary["merged_dev_ndcg_at_10"] = result.merged_dev_ndcg_at_10
         tracker.log_metrics(run_id, summary, step=result.steps)
         tracker.set_tags(run_id, {"device": result.device, "precision": result.precision, "processes": result.processes})
         tracker.log_artifacts(run_id, model_dir, "model")

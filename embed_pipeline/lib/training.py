@@ -57,6 +57,7 @@ class TrainResult:
     dev_seconds: float
     bf16: bool  # trained under bf16 autocast (see TrainingConfig.precision)
     processes: int = 1  # DDP processes that trained together (1: a plain single-process run)
+    merged_dev_ndcg_at_10: float | None = None  # the saved weight average's dev score (training.base_merge > 0)
 
     @property
     def precision(self) -> str:
@@ -196,14 +197,18 @@ def train_model(
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.accelerator.wait_for_everyone()  # every rank has loaded the best checkpoint before it is deleted
     model.max_seq_length = serving_length
+    best = trainer.state.best_metric if evaluator else None
+    merged_dev = None
     if trainer.is_world_process_zero():
         if settings.base_merge > 0:
             tensors = merge_with_base(model, load_model(base_model, device="cpu"), settings.base_merge)
-            progress.say(f"averaged {tensors} weight tensors with the base model's ({settings.base_merge:.0%} base)")
+            if evaluator is not None:
+                merged_dev = float(evaluator(model)[DEV_METRIC.removeprefix("eval_")])
+            progress.say(f"averaged {tensors} weight tensors with the base model's ({settings.base_merge:.0%} base)"
+                         + (f"; dev nDCG@10 {best:.4f} tuned, {merged_dev:.4f} averaged" if merged_dev is not None else ""))
         with atomic_path(Path(output_dir)) as tmp:
             model.save(str(tmp))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    best = trainer.state.best_metric if evaluator else None
     steps = int(output.global_step)
     rows_left = int(len(dataset) * settings.epochs) - resumed_from * settings.batch_size
     rows_seen = max(0, min((steps - resumed_from) * settings.batch_size, rows_left))
@@ -221,6 +226,7 @@ def train_model(
         dev_seconds=timer.in_eval,
         bf16=bf16,
         processes=world_size,
+        merged_dev_ndcg_at_10=merged_dev,
     )
 
 

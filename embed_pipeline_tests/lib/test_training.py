@@ -237,12 +237,12 @@ def test_a_base_merge_saves_the_average_of_the_tuned_and_the_base_model(tiny_mod
     from sentence_transformers import SentenceTransformer
 
     settings = small_config(epochs=2, checkpoint_steps=100)
-    train, _ = split_dev(triples(), share=0.0, max_queries=10, seed=0)
+    train, dev_rows = split_dev(triples(), share=0.3, max_queries=10, seed=0)
     columns, _ = training_columns(train, TEXTS, settings.num_negatives, settings.seed)
-    lines = []
-    train_model(tiny_model_path, columns, settings, tmp_path / "tuned", tmp_path / "ckpt-a")
-    train_model(tiny_model_path, columns, dataclasses.replace(settings, base_merge=0.5), tmp_path / "merged", tmp_path / "ckpt-b",
-                on_progress=lines.append)
+    dev, lines = dev_set(dev_rows, TEXTS, settings.dev_max_passages, 0), []
+    tuned_run = train_model(tiny_model_path, columns, settings, tmp_path / "tuned", tmp_path / "ckpt-a", dev=dev)
+    merged_run = train_model(tiny_model_path, columns, dataclasses.replace(settings, base_merge=0.5), tmp_path / "merged",
+                             tmp_path / "ckpt-b", dev=dev, on_progress=lines.append)
 
     base, tuned, merged = (SentenceTransformer(str(p), device="cpu").state_dict()
                            for p in (tiny_model_path, tmp_path / "tuned", tmp_path / "merged"))
@@ -251,3 +251,5 @@ def test_a_base_merge_saves_the_average_of_the_tuned_and_the_base_model(tiny_mod
     for name in floats:
         assert (merged[name] - (tuned[name] + base[name]) / 2).abs().max() < 1e-5, name
     assert any("averaged" in line and "50% base" in line for line in lines), lines
+    assert tuned_run.merged_dev_ndcg_at_10 is None and 0 < merged_run.merged_dev_ndcg_at_10 <= 1
+    assert merged_run.best_dev_ndcg_at_10 == pytest.approx(tuned_run.best_dev_ndcg_at_10), "same training, same checkpoint"

@@ -50,6 +50,8 @@ def embedding_model(
             "training_rows": result.pairs,
             "dev_queries": model.dev_queries,
             "best_dev_ndcg@10": round(result.best_dev_ndcg_at_10, 4) if result.best_dev_ndcg_at_10 is not None else "n/a",
+            "base_merge": config.training.base_merge,
+            "merged_dev_ndcg@10": round(result.merged_dev_ndcg_at_10, 4) if result.merged_dev_ndcg_at_10 is not None else "n/a",
             "negatives_per_row": model.negatives_per_row,
             "padded_negatives": model.padded_negatives,
             "train_seconds": round(result.train_seconds, 1),
