@@ -202,6 +202,7 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (default: a fresh one under --out)")
     parser.add_argument("--no-hybrid", action="store_true", help="skip the hybrid (BM25-fused) rows")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the config resolves relative paths against its own folder (data/), not the cwd
 
     config = demo_config(args.config, args.set, 0, args.out / "scratch")
     args.out.mkdir(parents=True, exist_ok=True)
