@@ -48,7 +48,8 @@ TRAINING = {"epochs": 3, "batch_size": 4, "max_seq_length": 32, "logging_steps":
 
 
 def test_embedding_model_tracks_everything_and_registers_a_tagged_version(tmp_path, tiny_model_path):
-    config_path = write_project(tmp_path / "project", tiny_model_path, training=TRAINING)
+    # base_merge on: the saved model is the average with the base, scored on the dev split too
+    config_path = write_project(tmp_path / "project", tiny_model_path, training={**TRAINING, "base_merge": 0.5})
     config = load_config(config_path)
 
     result = materialise(config_path, upstream(tmp_path / "inputs"))
@@ -72,6 +73,8 @@ def test_embedding_model_tracks_everything_and_registers_a_tagged_version(tmp_pa
     assert version.tags["dagster_run_id"] == run.data.tags["dagster_run_id"]
     assert (Path(value.model_dir) / "modules.json").is_file()
     assert result.metadata["processes"] == 1 and result.metadata["steps"] > 0
+    assert result.metadata["base_merge"] == 0.5
+    assert result.metadata["merged_dev_ndcg@10"] == pytest.approx(run.data.metrics["merged_dev_ndcg_at_10"], abs=1e-4)
     assert not any((config.artifacts_dir / "checkpoints").glob("*/checkpoint-*")), "finished jobs keep no checkpoints"
 
 
