@@ -19,7 +19,7 @@ through the environment.
 Failure: torchrun stops every rank when one fails, and every rank exits when the launching process
 is gone (a SIGKILLed Dagster step must not leave ranks training into the checkpoint folder its
 retry resumes from); the parent raises `RankFailedError` naming the
-first rank that failed, its exit code, and its error text (the Python traceback torchrun's error
+rank that failed (not one torchrun stopped because of it: see `_culprit`), its exit code, and its error text (the Python traceback torchrun's error
 file records for an exception, else the rank's last stderr lines, e.g. after a SIGKILL). The job
 folder (with every rank's logs under `logs/`) is kept on failure and deleted after success.
 Checkpoints live in `checkpoint_dir` exactly as for one process, so a retry resumes from them.
@@ -206,7 +206,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 def _failure(code: int, stderr: str, job_dir: Path, processes: int) -> RankFailedError:
     """The error for a failed launch, from torchrun's failure report and the rank's own logs."""
-    root = _culprit(stderr.rpartition("Failures:")[2])
+    starts = list(re.finditer(r"^Failures:\s*$", stderr, re.M))
+    root = _culprit(stderr[starts[-1].end():] if starts else stderr)
     rank_match = re.search(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)", root, re.M)
     exit_match = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", root, re.M)
     if rank_match is None:
@@ -236,11 +237,13 @@ def _culprit(report: str) -> str:
     torchrun's "Root Cause (first observed failure)" is the failure with the smallest timestamp, in
     whole seconds; a failure without an error file gets the time torchrun noticed it. When one rank
     dies, torchrun stops the others with SIGTERM, and those can land in the same second and be named
-    the root cause. So: the root cause unless it was SIGTERM'd while another rank failed otherwise.
+    the root cause. So: the root cause unless it was SIGTERM'd while another rank failed otherwise
+    (then the first such block in report order). Not caught: a surviving rank that failed with its
+    own exception (e.g. gloo's "connection closed by peer") before torchrun stopped it.
     """
     others, _, root = report.partition("Root Cause (first observed failure):")
-    root = root.split("=" * 20)[0]
-    blocks = [root] + re.split(r"^\[\d+\]:\s*$", others, flags=re.M)[1:]
-    blocks = [block.split("-" * 20)[0] for block in blocks if "rank" in block]
+    root = re.split(r"^={20,}\s*$", root, maxsplit=1, flags=re.M)[0]  # the report's border, at column 0
+    others = re.split(r"^-{20,}\s*$", others, maxsplit=1, flags=re.M)[0]  # the section line (tracebacks are indented)
+    blocks = [root] + [block for block in re.split(r"^\[\d+\]:\s*$", others, flags=re.M)[1:] if "rank" in block]
     stopped = re.compile(rf"^\s*exitcode\s*:\s*-{int(signal.SIGTERM)}\b", re.M)
     return next((block for block in blocks if not stopped.search(block)), root)

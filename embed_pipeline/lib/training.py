@@ -196,16 +196,17 @@ def train_model(
     )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.accelerator.wait_for_everyone()  # every rank has loaded the best checkpoint before it is deleted
-    model.max_seq_length = serving_length
     best = trainer.state.best_metric if evaluator else None
     merged_dev = None
     if trainer.is_world_process_zero():
         if settings.base_merge > 0:
-            tensors = merge_with_base(model, load_model(base_model, device="cpu"), settings.base_merge)
-            if evaluator is not None:
+            tensors = merge_with_base(model, load_model(base_model, device="cpu", threads=threads), settings.base_merge)
+            if evaluator is not None:  # at the training length, like the checkpoints' dev scores
                 merged_dev = float(evaluator(model)[DEV_METRIC.removeprefix("eval_")])
-            progress.say(f"averaged {tensors} weight tensors with the base model's ({settings.base_merge:.0%} base)"
-                         + (f"; dev nDCG@10 {best:.4f} tuned, {merged_dev:.4f} averaged" if merged_dev is not None else ""))
+            scores = f"; dev nDCG@10 {best:.4f} tuned, {merged_dev:.4f} averaged" if best is not None and merged_dev is not None else ""
+            progress.say(f"averaged {tensors} weight tensors with the base model's ({settings.base_merge:.0%} base){scores}")
+    model.max_seq_length = serving_length
+    if trainer.is_world_process_zero():
         with atomic_path(Path(output_dir)) as tmp:
             model.save(str(tmp))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -239,7 +240,8 @@ def merge_with_base(model, base, base_share: float) -> int:
     bundled demo, where the training queries (docstrings, written questions) differ from the eval's
     search-box queries, a 0.5 average lifted recall@10 on every seed and narrowed the spread across
     seeds (data/README.md). Both models must share one architecture; integer buffers (position ids)
-    are kept. Returns the number of tensors averaged.
+    are kept; tied weights (one tensor under two names) are averaged once. Returns the number of
+    tensors averaged.
     """
     import torch
 
@@ -247,13 +249,14 @@ def merge_with_base(model, base, base_share: float) -> int:
     tuned = model.state_dict()
     if tuned.keys() != base_weights.keys():
         raise ValueError(f"cannot average with the base model: their weights differ ({len(tuned)} vs {len(base_weights)} tensors)")
-    merged = 0
+    merged, seen = 0, set()
     with torch.no_grad():
         for name, weight in tuned.items():
             other = base_weights[name]
             if other.shape != weight.shape:
                 raise ValueError(f"cannot average with the base model: {name} is {tuple(weight.shape)} here, {tuple(other.shape)} there")
-            if weight.is_floating_point():
+            if weight.is_floating_point() and weight.data_ptr() not in seen:  # a tied tensor is listed under each name: average it once
+                seen.add(weight.data_ptr())
                 weight.mul_(1 - base_share).add_(other.to(weight.device, weight.dtype), alpha=base_share)
                 merged += 1
     return merged

@@ -122,7 +122,7 @@ def test_a_rank_exits_when_the_process_that_launched_it_is_gone():
 # rank) names rank 0. Seen in CI on 2026-12-03.
 SAME_SECOND_REPORT = """\
 ============================================================
-embed_pipeline.lib.training_worker FAILED
+embed_pipeline.train_worker FAILED
 ------------------------------------------------------------
 Failures:
 [1]:

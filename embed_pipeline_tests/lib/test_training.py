@@ -253,3 +253,19 @@ def test_a_base_merge_saves_the_average_of_the_tuned_and_the_base_model(tiny_mod
     assert any("averaged" in line and "50% base" in line for line in lines), lines
     assert tuned_run.merged_dev_ndcg_at_10 is None and 0 < merged_run.merged_dev_ndcg_at_10 <= 1
     assert merged_run.best_dev_ndcg_at_10 == pytest.approx(tuned_run.best_dev_ndcg_at_10), "same training, same checkpoint"
+
+
+def test_merge_with_base_averages_a_tied_weight_once():
+    import torch
+
+    def tied(fill: float):
+        m = torch.nn.Module()
+        m.embed, m.head = torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False)
+        m.head.weight = m.embed.weight  # one tensor under two names, as T5's shared embeddings
+        torch.nn.init.constant_(m.embed.weight, fill)
+        return m
+
+    tuned = tied(1.0)
+
+    assert merge_with_base(tuned, tied(3.0), 0.5) == 1
+    assert torch.equal(tuned.head.weight, torch.full((5, 3), 2.0))
