@@ -199,14 +199,12 @@ def train_model(
     best = trainer.state.best_metric if evaluator else None
     merged_dev = None
     if trainer.is_world_process_zero():
-        if settings.base_merge > 0:
+        if settings.base_merge > 0:  # before the serving length is restored: scored like the checkpoints
             tensors = merge_with_base(model, load_model(base_model, device="cpu", threads=threads), settings.base_merge)
-            if evaluator is not None:  # at the training length, like the checkpoints' dev scores
-                merged_dev = float(evaluator(model)[DEV_METRIC.removeprefix("eval_")])
+            merged_dev = float(evaluator(model)[DEV_METRIC.removeprefix("eval_")]) if evaluator else None
             scores = f"; dev nDCG@10 {best:.4f} tuned, {merged_dev:.4f} averaged" if best is not None and merged_dev is not None else ""
             progress.say(f"averaged {tensors} weight tensors with the base model's ({settings.base_merge:.0%} base){scores}")
-    model.max_seq_length = serving_length
-    if trainer.is_world_process_zero():
+        model.max_seq_length = serving_length
         with atomic_path(Path(output_dir)) as tmp:
             model.save(str(tmp))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
