@@ -17,150 +17,17 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
-import threading
 from pathlib import Path
 
-from embed_pipeline.lib.config import DEMO_CONFIG, ConfigError, PipelineConfig, load_config
+from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, root_cause, say
+from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GATE_REFUSED = 0, 1, 2, 3
-CONFIG_ENV_VAR = "EMBED_PIPELINE_CONFIG"  # set only for the `dagster dev` child of `ui` (the Definitions edge)
-POOL = "gpu"
-
-
-def say(message: str) -> None:
-    print(f"[embed-pipeline] {message}", file=sys.stderr, flush=True)
-
-
-def dagster_home(config: PipelineConfig) -> Path:
-    """$DAGSTER_HOME, or `<artifacts_dir>/dagster_home`; created when missing and seeded with the
-    project's dagster.yaml when it has none (Dagster itself refuses a DAGSTER_HOME that does not exist)."""
-    chosen = os.environ.get("DAGSTER_HOME")
-    home = Path(chosen) if chosen else config.artifacts_dir / "dagster_home"
-    ours = not chosen or not home.exists()  # an existing instance of the user's is left as it is
-    home.mkdir(parents=True, exist_ok=True)
-    project_yaml = PROJECT_ROOT / "dagster.yaml"
-    if ours and project_yaml.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(project_yaml, home / "dagster.yaml")
-    return home
-
-
-class Session:
-    """One CLI invocation: the config, the Dagster instance and the definitions bound to the config file."""
-
-    def __init__(self, config_path: str | None):
-        self.config_path = str(Path(config_path or DEMO_CONFIG).expanduser().resolve())
-        self.config = load_config(self.config_path)
-        os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
-        say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
-
-    @property
-    def instance(self):
-        import dagster as dg
-
-        return dg.DagsterInstance.get()
-
-    @property
-    def defs(self):
-        from embed_pipeline.definitions import build_defs
-
-        return build_defs(self.config_path)
-
-    def tracker(self):
-        from embed_pipeline.defs.resources import MlflowResource
-
-        return MlflowResource().tracker(self.config)
-
-    def recover(self) -> None:
-        """Fail runs of this host whose process is gone, free their pool slots, end their MLflow runs."""
-        from embed_pipeline.defs.recovery import recover_dead_runs
-        from embed_pipeline.lib.tracking import close_orphaned_runs
-
-        tracker = self.tracker()
-        for dead in recover_dead_runs(self.instance, lambda run_id: close_orphaned_runs(tracker, run_id)):
-            say(f"recovered dead run {dead.run_id} ({dead.job_name}, process {dead.pid} is gone): marked failed, "
-                f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; "
-                "training resumes from its last checkpoint")
-
-    def reconcile(self) -> None:
-        from embed_pipeline.defs.resources import MlflowResource
-        from embed_pipeline.defs.sensors import reconcile_served
-
-        for line in reconcile_served(self.config, MlflowResource()):
-            say(f"reconciled: {line}")
-
-    def execute(self, job_name: str, verbose: bool = False, **kwargs):
-        """Run a job in this process (tagged with our pid, so a later CLI can recover it if we die)."""
-        from embed_pipeline.defs.recovery import process_tags
-
-        job = self.defs.resolve_job_def(job_name)
-        log_level = "DEBUG" if verbose else "INFO"
-        run_config = {**kwargs.pop("run_config", {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
-        # Libraries print progress to stdout (the trainer's loss lines); keep stdout for results.
-        with contextlib.redirect_stdout(sys.stderr), _pool_watch(self.instance):
-            return job.execute_in_process(instance=self.instance, raise_on_error=False, run_config=run_config,
-                                          tags={**kwargs.pop("tags", {}), **process_tags()}, **kwargs)
-
-
-@contextlib.contextmanager
-def _pool_watch(instance, every: float = 20.0):
-    """While a run executes, say at INFO level when one of its steps waits for the `gpu` pool, and who holds it."""
-    import dagster as dg
-
-    from embed_pipeline.defs.recovery import PID_TAG, pool_holders
-
-    stop = threading.Event()
-
-    def watch():
-        while not stop.wait(every):
-            try:
-                mine = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
-                                                              tags={PID_TAG: str(os.getpid())}), limit=5)
-                for record in mine:
-                    waiting, holders = pool_holders(instance, POOL, record.dagster_run.run_id)
-                    if waiting:
-                        say(f"step(s) {', '.join(waiting)} waiting for pool '{POOL}' (limit reached), held by "
-                            f"{'; '.join(holders) or 'a slot not yet freed'}; a dead holder is recovered at the next start")
-            except Exception:  # noqa: BLE001 - a watcher must never break the run it watches
-                continue
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-
-
-def _check_evaluations(result):
-    import dagster as dg
-
-    evaluations = result.get_asset_check_evaluations()
-    failed = [e for e in evaluations if not e.passed and e.severity != dg.AssetCheckSeverity.WARN]
-    warned = [e for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.WARN]
-    return failed, warned
-
-
-def _output(result, node: str):
-    try:
-        return result.output_for_node(node)
-    except Exception:  # noqa: BLE001 - Dagster raises several types for "no such output"
-        return None
-
-
-def root_cause(error) -> str:
-    """The innermost cause of a Dagster step error, in one line (Dagster wraps the user's exception)."""
-    while getattr(error, "cause", None) is not None:
-        error = error.cause
-    text = " ".join((error.message or "").split())
-    return text.removeprefix("dagster._core.definitions.events.Failure: ")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -178,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if event.event_type_value == "STEP_SUCCESS":
             say(f"step {event.step_key}: done in {event.event_specific_data.duration_ms / 1000:.1f}s")
     _say_quarantines(result)
-    failed_checks, warned_checks = _check_evaluations(result)
+    failed_checks, warned_checks = check_evaluations(result)
     for check in warned_checks:
         if check.check_name != "eval_report_promotion_gate":
             say(f"check WARNING: {check.check_name} on {check.asset_key.to_user_string()}: "
@@ -187,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(f"check FAILED: {check.check_name} on {check.asset_key.to_user_string()}")
         for key, value in check.metadata.items():
             say(f"  {key}: {getattr(value, 'value', value)}")
-    handle = _output(result, "eval_report")
+    handle = output(result, "eval_report")
     report = read_json(handle.path) if handle is not None else None
     if report is not None:
         say(f"eval report (run {result.run_id}):\n{report_markdown(report)}")
@@ -208,7 +75,7 @@ def _say_quarantines(result) -> None:
     """Rows set aside by the run (never silently dropped), with where to read them."""
     import pandas as pd
 
-    corpus, curated, pairs = (_output(result, n) for n in ("corpus", "curated_pairs", "training_pairs"))
+    corpus, curated, pairs = (output(result, n) for n in ("corpus", "curated_pairs", "training_pairs"))
     if corpus is not None:
         quarantined = len(pd.read_parquet(corpus.quarantine_path))
         if quarantined:
@@ -221,7 +88,7 @@ def _say_quarantines(result) -> None:
 
 def _index_summary(result) -> dict:
     """`index`: passages in the candidate's index, encoded in this run, reused from the cache, type."""
-    built = _output(result, "corpus_index")
+    built = output(result, "corpus_index")
     if built is None:
         return {}
     return {"index": {"passages": built.size, "encoded": built.encoded, "reused_from_cache": built.reused,
@@ -232,7 +99,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     """Apply the promotion sensor's decision to the latest eval report (same function, same run key)."""
     import dagster as dg
 
-    from embed_pipeline.defs.sensors import promotion_decision
+    from embed_pipeline.defs.promotion_sensor import promotion_decision
 
     session = Session(args.config)
     session.recover()
@@ -296,6 +163,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """`dagster dev` from this venv, with DAGSTER_HOME and the config path set for the definitions."""
+    from embed_pipeline.definitions import CONFIG_ENV_VAR
+
     session = Session(args.config)
     dagster = Path(sys.executable).parent / "dagster"
     if not dagster.exists():

@@ -3,16 +3,16 @@
 import dagster as dg
 
 from embed_pipeline.defs import checks
-from embed_pipeline.defs.assets import embeddings, evaluation, index, model, negatives, pairs, promotion, sources
+from embed_pipeline.defs.assets import evaluation, index, model, negatives, pairs, promotion, serving, sources
 from embed_pipeline.defs.corpus_sensor import corpus_change_sensor, served_index_sensor
 from embed_pipeline.defs.handles import HandleIOManager
 from embed_pipeline.defs.jobs import promotion_job, reembed_job, served_index_job, training_job
 from embed_pipeline.defs.query_generators import OfflineQueryGenerator, QueryGeneratorResource
 from embed_pipeline.defs.recovery import orphaned_mlflow_runs_sensor
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
+from embed_pipeline.defs.promotion_sensor import promotion_sensor
 from embed_pipeline.defs.retention import retention_sensor
 from embed_pipeline.defs.schedules import nightly_retraining
-from embed_pipeline.defs.sensors import promotion_sensor
 
 CONFIG_ENV_VAR = "EMBED_PIPELINE_CONFIG"
 
@@ -26,7 +26,7 @@ def build_defs(config_path: str | dg.EnvVar, query_generator: QueryGeneratorReso
     `schedule` replaces the nightly schedule (same factory, another cron); `executor` is the
     default executor of the jobs (Dagster's multiprocess one when None; Kubernetes users pass theirs)."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([sources, pairs, negatives, model, index, embeddings, evaluation, promotion]),
+        assets=dg.load_assets_from_modules([sources, pairs, negatives, model, index, serving, evaluation, promotion]),
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[training_job, promotion_job, reembed_job, served_index_job],
         schedules=[schedule or nightly_retraining],

@@ -62,7 +62,7 @@ def _prepare(config_path: str) -> Path:
 
 def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = False,
              say: Callable[[str], None] | None = None) -> int:
-    from embed_pipeline.cli import Session, say as cli_say
+    from embed_pipeline.console import Session, say as cli_say
 
     say = say or cli_say
     seconds: dict[str, float] = {}
@@ -125,7 +125,7 @@ class Walkthrough:
     def _execute(self, job: str, **kwargs):
         result = self.session.execute(job, verbose=self.verbose, **kwargs)
         if not result.success:
-            from embed_pipeline.cli import root_cause
+            from embed_pipeline.console import root_cause
 
             causes = [root_cause(e.event_specific_data.error) for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
             raise DemoFailure(f"{job} failed: {'; '.join(causes) or 'see the events above'}")
@@ -221,12 +221,12 @@ class Walkthrough:
         return [{"text": r.query, "relevant": relevant[r.query_id]} for r in pairs.drop_duplicates("query_id").head(3).itertuples()]
 
     def train(self) -> dict:
-        from embed_pipeline.cli import _output
+        from embed_pipeline.console import output
         from embed_pipeline.lib.evaluation import report_markdown
         from embed_pipeline.lib.io import read_json
 
         result = self._execute("training_job")
-        report = read_json(_output(result, "eval_report").path)
+        report = read_json(output(result, "eval_report").path)
         self.say("eval report:\n" + report_markdown(report))
         judged = report["judged"]["candidate"]
         ci = report["ci"]["recall@10"]
@@ -240,7 +240,7 @@ class Walkthrough:
     def promote(self) -> dict:
         import dagster as dg
 
-        from embed_pipeline.defs.sensors import promotion_sensor
+        from embed_pipeline.defs.promotion_sensor import promotion_sensor
 
         context = dg.build_sensor_context(instance=self.session.instance, resources=self._resources())
         last = self.session.instance.get_latest_materialization_event(dg.AssetKey("eval_report"))

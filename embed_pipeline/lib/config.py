@@ -363,6 +363,39 @@ class RetentionConfig:
 
 
 @_section
+class ComputeConfig:
+    """Where the heavy work runs: this machine (`local`, the default) or a Ray cluster (`ray`).
+
+    With `ray`, every corpus encode runs as a Ray Data pipeline over an actor pool (one model load
+    per actor; `encode_actors`, or an autoscaling range up to `encode_actors_max`, each holding
+    `encode_cpus_per_actor` CPUs and `encode_gpus_per_actor` GPUs, fed `encode_batch_size` rows at
+    a time) and training runs under Ray Train (`train_workers` DDP workers across nodes, each with
+    `train_cpus_per_worker` CPUs and `train_gpus_per_worker` GPUs: gloo on CPU, nccl on GPU).
+    `ray_address` is what `ray.init` takes (`auto`, `host:6379`, `ray://head:10001`); a cluster
+    that does not answer within `connect_timeout_seconds` is a config error before any work.
+    Every node reads and writes `artifacts_dir`: in production a shared filesystem (docs/scaling.md).
+    """
+
+    engine: Literal["local", "ray"] = Field("local", description="local: this machine; ray: a Ray cluster")
+    ray_address: str = Field("auto", min_length=1, description="the cluster ray.init connects to")
+    connect_timeout_seconds: Float = Field(30.0, gt=0, le=600, description="give up on an unreachable cluster after this")
+    encode_actors: Int = Field(1, ge=1, le=10_000, description="encode actors (the minimum when autoscaling)")
+    encode_actors_max: Int | None = Field(None, ge=1, le=10_000, description="autoscale encode actors up to this (null: fixed)")
+    encode_cpus_per_actor: Float = Field(1.0, ge=0, description="CPUs each encode actor holds")
+    encode_gpus_per_actor: Float = Field(0.0, ge=0, description="GPUs each encode actor holds (0: CPU encoding)")
+    encode_batch_size: Int = Field(256, ge=1, le=1_000_000, description="rows handed to an encode actor at a time")
+    train_workers: Int = Field(2, ge=1, le=1024, description="Ray Train DDP workers")
+    train_cpus_per_worker: Float = Field(1.0, gt=0, description="CPUs each training worker holds")
+    train_gpus_per_worker: Float = Field(0.0, ge=0, description="GPUs each training worker holds (> 0: nccl on CUDA)")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.encode_actors_max is not None and self.encode_actors_max < self.encode_actors:
+            raise ValueError(f"encode_actors_max {self.encode_actors_max} < encode_actors {self.encode_actors}")
+        return self
+
+
+@_section
 class PipelineConfig:
     corpus: ConfigPath = Field(description="BEIR corpus.jsonl (_id, title, text) or Parquet with those columns")
     artifacts_dir: ConfigPath = Field(description="where run-scoped data, models, indexes, reports and the MLflow store go")
@@ -386,6 +419,7 @@ class PipelineConfig:
     index: IndexConfig = Field(default_factory=IndexConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @model_validator(mode="after")
     def _has_eval(self):

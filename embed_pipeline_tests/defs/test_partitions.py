@@ -5,7 +5,7 @@ import json
 import dagster as dg
 import pytest
 
-from embed_pipeline.defs.assets.embeddings import corpus_embeddings, served_index
+from embed_pipeline.defs.assets.serving import corpus_embeddings, served_index
 from embed_pipeline.defs.corpus_sensor import corpus_change_sensor
 from embed_pipeline.defs.partitions import corpus_shards
 from embed_pipeline.defs.resources import PipelineResource

@@ -12,7 +12,7 @@ from embed_pipeline.cli import main
 from embed_pipeline.definitions import build_defs
 from embed_pipeline.defs.assets.evaluation import report_metadata
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
-from embed_pipeline.defs.sensors import promotion_sensor
+from embed_pipeline.defs.promotion_sensor import promotion_sensor
 from embed_pipeline.lib.config import GateConfig, load_config
 from embed_pipeline.lib.io import write_json
 from embed_pipeline.lib.promotion import read_served

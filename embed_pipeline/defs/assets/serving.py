@@ -1,4 +1,4 @@
-"""Corpus embeddings per shard, by the served model: what a corpus change or a new champion re-embeds."""
+"""The served model's corpus: per-shard embeddings (what a corpus change or a new champion re-embeds) and the served index built from them."""
 
 import dagster as dg
 
