@@ -68,7 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         causes += [f"check {c.check_name} failed (see above)" for c in failed_checks]
         say("FAILED. " + (" | ".join(causes) or "see the Dagster events above"))
         return EXIT_FAILED
-    return EXIT_OK if report is not None and report["gate"]["passed"] else EXIT_GATE_REFUSED
+    if report is None:  # the gate never judged anything: a failure, not a refusal
+        say(f"FAILED. run {result.run_id} succeeded but produced no eval report, so there is nothing for the gate to judge")
+        return EXIT_FAILED
+    return EXIT_OK if report["gate"]["passed"] else EXIT_GATE_REFUSED
 
 
 def _say_quarantines(result) -> None:
@@ -147,7 +150,7 @@ def _served_outcome(result) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """Query the served model and index by hand; one JSON line per hit on stdout."""
+    """Query the served model and index by hand; one JSON line per hit on stdout (each with `score` and `mode`)."""
     from embed_pipeline.lib.retrieval import search_served
 
     session = Session(args.config)
@@ -156,6 +159,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     except (LookupError, ValueError) as exc:
         say(str(exc))
         return EXIT_FAILED
+    if hits:
+        say(f"{len(hits)} hit(s) from v{hits[0]['model_version']}, ranked {hits[0]['mode']}")
     for hit in hits:
         print(json.dumps(hit))
     return EXIT_OK

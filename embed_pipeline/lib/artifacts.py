@@ -61,6 +61,7 @@ class ModelHandle:
     run_id: str  # the MLflow run
     name: str  # registered model name
     version: str  # registered model version
+    dev_path: str = ""  # Parquet (query, passage_id): the dev rows training held out; "" from older versions
 
 
 @dataclass(frozen=True)

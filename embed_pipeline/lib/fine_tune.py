@@ -19,6 +19,7 @@ import pandas as pd
 from embed_pipeline.lib.config import PipelineConfig, config_as_params
 from embed_pipeline.lib.corpus import passage_texts
 from embed_pipeline.lib.distributed_training import MlflowTarget, build_callbacks, train_distributed
+from embed_pipeline.lib.retrieval import dev_relevance
 from embed_pipeline.lib.tracking import Tracker, library_versions, mlflow_callback
 from embed_pipeline.lib.training import TrainResult, train_model
 from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
@@ -40,10 +41,16 @@ class TrainedModel:
     negatives_per_row: int
     padded_negatives: int  # random negatives added to rows with fewer mined ones
     checkpoint_key: str  # the folder under checkpoint_root a retry resumes from
+    held_out: pd.DataFrame  # the dev rows held out of training (query, passage_id): the hybrid's weight is chosen on them
 
     @property
     def precision(self) -> str:
         return self.training.precision
+
+    @property
+    def dev_relevant(self) -> dict[str, set[str]]:
+        """Each held-out dev query and its positives (empty when there was no dev split)."""
+        return dev_relevance(self.held_out)[1]
 
 
 def fine_tune(
@@ -118,5 +125,5 @@ def fine_tune(
         model_dir=Path(model_dir), mlflow_run_id=run_id, name=config.registered_model_name, version=version, training=result,
         training_rows=len(train_rows), dev_rows=len(dev_rows), dev_queries=len(dev.queries) if dev else 0,
         dev_passages=len(dev.corpus) if dev else 0, negatives_per_row=settings.num_negatives, padded_negatives=padded,
-        checkpoint_key=job_key,
+        checkpoint_key=job_key, held_out=dev_rows[["query", "passage_id"]].reset_index(drop=True),
     )
