@@ -299,6 +299,28 @@ def _champion_spec(contenders: Contenders, candidate: RetrievalSpec, retrieval: 
     return RetrievalSpec.from_record(served, retrieval.depth, candidate.precision), "served"
 
 
+PARITY_METRICS = ("recall@10", "ndcg@10")
+
+
+def served_parity(searcher, eval_set: EvalSet, report: dict) -> dict:
+    """The eval queries ranked through the query API beside the row the gate judged.
+
+    `searcher` is a `lib.retrieval.Searcher` over the served pointer, asked for the top 10 as a
+    user would; `report` is the eval report whose candidate it serves. Returns the judged row's
+    name and {"judged": ..., "served": ...} means of `PARITY_METRICS`: equal (to float rounding)
+    when what serves is what was judged.
+    """
+    from embed_pipeline.lib.metrics import ndcg_at_k, recall_at_k
+
+    qids = list(eval_set.queries)
+    hits = searcher.search([eval_set.queries[q] for q in qids], 10)
+    ranked = {q: [pid for pid, _ in row] for q, row in zip(qids, hits, strict=True)}
+    served = {"recall@10": float(np.mean([recall_at_k(ranked[q], eval_set.relevant[q], 10) for q in qids])),
+              "ndcg@10": float(np.mean([ndcg_at_k(ranked[q], eval_set.relevant[q], 10) for q in qids]))}
+    row = report["judged"]["candidate"]
+    return {"row": row, "judged": {m: report[row][m] for m in PARITY_METRICS}, "served": served}
+
+
 def record_evaluation(tracker, run_id: str, evaluation: Evaluation, folder: Path) -> None:
     """Log the judged metrics, the lift, its CI, the retrieval spec (tags) and the report files on the candidate's MLflow run."""
     report = evaluation.report
