@@ -189,7 +189,10 @@ class Walkthrough:
     def serve_stock(self) -> dict:
         """The stock model as the first champion, unless something already serves."""
         from embed_pipeline.lib.config import resolve_model_name
+        from embed_pipeline.lib.encoding import encode_precision
+        from embed_pipeline.lib.hardware import pick_device
         from embed_pipeline.lib.promotion import expected_served, promote
+        from embed_pipeline.lib.retrieval import RetrievalSpec
 
         if expected_served(self.config.artifacts_dir) is None:
             tracker = self.session.tracker()
@@ -199,7 +202,10 @@ class Walkthrough:
                 version = tracker.register_model(self.config.registered_model_name, run_id, "model", {"model_path": base})
             promote(self.config.artifacts_dir, {"model_name": self.config.registered_model_name, "model_version": version,
                                                 "model_dir": base, "mlflow_run_id": run_id, "index_path": "",
-                                                "retrieval": {"mode": "dense", "fusion": None, "dense_weight": None}},
+                                                "retrieval": RetrievalSpec(
+                                                    "dense", None, None, "the stock model serves dense", self.config.retrieval.rrf_k,
+                                                    self.config.retrieval.depth,
+                                                    encode_precision(self.config.index.encode_precision, pick_device())).as_dict()},
                     "embed-pipeline demo", "the stock model serves until a fine-tuned one earns its place", tracker.set_alias)
             self.say(f"the stock model {self.config.base_model} is registered as v{version} and serves first")
         counts = self._reembed()
