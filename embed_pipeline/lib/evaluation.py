@@ -38,7 +38,15 @@ from embed_pipeline.lib.bootstrap import paired_bootstrap
 from embed_pipeline.lib.config import GateConfig, RetrievalConfig
 from embed_pipeline.lib.io import write_json, write_parquet
 from embed_pipeline.lib.metrics import MAX_K, METRICS, mean_metrics, per_query_metrics, recall_curve
-from embed_pipeline.lib.retrieval import RetrievalSpec, WeightChoice, choose_weight, exact_index, rank, ranked_ids
+from embed_pipeline.lib.retrieval import (
+    RetrievalSpec,
+    WeightChoice,
+    choose_weight,
+    dense_candidates,
+    exact_index,
+    rank,
+    ranked_ids,
+)
 
 CI_METRICS = ("recall@10", "ndcg@10")
 REPORT_MODELS = ("base", "champion", "candidate", "candidate_exact")  # always present
@@ -261,8 +269,9 @@ def evaluate(
     dev_dense = dev_lexical = None
     if choose:
         dev_vectors, dev_exact = encoded(contenders.candidate, dev_queries)
-        scores, ids = (contenders.served_index or dev_exact).search_ids(dev_vectors, retrieval.depth)
-        dev_dense, dev_lexical = (ids, scores), lexical.search(dev_queries, retrieval.depth)
+        dev_index = contenders.served_index if contenders.served_index is not None else dev_exact
+        dev_dense = dense_candidates(dev_index, dev_vectors, retrieval.depth)
+        dev_lexical = lexical.search(dev_queries, retrieval.depth)
     weight = choose_weight(retrieval.dense_weight, retrieval.fusion, dev_dense, dev_lexical, dev_queries,
                            dev_relevant or {}, retrieval.rrf_k)
     spec = decide_spec(retrieval, weight, precision)

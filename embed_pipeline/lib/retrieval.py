@@ -99,6 +99,12 @@ def exact_index(vectors: np.ndarray, passage_ids: list[str]) -> LoadedIndex:
     return LoadedIndex(build_faiss_index(vectors, "flat"), np.asarray(passage_ids, dtype=object), {"type": "flat"})
 
 
+def dense_candidates(dense_index, query_vectors: np.ndarray, k: int) -> Ranked:
+    """Top-k (passage ids, float scores) per query from a dense index, scores cut to the ids found."""
+    scores, ids = dense_index.search_ids(query_vectors, k)
+    return ids, [[float(x) for x in s[:len(row)]] for s, row in zip(scores, ids, strict=True)]
+
+
 def rank(spec: RetrievalSpec, query_vectors: np.ndarray, query_texts: list[str], dense_index, lexical, k: int) -> Ranked:
     """Top-k (passage ids, scores) per query, as `spec` ranks: the one ranking of the eval and the query API.
 
@@ -109,12 +115,11 @@ def rank(spec: RetrievalSpec, query_vectors: np.ndarray, query_texts: list[str],
     from each side, fused; the score is the fused score. Scores are floats, best first.
     """
     if spec.mode == "dense":
-        scores, ids = dense_index.search_ids(query_vectors, max(k, spec.depth))
-        return [row[:k] for row in ids], [[float(x) for x in s[:len(row[:k])]] for s, row in zip(scores, ids, strict=True)]
+        ids, scores = dense_candidates(dense_index, query_vectors, max(k, spec.depth))
+        return [row[:k] for row in ids], [row[:k] for row in scores]
     if lexical is None:
         raise ValueError("hybrid retrieval needs a BM25 index beside the dense one, and there is none")
-    scores, ids = dense_index.search_ids(query_vectors, spec.depth)
-    dense = (ids, [s[:len(row)] for s, row in zip(scores, ids, strict=True)])
+    dense = dense_candidates(dense_index, query_vectors, spec.depth)
     return fuse_scored(dense, lexical.search(query_texts, spec.depth), spec.fusion, spec.dense_weight, k, spec.rrf_k)
 
 
