@@ -8,7 +8,8 @@ materialisation and check result shows in the Dagster UI afterwards.
 
 Exit codes:
   0  success (for `run`: the candidate passed the promotion gate)
-  1  a step failed, or a blocking data check failed; the root cause is the last line printed
+  1  a step failed, a blocking data check failed, or `run` produced no eval report; the root cause
+     is the last line printed
   2  config or input error (a bad key or value, a missing or malformed file), found before any work
   3  `run` and `demo`: everything ran and the promotion gate refused the candidate (a normal
      outcome; the run itself is green in the UI, the gate's check is a warning)
