@@ -188,7 +188,7 @@ class ServedChange:
     pointer: dict | None
     previous_version: str | None
     event: dict | None  # None: nothing changed (the model already served)
-    replaced: dict | None = None  # the served entry this change took off the top (its model, run id, retrieval)
+    replaced: dict | None = None  # what served before (a promotion goes over it, a rollback takes it off): model, run id, spec
 
 
 def promote(artifacts_dir: Path, pointer: dict, by: str, reason: str, set_alias=None) -> ServedChange:
