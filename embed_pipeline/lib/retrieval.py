@@ -110,9 +110,10 @@ def rank(spec: RetrievalSpec, query_vectors: np.ndarray, query_texts: list[str],
 
     `dense_index` has `search_ids(vectors, k) -> (scores, ids)` (`lib.indexing.LoadedIndex`: the
     served index, or `exact_index`); `lexical` is a `lib.lexical.LexicalIndex` (hybrid only).
-    Dense: the index is asked for max(k, depth) candidates and the top k kept, so the top 10 served
-    is the prefix of the top 100 judged even on an approximate index. Hybrid: `depth` candidates
-    from each side, fused; the score is the fused score. Scores are floats, best first.
+    Dense: the index is asked for max(k, depth) candidates and the top k kept, so with depth >= 100
+    the served top 10 and the judged top 100 come from one and the same search, even on an
+    approximate index. Hybrid: `depth` candidates from each side, fused; the score is the fused
+    score. Scores are floats, best first.
     """
     if spec.mode == "dense":
         ids, scores = dense_candidates(dense_index, query_vectors, max(k, spec.depth))
