@@ -214,8 +214,6 @@ class MiningConfig:
         return self
 
 
-TRAINING_LOSSES = ("mnrl", "cached_mnrl")
-PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on Ampere+ CUDA and CPUs with AMX or AVX512-BF16, else fp32
 # Interaction terms of the contrastive loss (sentence-transformers' `directions`, one joint softmax):
 # "infonce" = query -> documents only (classic MNRL), "symmetric" adds document -> queries,
 # "gte" (Li et al. 2023's improved contrastive loss) also adds query -> queries and document -> documents.

@@ -34,7 +34,6 @@ import pandas as pd
 
 from embed_pipeline.lib.bootstrap import paired_bootstrap
 from embed_pipeline.lib.config import GateConfig, RetrievalConfig
-from embed_pipeline.lib.indexing import build_faiss_index, search
 from embed_pipeline.lib.io import write_json, write_parquet
 from embed_pipeline.lib.metrics import MAX_K, METRICS, mean_metrics, per_query_metrics, recall_curve
 from embed_pipeline.lib.retrieval import WeightChoice, choose_weight, dense_ranked, ranked_ids
@@ -52,12 +51,6 @@ class EvalSet:
 
     queries: dict[str, str]
     relevant: dict[str, set[str]]
-
-
-def rank_exact(query_vectors: np.ndarray, corpus_vectors: np.ndarray, corpus_ids: list[str], k: int = MAX_K) -> list[list[str]]:
-    """Top-k passage ids per query by exact inner product."""
-    _, rows = search(build_faiss_index(corpus_vectors, "flat"), query_vectors, k)
-    return [[corpus_ids[r] for r in row if r >= 0] for row in rows]
 
 
 def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

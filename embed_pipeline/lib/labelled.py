@@ -146,7 +146,7 @@ def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd
     table["query"] = table["query_id"].map(queries["text"])
     if segments is not None and segments.notna().any():
         table["segment"] = table["query_id"].map(segments).fillna("").astype(str)
-    if sources is not None and sources.notna().any():  # eval reports slice by query source (issue 5)
+    if sources is not None and sources.notna().any():  # eval reports slice by query source (click, curated, synthetic)
         table["source"] = table["query_id"].map(sources).fillna("").astype(str)
     return table.reset_index(drop=True)
 
