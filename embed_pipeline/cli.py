@@ -76,12 +76,17 @@ def _say_quarantines(result) -> None:
     import pandas as pd
 
     corpus, curated, pairs = (output(result, n) for n in ("corpus", "curated_pairs", "training_pairs"))
+    def first(path: str) -> str:
+        row = pd.read_parquet(path).iloc[0]
+        return f"first: {row['file'] + ' ' if 'file' in row else ''}line {row['line']}: {row['reason']}"
+
     if corpus is not None:
         quarantined = len(pd.read_parquet(corpus.quarantine_path))
         if quarantined:
-            say(f"quarantined {quarantined} corpus row(s): {corpus.quarantine_path}")
+            say(f"quarantined {quarantined} corpus row(s) ({first(corpus.quarantine_path)}): {corpus.quarantine_path}")
     if curated is not None and curated.quarantined:
-        say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s): {curated.files['quarantine']}")
+        say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s) ({first(curated.files['quarantine'])}): "
+            f"{curated.files['quarantine']}")
     if pairs is not None and pairs.quarantined:
         say(f"dropped {pairs.quarantined} training pair(s) leaking an eval query (decontamination): {pairs.files['leaks']}")
 

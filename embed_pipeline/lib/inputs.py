@@ -20,7 +20,7 @@ def validate_inputs(config: PipelineConfig) -> list[str]:
     if corpus.passages.empty:
         first = corpus.quarantine.iloc[0].to_dict() if len(corpus.quarantine) else {}
         raise InputError(f"{config.corpus}: the corpus has no readable passages ({len(corpus.quarantine)} rows quarantined"
-                         + (f"; first: row {first.get('row')}: {first.get('reason')}" if first else "") + ")")
+                         + (f"; first: line {first['line']}: {first['reason']}" if first else "") + ")")
     ids = set(corpus.passages["passage_id"])
     lines = [f"corpus {len(ids)} passages ({len(corpus.quarantine)} quarantined)"]
     if config.search_logs is not None:
@@ -36,6 +36,7 @@ def validate_inputs(config: PipelineConfig) -> list[str]:
         if loaded.pairs.empty:
             first = loaded.quarantine.iloc[0].to_dict() if len(loaded.quarantine) else {}
             raise InputError(f"{label}: no usable rows in {labelled.queries or labelled.pairs} "
-                             f"({len(loaded.quarantine)} quarantined" + (f"; first: {first.get('row')}: {first.get('reason')}" if first else "") + ")")
+                             f"({len(loaded.quarantine)} quarantined"
+                             + (f"; first: {first['file']} line {first['line']}: {first['reason']}" if first else "") + ")")
         lines.append(f"{label} {len(loaded.pairs)} pairs ({len(loaded.quarantine)} quarantined)")
     return lines
