@@ -12,6 +12,8 @@ Exit codes:
   2  config or input error (a bad key or value, a missing or malformed file), found before any work
   3  `run` and `demo`: everything ran and the promotion gate refused the candidate (a normal
      outcome; the run itself is green in the UI, the gate's check is a warning)
+  128+N  interrupted by signal N (130 Ctrl-C, 143 SIGTERM, 129 a closed terminal): the run is
+     canceled, its pool slots freed, and the one line printed says what it was doing
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, root_cause, say
+from embed_pipeline.run_watch import RunInterrupted
 from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
 
@@ -217,13 +219,14 @@ def main(argv: list[str] | None = None) -> int:
                            help="default: what the served pointer names (the gate judged that mode)")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    # A closed terminal (SIGHUP) is handled like Ctrl-C: the run is marked canceled and its pool slot freed.
-    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     try:
         return args.func(args)
     except (ConfigError, InputError) as exc:
         say(f"{'config' if isinstance(exc, ConfigError) else 'input'} error: {' '.join(str(exc).split())}")
         return EXIT_CONFIG
+    except RunInterrupted as exc:  # SIGINT, SIGTERM or SIGHUP during a run: it was canceled cleanly
+        say(str(exc))
+        return exc.exit_code
 
 
 if __name__ == "__main__":
