@@ -40,9 +40,10 @@ class RunInterrupted(Exception):
 
     def __init__(self, signum: int, run_id: str, job_name: str, doing: str):
         self.signum, self.run_id, self.exit_code = signum, run_id, 128 + signum
-        super().__init__(f"interrupted by {SIGNAL_NAMES.get(signum, signal.Signals(signum).name)} {doing}: "
-                         f"run {run_id} ({job_name}) canceled, its pool slots freed; the same command again "
-                         "goes on (training resumes from its last checkpoint)")
+        resume = " (training resumes from its last checkpoint)" if job_name == "training_job" else ""
+        name = SIGNAL_NAMES.get(signum, signal.Signals(signum).name)
+        super().__init__(f"interrupted by {name}{' ' + doing if doing else ''}: "
+                         f"run {run_id} ({job_name}) canceled, its pool slots freed; the same command again goes on{resume}")
 
 
 class _PoolWaitInterrupt(KeyboardInterrupt):
