@@ -63,6 +63,7 @@ def test_a_run_waiting_for_the_pool_recovers_a_dead_holder_and_goes_on(project, 
     assert claims_of(instance, holder) == [] and claims_of(instance, result.run_id) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_a_signal_ends_a_run_waiting_for_a_live_holder_cleanly(project, tmp_path, stop):
     home = dagster_home(tmp_path)

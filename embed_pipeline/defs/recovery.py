@@ -3,8 +3,9 @@
 A run executed in process by `embed-pipeline run` that is killed hard stays STARTED in the Dagster
 instance and keeps its slot of the `gpu` pool, so the next run would wait for it forever. Dagster's
 run monitoring handles this for runs the daemon launched; for CLI runs, the CLI tags each run with
-its pid and host, and `recover_dead_runs` (run at every CLI start) finds runs whose process is gone,
-marks them failed with the reason, frees their pool slots and ends their MLflow runs as KILLED.
+its pid and host, and `recover_dead_runs` (run at every CLI start, and every few seconds by a run
+waiting for the pool: embed_pipeline/run_watch.py) finds runs whose process is gone, marks them
+failed with the reason, frees their pool slots and ends their MLflow runs as KILLED.
 The next run then resumes training from the dead run's last checkpoint (keyed by data and config).
 """
 
