@@ -28,6 +28,7 @@ from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, out
 from embed_pipeline.run_watch import RunInterrupted
 from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
+from embed_pipeline.lib.tracking import RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
@@ -224,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as exc:
         say(f"{'config' if isinstance(exc, ConfigError) else 'input'} error: {' '.join(str(exc).split())}")
         return EXIT_CONFIG
+    except RegistryError as exc:  # the MLflow store cannot be reached at the start: nothing was run
+        say(f"MLflow error: {' '.join(str(exc).split())}")
+        return EXIT_FAILED
     except RunInterrupted as exc:  # SIGINT, SIGTERM or SIGHUP during a run: it was canceled cleanly
         say(str(exc))
         return exc.exit_code

@@ -68,6 +68,7 @@ class Session:
 
     def recover(self) -> None:
         """Fail runs of this host whose process is gone, free their pool slots, end their MLflow runs."""
+        self.tracker()  # opened now: an MLflow store that cannot be reached fails the command before any work
         for dead in self._recover_dead(self.instance):
             say(f"recovered dead run {dead.run_id} ({dead.job_name}, process {dead.pid} is gone): marked failed, "
                 f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; "

@@ -179,3 +179,14 @@ def test_the_readme_documents_every_setting_the_models_define():
     text = README.read_text(encoding="utf-8")
     missing = [key for key, _, _ in config_reference() if f"`{key}`" not in text]
     assert not missing, f"README lacks these config keys (run `python -m embed_pipeline.config_docs`): {missing}"
+
+
+def test_an_mlflow_store_that_cannot_be_opened_fails_the_command_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    from embed_pipeline.cli import EXIT_FAILED, main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    config = write(tmp_path, BASE + "mlflow_tracking_uri: 'sqlite:////proc/no-such-dir/mlflow.db'\n")
+    assert main(["promote", "--config", str(config)]) == EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("[embed-pipeline] MLflow error: cannot reach the MLflow store at sqlite:////proc/no-such-dir")
+    assert "Traceback" not in "\n".join(err)
