@@ -134,17 +134,22 @@ class RunWatch:
 
         return pool_holders(self.instance, POOL, self.run_id)[0]
 
-    def _on_signal(self) -> None:
-        """A stop signal arrived: if the run is stuck in Dagster's pool wait, end that wait."""
+    def _end_pool_wait(self) -> bool:
+        """After a stop signal: end Dagster's wait for the pool if the run is in it. False: look again
+        shortly (the main thread has not run Dagster's handler yet)."""
         from dagster._utils.interrupts import check_captured_interrupt
 
-        # Dagster's captured-interrupt flag stays set only while no step runs (a running step
-        # raises at once): with a step of ours waiting for the pool, that is the wait loop.
         waiting = self._waiting_steps()
-        if waiting and check_captured_interrupt():
-            self.doing = f"while step(s) {', '.join(waiting)} waited for pool '{POOL}'"
-            self._cancel()
-            signal.pthread_kill(self._main, signal.SIGUSR1)
+        if not waiting:
+            return True  # a step runs (Dagster raises the interrupt in it) or the run is over
+        # Dagster's captured-interrupt flag stays set only while no step runs (a running step
+        # raises at once and clears it): with a step of ours waiting, that is the wait loop.
+        if not check_captured_interrupt():
+            return False
+        self.doing = f"while step(s) {', '.join(waiting)} waited for pool '{POOL}'"
+        self._cancel()
+        signal.pthread_kill(self._main, signal.SIGUSR1)
+        return True
 
     # -- the pool -------------------------------------------------------------------------------
     def _check_pool(self, last: tuple) -> tuple:
@@ -165,16 +170,20 @@ class RunWatch:
 
     def _watch(self) -> None:
         last: tuple = ()
+        stopping = False  # a stop signal arrived and the pool wait (if any) is not ended yet
         while not self._stop.is_set():
+            timeout = 0.1 if stopping else self.every
             if self._reader is not None:
-                readable, _, _ = select.select([self._reader], [], [], self.every)
+                readable, _, _ = select.select([self._reader], [], [], timeout)
                 if readable and self._drain():
-                    self._on_signal()
-                    continue
-            elif self._stop.wait(self.every):
+                    stopping = True
+            elif self._stop.wait(timeout):
                 return
             try:
-                last = self._check_pool(last)
+                if stopping:
+                    stopping = not self._end_pool_wait()
+                else:
+                    last = self._check_pool(last)
             except Exception as exc:  # noqa: BLE001 - a watcher must never break the run it watches
                 self.report(f"pool watcher: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
 
