@@ -35,10 +35,11 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embed_pipeline.lib.evaluation import report_markdown
-    from embed_pipeline.lib.inputs import validate_inputs
+    from embed_pipeline.lib.inputs import check_environment, validate_inputs
     from embed_pipeline.lib.io import read_json
 
     session = Session(args.config)
+    check_environment(session.config, os.environ)
     summary = validate_inputs(session.config)
     say("inputs checked: " + "; ".join(summary))
     session.recover()

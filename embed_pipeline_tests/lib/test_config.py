@@ -190,3 +190,13 @@ def test_an_mlflow_store_that_cannot_be_opened_fails_the_command_in_one_line_bef
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("[embed-pipeline] MLflow error: cannot reach the MLflow store at sqlite:////proc/no-such-dir")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_an_llm_key_variable_that_is_not_set_is_a_config_error_before_any_work(tmp_path):
+    from embed_pipeline.lib.inputs import check_environment
+
+    config = load_config(write(tmp_path, BASE + "synthetic: {generator: llm, llm: {model: m, api_key_env: LLM_KEY}}\n"))
+    with pytest.raises(ConfigError, match="synthetic.llm.api_key_env names 'LLM_KEY', which is not set in the environment"):
+        check_environment(config, {"PATH": "/usr/bin"})
+    check_environment(config, {"LLM_KEY": "secret"})
+    check_environment(load_config(write(tmp_path, BASE)), {})  # offline: no key needed
