@@ -23,7 +23,7 @@ function, against the full 5,183-abstract corpus (exact search): rows
 plus training time and pairs/s. Corpus embeddings go through the pipeline's embedding cache at the
 config's `index.encode_precision`, so only fine-tuned models are re-encoded. Prints, per seed and as
 the mean over seeds, the recall@10 lift of (a) and (b) over stock and their ratio, and each hybrid's
-lift over its dense model against issue 12's targets. (b)'s model is kept per seed and settings
+lift over its dense model against the targets that make hybrid worth serving. (b)'s model is kept per seed and settings
 under benchmarks/.cache; `--reuse-models` evaluates a kept model instead of retraining it.
 Then the served-parity check: for dense, hybrid convex and hybrid RRF (rrf_k 20), (b) is judged
 by `evaluate` through its own FAISS index, promoted into a scratch artifacts folder (the spec copied
@@ -473,7 +473,7 @@ def report(rows: list[dict], name: str = "(b) pipeline") -> None:
 
 
 def report_hybrid(table: pd.DataFrame, name: str) -> None:
-    """Each fusion's lift over the dense model `name` against issue 12's targets (mean recall@10 >=
+    """Each fusion's lift over the dense model `name` against the targets that make hybrid worth serving (mean recall@10 >=
     +0.01 and nDCG@10 >= +0.015, no seed below dense by more than 0.005), and BM25 against the
     bm25s reference."""
     by = table.set_index(["seed", "model"])

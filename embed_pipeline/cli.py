@@ -13,6 +13,8 @@ Exit codes:
   2  config or input error (a bad key or value, a missing or malformed file), found before any work
   3  `run` and `demo`: everything ran and the promotion gate refused the candidate (a normal
      outcome; the run itself is green in the UI, the gate's check is a warning)
+  128+N  interrupted by signal N (130 Ctrl-C, 143 SIGTERM, 129 a closed terminal): the run is
+     canceled, its pool slots freed, and the one line printed says what it was doing
 """
 
 from __future__ import annotations
@@ -20,23 +22,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, root_cause, say
+from embed_pipeline.run_watch import RunInterrupted
 from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
+from embed_pipeline.lib.tracking import RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embed_pipeline.lib.evaluation import report_markdown
-    from embed_pipeline.lib.inputs import validate_inputs
+    from embed_pipeline.lib.inputs import check_environment, validate_inputs
     from embed_pipeline.lib.io import read_json
 
     session = Session(args.config)
+    check_environment(session.config, os.environ)
     summary = validate_inputs(session.config)
     say("inputs checked: " + "; ".join(summary))
     session.recover()
@@ -80,12 +84,17 @@ def _say_quarantines(result) -> None:
     import pandas as pd
 
     corpus, curated, pairs = (output(result, n) for n in ("corpus", "curated_pairs", "training_pairs"))
+    def first(path: str) -> str:
+        row = pd.read_parquet(path).iloc[0]
+        return f"first: {row['file'] + ' ' if 'file' in row else ''}line {row['line']}: {row['reason']}"
+
     if corpus is not None:
         quarantined = len(pd.read_parquet(corpus.quarantine_path))
         if quarantined:
-            say(f"quarantined {quarantined} corpus row(s): {corpus.quarantine_path}")
+            say(f"quarantined {quarantined} corpus row(s) ({first(corpus.quarantine_path)}): {corpus.quarantine_path}")
     if curated is not None and curated.quarantined:
-        say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s): {curated.files['quarantine']}")
+        say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s) ({first(curated.files['quarantine'])}): "
+            f"{curated.files['quarantine']}")
     if pairs is not None and pairs.quarantined:
         say(f"dropped {pairs.quarantined} training pair(s) leaking an eval query (decontamination): {pairs.files['leaks']}")
 
@@ -218,13 +227,17 @@ def main(argv: list[str] | None = None) -> int:
                            help="default: what the served pointer names (the gate judged that mode)")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    # A closed terminal (SIGHUP) is handled like Ctrl-C: the run is marked canceled and its pool slot freed.
-    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     try:
         return args.func(args)
     except (ConfigError, InputError) as exc:
         say(f"{'config' if isinstance(exc, ConfigError) else 'input'} error: {' '.join(str(exc).split())}")
         return EXIT_CONFIG
+    except RegistryError as exc:  # the MLflow store cannot be reached at the start: nothing was run
+        say(f"MLflow error: {' '.join(str(exc).split())}")
+        return EXIT_FAILED
+    except RunInterrupted as exc:  # SIGINT, SIGTERM or SIGHUP during a run: it was canceled cleanly
+        say(str(exc))
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ import contextlib
 import os
 import shutil
 import sys
-import threading
+import uuid
 from pathlib import Path
 
 from embed_pipeline.lib.config import DEMO_CONFIG, PipelineConfig, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-POOL = "gpu"
 
 
 def say(message: str) -> None:
@@ -43,6 +42,7 @@ class Session:
     def __init__(self, config_path: str | None):
         self.config_path = str(Path(config_path or DEMO_CONFIG).expanduser().resolve())
         self.config = load_config(self.config_path)
+        self._tracker = None
         os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
         say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
 
@@ -59,20 +59,26 @@ class Session:
         return build_defs(self.config_path)
 
     def tracker(self):
+        """The MLflow tracker of this config (made once: opening a new store runs its migrations)."""
         from embed_pipeline.defs.resources import MlflowResource
 
-        return MlflowResource().tracker(self.config)
+        if self._tracker is None:
+            self._tracker = MlflowResource().tracker(self.config)
+        return self._tracker
 
     def recover(self) -> None:
         """Fail runs of this host whose process is gone, free their pool slots, end their MLflow runs."""
-        from embed_pipeline.defs.recovery import recover_dead_runs
-        from embed_pipeline.lib.tracking import close_orphaned_runs
-
-        tracker = self.tracker()
-        for dead in recover_dead_runs(self.instance, lambda run_id: close_orphaned_runs(tracker, run_id)):
+        self.tracker()  # opened now: an MLflow store that cannot be reached fails the command before any work
+        for dead in self._recover_dead(self.instance):
             say(f"recovered dead run {dead.run_id} ({dead.job_name}, process {dead.pid} is gone): marked failed, "
                 f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; "
                 "training resumes from its last checkpoint")
+
+    def _recover_dead(self, instance) -> list:
+        from embed_pipeline.defs.recovery import recover_dead_runs
+        from embed_pipeline.lib.tracking import close_orphaned_runs
+
+        return recover_dead_runs(instance, lambda run_id: close_orphaned_runs(self.tracker(), run_id))
 
     def reconcile(self) -> None:
         from embed_pipeline.defs.resources import MlflowResource
@@ -81,47 +87,38 @@ class Session:
         for line in reconcile_served(self.config, MlflowResource()):
             say(f"reconciled: {line}")
 
-    def execute(self, job_name: str, verbose: bool = False, **kwargs):
-        """Run a job in this process (tagged with our pid, so a later CLI can recover it if we die)."""
-        from embed_pipeline.defs.recovery import process_tags
+    def execute(self, job, verbose: bool = False, pool_check_seconds: float = 3.0, **kwargs):
+        """Run a job (a name in the definitions, or a job definition) in this process, tagged with our
+        pid so a later CLI can recover it if we die.
 
-        job = self.defs.resolve_job_def(job_name)
+        While it runs, a watcher recovers dead holders of the `gpu` pool it waits for (checked every
+        `pool_check_seconds`); SIGINT, SIGTERM and SIGHUP cancel it and raise `RunInterrupted` once it
+        has ended (embed_pipeline/run_watch.py). Interrupt tracebacks are cut unless `verbose`.
+        """
+        from embed_pipeline.defs.recovery import process_tags
+        from embed_pipeline.run_watch import RunWatch, quiet_console_logger
+
+        job = self.defs.resolve_job_def(job) if isinstance(job, str) else job
+        if not verbose:
+            job = job.with_logger_defs({"console": quiet_console_logger()})
         log_level = "DEBUG" if verbose else "INFO"
         run_config = {**kwargs.pop("run_config", {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
+        instance = self.instance  # one instance object: the watcher listens to its events
+        run_id = str(uuid.uuid4())  # known before the run starts: the watcher listens for its events
+        watch = RunWatch(instance, run_id, job.name, say, lambda: self._recover_dead(instance), pool_check_seconds)
         # Libraries print progress to stdout (the trainer's loss lines); keep stdout for results.
-        with contextlib.redirect_stdout(sys.stderr), _pool_watch(self.instance):
-            return job.execute_in_process(instance=self.instance, raise_on_error=False, run_config=run_config,
-                                          tags={**kwargs.pop("tags", {}), **process_tags()}, **kwargs)
-
-
-@contextlib.contextmanager
-def _pool_watch(instance, every: float = 20.0):
-    """While a run executes, say at INFO level when one of its steps waits for the `gpu` pool, and who holds it."""
-    import dagster as dg
-
-    from embed_pipeline.defs.recovery import PID_TAG, pool_holders
-
-    stop = threading.Event()
-
-    def watch():
-        while not stop.wait(every):
-            try:
-                mine = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
-                                                              tags={PID_TAG: str(os.getpid())}), limit=5)
-                for record in mine:
-                    waiting, holders = pool_holders(instance, POOL, record.dagster_run.run_id)
-                    if waiting:
-                        say(f"step(s) {', '.join(waiting)} waiting for pool '{POOL}' (limit reached), held by "
-                            f"{'; '.join(holders) or 'a slot not yet freed'}; a dead holder is recovered at the next start")
-            except Exception:  # noqa: BLE001 - a watcher must never break the run it watches
-                continue
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
+        try:
+            with contextlib.redirect_stdout(sys.stderr), watch.watching():
+                result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config,
+                                                run_id=run_id, tags={**kwargs.pop("tags", {}), **process_tags()},
+                                                **kwargs)
+        except KeyboardInterrupt:  # a signal before Dagster took over its handling (run setup)
+            if (interrupted := watch.interrupted()) is None:
+                raise
+            raise interrupted from None
+        if (interrupted := watch.interrupted()) is not None:
+            raise interrupted
+        return result
 
 
 def check_evaluations(result):

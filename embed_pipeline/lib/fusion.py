@@ -11,7 +11,7 @@ Two ways to fuse each query's two candidate lists (ids best first, with their sc
   2w / (rrf_k + dense rank) + 2(1 - w) / (rrf_k + lexical rank): w = 0.5 is plain RRF.
 
 On SciFact with a tuned dense model, plain RRF ranked below the dense model alone while a convex
-combination ranked above it over a range of weights (REFERENCES, issue 12): the weight matters,
+combination ranked above it over a range of weights (benchmarks/README.md, BM25 and hybrid): the weight matters,
 and `choose_dense_weight` picks it on a dev split, never on the eval set.
 """
 

@@ -72,9 +72,6 @@ class Tracker:
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
-    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(local_file), artifact_path)
-
     def register_model(self, name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
         """A new registered version whose source is the run's logged model folder; returns the version."""
         from mlflow.exceptions import MlflowException
@@ -115,9 +112,6 @@ class Tracker:
 
     def set_alias(self, name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
         self.client.set_registered_model_alias(name, alias, version)
-
-    def model_version(self, name: str, version: str):
-        return self.client.get_model_version(name, version)
 
 
 def mlflow_callback(tracker, run_id: str):

@@ -1,6 +1,8 @@
 """The promotion gate's clauses (each passing and failing), the promotion history, rollback, reconciliation."""
 
 import json
+import os
+import types
 
 import pytest
 
@@ -160,7 +162,10 @@ def test_pointer_swap_interrupted_mid_write_leaves_a_valid_pointer_that_reconcil
     def killed(src, dst):
         raise KeyboardInterrupt("killed between writing the new pointer and renaming it")
 
-    monkeypatch.setattr(io_module.os, "replace", killed)
+    # Only the io module's view of `os` loses its rename: the rest of the process keeps the real one.
+    io_without_rename = types.SimpleNamespace(**{**vars(os), "replace": killed})
+    monkeypatch.setattr(io_module, "os", io_without_rename)
+    assert os.replace is not killed
     with pytest.raises(KeyboardInterrupt):
         promote(tmp_path, _pointer("2"), "test", "second", registry.set_alias)
     monkeypatch.undo()
