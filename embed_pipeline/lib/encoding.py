@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEFAULT_BATCH_SIZE = 64
+CACHE_META = "meta.json"  # the settings a cache space was made for (read by retention)
 
 
 def load_model(name_or_path: str, device: str | None = None, max_seq_length: int | None = None, threads: int = 0):
@@ -86,10 +87,14 @@ class EncodeStats:
 
 
 class EmbeddingCache:
-    """Append-only vector store for one (model, prompt, precision) under `root`.
+    """Vector store for one (model, prompt, precision) under `root`, addressed by key.
 
-    Each `put` writes one new shard file (`shard-*.npz`, keys + float32 vectors) atomically, so
-    concurrent or crashed writers never corrupt what is there. Shards are read back together.
+    Each vector is its own small file, `<space>/<2 hex>/<digest of the key>.npy`, so `get` opens
+    exactly the files of the keys asked for (cost grows with the request, never with the cache)
+    and `put` writes each file to a temporary name and renames it into place: two runs putting at
+    once, or a writer killed mid-put, never leave a torn entry (the same key written twice holds
+    the same vector, so the last rename winning is harmless). Folders written by older versions
+    (`shard-*.npz`, many keys per file) are moved into this layout once, when the space is opened.
     """
 
     def __init__(self, root: Path, fingerprint: str, prompt: str, precision: str):
@@ -97,27 +102,52 @@ class EmbeddingCache:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root) / key
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "meta.json"
+        meta = self.dir / CACHE_META
         if not meta.exists():
-            meta.write_text(json.dumps(settings) + "\n")
+            tmp = self.dir / f".{CACHE_META}.{uuid.uuid4().hex}.tmp"
+            tmp.write_text(json.dumps(settings) + "\n")
+            os.replace(tmp, meta)
+        self._migrate_legacy_shards()
+
+    def entry(self, key: str) -> Path:
+        """The file that holds (or would hold) `key`'s vector."""
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+        return self.dir / digest[:2] / f"{digest}.npy"
 
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
-        wanted = set(keys)
+        """The cached vectors among `keys` (absent keys are left out)."""
         found: dict[str, np.ndarray] = {}
-        for shard in sorted(self.dir.glob("shard-*.npz")):
-            with np.load(shard) as data:
-                for k, v in zip(data["keys"].tolist(), data["vectors"], strict=True):
-                    if k in wanted:
-                        found[k] = v
+        for key in dict.fromkeys(keys):
+            try:
+                found[key] = np.load(self.entry(key))
+            except FileNotFoundError:
+                continue
         return found
 
     def put(self, keys: list[str], vectors: np.ndarray) -> None:
-        if not keys:
-            return
-        final = self.dir / f"shard-{uuid.uuid4().hex}.npz"
-        tmp = self.dir / f".{final.name}.tmp.npz"
-        np.savez(tmp, keys=np.array(keys), vectors=vectors.astype(np.float32))
-        os.replace(tmp, final)
+        if len(keys) != len(vectors):
+            raise ValueError(f"put: {len(keys)} keys but {len(vectors)} vectors")
+        for key, vector in zip(keys, np.asarray(vectors, dtype=np.float32), strict=True):
+            final = self.entry(key)
+            final.parent.mkdir(exist_ok=True)
+            tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex}.tmp")
+            with open(tmp, "wb") as handle:
+                np.save(handle, vector)
+            os.replace(tmp, final)
+
+    def _migrate_legacy_shards(self) -> None:
+        """Move vectors from the old many-keys-per-file layout into per-key files, then drop the old file.
+
+        Two processes may migrate the same file at once: both write the same entries, and the one
+        that finds the file already gone skips it.
+        """
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            try:
+                with np.load(shard) as data:
+                    self.put(data["keys"].tolist(), data["vectors"])
+            except FileNotFoundError:
+                continue
+            shard.unlink(missing_ok=True)
 
 
 def encode_precision(precision: str = "auto", device: str = "cpu") -> str:
