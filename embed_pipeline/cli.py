@@ -23,7 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, root_cause, say
+from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, quiet_libraries, root_cause, say
 from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
 
@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="default: what the served pointer names (the gate judged that mode)")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_libraries()
     # A closed terminal (SIGHUP) is handled like Ctrl-C: the run is marked canceled and its pool slot freed.
     signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     try:

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from embed_pipeline.lib.config import DEMO_CONFIG, PipelineConfig, load_config
@@ -22,6 +23,19 @@ POOL = "gpu"
 
 def say(message: str) -> None:
     print(f"[embed-pipeline] {message}", file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter out of the default output: progress bars (model loading, encoding, in
+    this process and the ones it starts) and Dagster's beta-parameter warning. Our own progress
+    lines (training steps, encodes with an ETA) say the same things once; `--verbose` skips this.
+
+    Set before the libraries are imported (they read the switches at import) and inherited by
+    child processes (training ranks, encoding workers) through the environment.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers' bars
+    os.environ.setdefault("TQDM_DISABLE", "1")  # any other tqdm bar left on by default
+    warnings.filterwarnings("ignore", message=r".*is currently in beta")
 
 
 def dagster_home(config: PipelineConfig) -> Path:

@@ -93,7 +93,7 @@ def eval_report(
     dev_queries, dev_relevant = training_dev_queries(pd.read_parquet(hard_negatives.path), config.training)
 
     def encode(model_ref: str, queries: list[str]):
-        vectors = embed(config, model_ref, passages, queries)
+        vectors = embed(config, model_ref, passages, queries, context.log.info)
         return vectors.query_vectors, vectors.corpus_vectors
 
     models = {"base": config.base_model,
