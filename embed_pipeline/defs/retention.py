@@ -3,6 +3,7 @@ per asset, and the snapshots, handles, cached vectors and shard embeddings no ke
 needs (lib/retention.py); never what serving, the champion or a rollback still needs, nor a
 running run's files."""
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +13,7 @@ from embed_pipeline.defs.jobs import training_job
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.config import PipelineConfig
 from embed_pipeline.lib.promotion import read_served, rollback_targets
-from embed_pipeline.lib.retention import RetentionResult, apply_retention_plan
+from embed_pipeline.lib.retention import RetentionResult, apply_retention_plan, prune_logged_models
 
 IN_PROGRESS = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.QUEUED,
                dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.CANCELING]
@@ -38,15 +39,18 @@ def pinned_runs(instance: dg.DagsterInstance) -> set[str]:
 
 
 def apply_retention(config: PipelineConfig, mlflow: MlflowResource, instance: dg.DagsterInstance) -> RetentionResult:
-    champion = mlflow.tracker(config).alias_version(config.registered_model_name)
+    tracker = mlflow.tracker(config)
+    champion = tracker.alias_version(config.registered_model_name)
     busy = instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS))
-    return apply_retention_plan(
+    result = apply_retention_plan(
         config.artifacts_dir, config.retention.keep_versions,
         protected_paths(config, champion.tags.get("model_path") if champion else None),
         busy_runs={r.dagster_run.run_id for r in busy},
         busy_since=min((r.create_timestamp.timestamp() for r in busy), default=None),
         handles_dir=handles_dir(instance), pinned_runs=pinned_runs(instance),
     )
+    copies = prune_logged_models(tracker.client, config.registered_model_name, config.artifacts_dir)
+    return dataclasses.replace(result, removed={**result.removed, "logged model copies": copies})
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[training_job], name="retention_sensor",

@@ -13,6 +13,10 @@ What a run writes under `artifacts_dir`, and when it may go:
   entries, used by every run, stay as long as any kept run used it;
 - `checkpoints/`: a finished job deletes its own; what a failed or killed job left is kept for a
   retry of the same job (same data and settings resume from it), up to the newest `keep` folders.
+- the MLflow run's logged copy of a model (`mlruns/.../artifacts/model`, `prune_logged_models`):
+  once retention deleted the version's own model folder, when the copy lies in the pipeline's
+  local artifact store under `artifacts_dir` (a remote artifact store keeps its own policy). The
+  registered version and its run (params, metrics, tags) stay, tagged as pruned.
 A folder changed since the oldest run in progress started (`busy_since`) is never removed: that
 run may be writing it, or about to read it.
 """
@@ -23,6 +27,8 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from embed_pipeline.lib.artifacts import ASSETS_FOLDER, prune
 from embed_pipeline.lib.encoding import CACHE_META
@@ -103,6 +109,29 @@ def kept_fingerprints(artifacts_dir: Path, protected: set[Path], handles_dir: Pa
             for handle in (Path(handles_dir) / run).glob("*.json"):
                 found.update(_fingerprint_fields(handle, nested="fields"))
     return found
+
+
+def prune_logged_models(client, name: str, artifacts_dir: Path) -> list[Path]:
+    """Delete MLflow's logged copy of each version of registered model `name` whose own model folder
+    (its `model_path` tag) is gone, when the copy is a local folder under `artifacts_dir`.
+
+    `client` is an `MlflowClient`. Only such versions lose their copy: the served model, the
+    champion and rollback targets keep their folders (retention protects them), so their copies
+    stay too. Each pruned version is tagged `model_artifacts: pruned by retention`.
+    """
+    root = Path(artifacts_dir).resolve()
+    removed = []
+    for version in client.search_model_versions(f"name='{name}'"):
+        model_path = (version.tags or {}).get("model_path")
+        source = urlparse(version.source or "")
+        if not model_path or Path(model_path).exists() or source.scheme != "file":
+            continue
+        copy = Path(url2pathname(source.path)).resolve()
+        if root not in copy.parents or not copy.is_dir():
+            continue
+        removed += _remove([copy])
+        client.set_model_version_tag(name, version.version, "model_artifacts", "pruned by retention")
+    return removed
 
 
 def _fingerprint_fields(path: Path, nested: str | None = None) -> set[str]:

@@ -3,7 +3,10 @@ progress needs stays, the rest of each kind goes (real folders on disk)."""
 
 import json
 import os
+import shutil
 import time
+from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -100,3 +103,27 @@ def test_without_runs_in_progress_nothing_new_is_spared_and_a_second_pass_remove
     assert first.kept_fingerprints == {"fp-3", "base"}
     second = apply_retention_plan(root, keep=1, protected=set(), handles_dir=handles)
     assert second.count == 0 and second.summary() == "nothing"
+
+
+def test_the_logged_copy_of_a_pruned_model_goes_and_a_kept_ones_stays(tmp_path):
+    from embed_pipeline.lib.retention import prune_logged_models
+    from embed_pipeline.lib.tracking import Tracker
+
+    root = tmp_path / "artifacts"
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", (root / "mlruns").as_uri())
+    versions = {}
+    for run in ("old", "kept"):
+        model = root / "assets" / "embedding_model" / run / "model"
+        model.mkdir(parents=True)
+        (model / "model.safetensors").write_bytes(b"weights")
+        with tracker.open_run(run_name=run, tags={}) as run_id:
+            tracker.log_artifacts(run_id, model, "model")
+            versions[run] = tracker.register_model("m", run_id, "model", tags={"model_path": str(model)})
+    copies = {run: Path(urlparse(tracker.client.get_model_version("m", v).source).path) for run, v in versions.items()}
+    assert all((copy / "model.safetensors").is_file() for copy in copies.values())
+    shutil.rmtree(root / "assets" / "embedding_model" / "old")  # retention pruned the old run's folders
+
+    assert prune_logged_models(tracker.client, "m", root) == [copies["old"]]
+    assert not copies["old"].exists() and (copies["kept"] / "model.safetensors").is_file()
+    assert tracker.client.get_model_version("m", versions["old"]).tags["model_artifacts"] == "pruned by retention"
+    assert prune_logged_models(tracker.client, "m", root) == []  # already gone: nothing to do
