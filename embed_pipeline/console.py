@@ -30,11 +30,15 @@ def quiet_libraries() -> None:
     this process and the ones it starts) and Dagster's beta-parameter warning. Our own progress
     lines (training steps, encodes with an ETA) say the same things once; `--verbose` skips this.
 
-    Set before the libraries are imported (they read the switches at import) and inherited by
-    child processes (training ranks, encoding workers) through the environment.
+    The libraries read the environment switches at import, and child processes (training ranks,
+    encoding workers) inherit them; a library this process imported already is switched directly.
     """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers' bars
     os.environ.setdefault("TQDM_DISABLE", "1")  # any other tqdm bar left on by default
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=r".*is currently in beta")
 
 
