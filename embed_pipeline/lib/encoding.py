@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEFAULT_BATCH_SIZE = 64
-PIECE_BATCHES = 4  # batches encoded between two progress updates
+PIECE_BATCHES = 1  # batches encoded between two progress updates (a batch takes seconds on a CPU)
 CACHE_META = "meta.json"  # the settings a cache space was made for (read by retention)
 
 
@@ -221,8 +221,9 @@ def _encode_here(model, texts: list[str], batch_size: int, prompt: str, label: s
 
     sentence-transformers sorts the texts by length before batching (and restores the order),
     so a batch pads to similar lengths rather than to the longest passage in the corpus. With a
-    progress `line`, the texts are sorted by length here and encoded a few batches at a time (the
-    same batches, so the same padding), and the line advances after each piece; library bars stay off.
+    progress `line`, the texts are sorted by length here and encoded `PIECE_BATCHES` batches at a
+    time (the same batches, so the same padding), and the line advances after each piece; library
+    bars stay off. Longest first: the early rate is the slowest, so the first ETAs err long.
     """
     kwargs = {"prompt": prompt} if prompt else {}
     if line is None:
