@@ -9,7 +9,11 @@ sensors' own functions: `embed-pipeline run` (the training job), then, when the 
 `embed-pipeline promote` (the promotion sensor's decision), then the retention sensor's
 `apply_retention` with the config's retention settings. The config is the demo's
 (data/demo_config.yaml, or --config) with `section.key=value` overrides (YAML values) and
-`artifacts_dir` set to `--out`/artifacts; every run uses the same config, as a schedule does.
+`artifacts_dir` set to `--out`/artifacts; every run uses the same config, as a schedule does,
+except `training.seed`, set to the run's number: a night brings new pairs, so each night's
+candidate is a new model with its own cached vectors and shard embeddings (with one seed and the
+same data, training on a CPU is deterministic and every night would retrain the same weights;
+`--same-seed` shows that case).
 How many runs, not how long each trains, shapes the disk: shorten training with --set, and the
 corpus encode each new candidate costs with `--passages N` (a seeded sample of N passages of a
 JSON-lines corpus; the curated and eval qrels and the search logs are cut to those passages, so
@@ -34,7 +38,8 @@ import yaml
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def write_config(source: Path, overrides: list[str], artifacts: Path, target: Path, passages: int = 0) -> Path:
+def write_config(source: Path, overrides: list[str], artifacts: Path, target: Path, passages: int = 0,
+                 seed: int | None = None) -> Path:
     """The source YAML with overrides, its relative paths made absolute, `artifacts_dir` replaced, and
     with `passages` > 0 the inputs cut to a sample of that many passages (`subset_inputs`)."""
     raw = yaml.safe_load(source.read_text(encoding="utf-8"))
@@ -52,6 +57,8 @@ def write_config(source: Path, overrides: list[str], artifacts: Path, target: Pa
         section, name = key.split(".", 1)
         raw.setdefault(section, {})[name] = yaml.safe_load(value)
     raw["artifacts_dir"] = str(artifacts)
+    if seed is not None:
+        raw.setdefault("training", {})["seed"] = seed
     target.parent.mkdir(parents=True, exist_ok=True)
     if passages:
         raw = subset_inputs(raw, passages, target.parent)
@@ -137,6 +144,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=PROJECT / "data" / "demo_config.yaml")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
     parser.add_argument("--passages", type=int, default=0, help="a sample of N passages of the corpus only (0: all)")
+    parser.add_argument("--same-seed", action="store_true", help="keep the config's training.seed on every run")
     parser.add_argument("--out", type=Path, default=Path("/tmp/embed_pipeline_disk_growth"))
     args = parser.parse_args()
 
@@ -148,6 +156,8 @@ def main() -> int:
     rows = []
     for run in range(1, args.runs + 1):
         started = time.monotonic()
+        if not args.same_seed:
+            write_config(args.config.resolve(), args.set, artifacts, config_path, args.passages, seed=run)
         code = cli("run", "--config", str(config_path), env=env)
         if code not in (0, 3):
             raise SystemExit(f"run {run}: embed-pipeline run exited {code}")
