@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, root_cause, say
+from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, quiet_libraries, root_cause, say
 from embed_pipeline.run_watch import RunInterrupted
 from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="default: what the served pointer names (the gate judged that mode)")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_libraries()
     try:
         return args.func(args)
     except (ConfigError, InputError) as exc:

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 from embed_pipeline.lib.config import DEMO_CONFIG, PipelineConfig, load_config
@@ -21,6 +22,23 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def say(message: str) -> None:
     print(f"[embed-pipeline] {message}", file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter out of the default output: progress bars (model loading, encoding, in
+    this process and the ones it starts) and Dagster's beta-parameter warning. Our own progress
+    lines (training steps, encodes with an ETA) say the same things once; `--verbose` skips this.
+
+    The libraries read the environment switches at import, and child processes (training ranks,
+    encoding workers) inherit them; a library this process imported already is switched directly.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers' bars
+    os.environ.setdefault("TQDM_DISABLE", "1")  # any other tqdm bar left on by default
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r".*is currently in beta")
 
 
 def dagster_home(config: PipelineConfig) -> Path:

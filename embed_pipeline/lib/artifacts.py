@@ -7,7 +7,8 @@ from one asset to the next is a handle: a frozen record naming exactly the bytes
 Downstream assets read the handle they were given, never "the latest file".
 
 Retention (`prune`) keeps the newest N run folders per asset and never deletes a folder that the
-served pointer, the champion or a recent promotion (a rollback target) still needs.
+served pointer, the champion or a recent promotion (a rollback target) still needs; the other
+folders a run writes follow from what it keeps (lib/retention.py).
 """
 
 from __future__ import annotations

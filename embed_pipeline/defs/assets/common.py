@@ -44,14 +44,16 @@ def load_eval_set(config: PipelineConfig, passage_ids: set[str], curated: PairsH
     return EvalSet(queries=queries, relevant=relevance_map(loaded.pairs)), loaded
 
 
-def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str]):
-    """`embed_corpus_and_queries` with the config's cache, batch size, prompts, threads and precision."""
+def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str], on_progress=None):
+    """`embed_corpus_and_queries` with the config's cache, batch size, prompts, threads and precision
+    (`on_progress`: where its progress lines go, e.g. `context.log.info`)."""
     from embed_pipeline.lib.corpus import passage_texts
     from embed_pipeline.lib.encoding import embed_corpus_and_queries
 
     return embed_corpus_and_queries(model_ref, passage_texts(passages), queries, cache_dir(config),
                                     config.encode_batch_size, config.corpus_prompt, config.query_prompt,
-                                    config.index.encode_threads, config.index.encode_precision, config.index.encode_processes)
+                                    config.index.encode_threads, config.index.encode_precision, config.index.encode_processes,
+                                    on_progress=on_progress)
 
 
 def shard_dir(config: PipelineConfig, fingerprint: str) -> Path:

@@ -96,7 +96,7 @@ def eval_report(
                          "older version) to choose the hybrid's dense weight on: retrain it, or set retrieval.dense_weight")
 
     def encode(model_ref: str, queries: list[str]):
-        vectors = embed(config, model_ref, passages, queries)
+        vectors = embed(config, model_ref, passages, queries, context.log.info)
         return vectors.query_vectors, vectors.corpus_vectors
 
     models = {"base": config.base_model,

@@ -24,7 +24,7 @@ def corpus_index(context: dg.AssetExecutionContext, corpus: CorpusHandle, embedd
                      f"v{embedding_model.version} (cached passages are reused)")
     done = embed_shards(model, fingerprint, shards, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
-                        config.index.encode_processes, config.index.encode_threads)
+                        config.index.encode_processes, config.index.encode_threads, context.log.info)
     # The precision of the corpus vectors goes into the candidate's retrieval spec: served queries are encoded alike.
     meta = {"model_dir": embedding_model.model_dir, "model_version": embedding_model.version, "model_fingerprint": fingerprint,
             "encode_precision": ", ".join(sorted({s.precision for s in done.values()}))}

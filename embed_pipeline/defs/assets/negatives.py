@@ -26,7 +26,7 @@ def hard_negatives(
     passages = read_corpus(corpus)
     pairs = pd.read_parquet(training_pairs.path)
     query_texts = list(dict.fromkeys(pairs["query"]))
-    base = embed(config, config.resolved_base_model, passages, query_texts)
+    base = embed(config, config.resolved_base_model, passages, query_texts, context.log.info)
     fingerprint, corpus_vectors, query_vectors, corpus_stats = (base.fingerprint, base.corpus_vectors,
                                                                 base.query_vectors, base.corpus_stats)
     context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}): {len(passages)} passages, "

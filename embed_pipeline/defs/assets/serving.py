@@ -33,7 +33,7 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
                      f"model {model_ref}")
     done = embed_shards(model, fingerprint, wanted, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
-                        config.index.encode_processes, config.index.encode_threads)
+                        config.index.encode_processes, config.index.encode_threads, context.log.info)
     rows = ["| shard | passages | encoded | from cache | removed |", "|---|---|---|---|---|"]
     rows += [f"| {k} | {s.passages} | {s.encoded} | {s.reused} | {s.removed} |" for k, s in done.items()]
     # No value: one run may materialise many partitions, which Dagster's IO managers cannot store.

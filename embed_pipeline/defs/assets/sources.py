@@ -141,7 +141,7 @@ def synthetic_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pip
     generated = generator.generate(sample_passages(passages, s.max_passages, s.seed), s, config.artifacts_dir / "llm_cache")
     pairs, round_trip_md = generated.pairs, {"round_trip": "off"}
     if s.round_trip and len(pairs):
-        base = embed(config, config.resolved_base_model, passages, list(pairs["query"]))
+        base = embed(config, config.resolved_base_model, passages, list(pairs["query"]), context.log.info)
         kept, ranks = round_trip_filter(pairs, base.query_vectors, list(passages["passage_id"]), base.corpus_vectors,
                                         s.round_trip_k)
         round_trip_md = {"round_trip_k": s.round_trip_k, "generated": len(pairs), "kept_by_round_trip": len(kept),
