@@ -1,7 +1,8 @@
 """From mined training triples to a registered model: the one path the asset and the benchmarks share.
 
 Reads like a sentence-transformers training script: hold out a dev split, shape the columns, train
-(one process, or `training.processes` DDP ranks through torchrun), save, log, register. Around
+(one process, `training.processes` DDP ranks through torchrun, or with `compute.engine: ray`
+`compute.train_workers` Ray Train workers across a cluster's nodes), save, log, register. Around
 it, one MLflow run: every config value and data count as params, per-step loss and dev nDCG@10 as
 metrics, library versions, device and precision as tags, the model folder as an artifact, and one
 new registered version whose source is that artifact.
@@ -9,6 +10,7 @@ new registered version whose source is that artifact.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import pandas as pd
 from embed_pipeline.lib.config import PipelineConfig, config_as_params
 from embed_pipeline.lib.corpus import passage_texts
 from embed_pipeline.lib.distributed_training import MlflowTarget, build_callbacks, train_distributed
+from embed_pipeline.lib.ray_training import train_on_ray
 from embed_pipeline.lib.tracking import Tracker, library_versions, mlflow_callback
 from embed_pipeline.lib.training import TrainResult, train_model
 from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
@@ -72,6 +75,9 @@ def fine_tune(
     Whatever fails, the MLflow run ends FAILED and nothing is registered.
     """
     settings = config.training
+    on_ray = config.compute.engine == "ray"
+    if on_ray:  # N Ray Train workers are N DDP processes: same batches, same per-rank checkpoint state
+        settings = dataclasses.replace(settings, processes=config.compute.train_workers)
     texts = dict(zip(passages["passage_id"], passage_texts(passages), strict=True))
     train_rows, dev_rows = split_dev(triples, settings.dev_share, settings.dev_max_queries, settings.seed)
     columns, padded = training_columns(train_rows, texts, settings.num_negatives, settings.seed)
@@ -89,19 +95,25 @@ def fine_tune(
             "data.base_model_fingerprint": base_fingerprint, "checkpoint_key": job_key,
         })
         tracker.set_tags(run_id, library_versions())
-        if settings.processes == 1:
+        if settings.processes == 1 and not on_ray:
             result = train_model(
                 config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
                 dev=dev, callbacks=[mlflow_callback(tracker, run_id), *build_callbacks(callbacks)], on_progress=on_progress,
             )
         else:
             experiment = tracker.client.get_experiment(tracker.experiment_id)
-            result = train_distributed(
-                config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
-                processes=settings.processes, job_dir=checkpoint_dir.with_name(f"{job_key}.job-{uuid.uuid4().hex[:8]}"), dev=dev,
-                mlflow=MlflowTarget(tracker.tracking_uri, experiment.name, experiment.artifact_location, run_id),
-                callbacks=callbacks, on_progress=on_progress,
-            )
+            target = MlflowTarget(tracker.tracking_uri, experiment.name, experiment.artifact_location, run_id)
+            job_dir = checkpoint_dir.with_name(f"{job_key}.job-{uuid.uuid4().hex[:8]}")
+            if on_ray:
+                result = train_on_ray(
+                    config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                    compute=config.compute, job_dir=job_dir, dev=dev, mlflow=target, callbacks=callbacks, on_progress=on_progress,
+                )
+            else:
+                result = train_distributed(
+                    config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                    processes=settings.processes, job_dir=job_dir, dev=dev, mlflow=target, callbacks=callbacks, on_progress=on_progress,
+                )
         summary = {"train_seconds": result.train_seconds, "dev_eval_seconds": result.dev_seconds,
                    "pairs_per_second": result.pairs_per_second, "final_loss": result.final_loss,
                    "resumed_from_step": result.resumed_from_step}
