@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from embed_pipeline.lib.metrics import METRICS
 from embed_pipeline_tests.ray_cluster import require_cluster, run_scenario
 
 SCENARIOS = "embed_pipeline_tests.test_ray_training"
@@ -145,3 +146,60 @@ def test_two_ray_train_workers_on_two_nodes_train_like_two_torchrun_ranks(tmp_pa
     for step in ("3", "4"):
         assert ray["loss"][step] == pytest.approx(torchrun["loss"][step], rel=1e-3), step
     assert ray["dev_ndcg"] == pytest.approx(torchrun["dev_ndcg"], abs=0.02)
+
+
+def pipeline_runs_on_ray(cluster, root: str, model_path: str) -> dict:
+    """Scenario: `embed-pipeline run` on the fixture project with `compute.engine: ray`, as a user runs it."""
+    import os
+    import time
+
+    import mlflow
+    import ray
+    from ray.util.state import list_actors
+
+    from embed_pipeline_tests.fixture_data import write_project
+
+    root = Path(root)
+    (root / "dagster_home").mkdir(parents=True)
+    with mlflow_server(root / "mlflow") as uri:
+        config = write_project(root / "project", model_path, mlflow_tracking_uri=uri,
+                               compute={"engine": "ray", "ray_address": cluster.address, "train_workers": 2})
+        started = time.perf_counter()
+        done = subprocess.run([str(Path(sys.executable).parent / "embed-pipeline"), "run", "--config", str(config), "--json"],
+                              capture_output=True, text=True, env={**os.environ, "DAGSTER_HOME": str(root / "dagster_home")})
+        seconds = time.perf_counter() - started
+        if done.returncode not in (0, 3):
+            raise RuntimeError(f"embed-pipeline run exited {done.returncode}:\n{done.stderr[-4000:]}")
+        report = json.loads(done.stdout)
+        client = mlflow.tracking.MlflowClient(uri)
+        run = client.get_run(report["models"]["candidate"]["run_id"])
+        ray.init(address=cluster.address)
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+        return {
+            "exit_code": done.returncode, "seconds": seconds, "gate": report["gate"], "candidate": report["candidate"],
+            "run": {"status": run.info.status, "engine": run.data.params["compute.engine"], "processes": run.data.tags["processes"],
+                    "loss_steps": sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))},
+            "version_run": client.get_model_version(report["models"]["candidate"]["name"], report["models"]["candidate"]["version"]).run_id,
+            "train_worker_nodes": sorted(a.node_id for a in workers),
+            "nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
+            "output": done.stderr,
+        }
+
+
+@pytest.mark.slow
+def test_embed_pipeline_run_trains_on_the_ray_cluster_end_to_end(tmp_path, tiny_model_path):
+    require_cluster()
+
+    out = run_scenario(f"{SCENARIOS}:pipeline_runs_on_ray", {"root": str(tmp_path), "model_path": tiny_model_path},
+                       tmp_path / "cluster", timeout=900)
+
+    print(json.dumps({k: out[k] for k in ("exit_code", "seconds", "gate", "candidate")}))
+    assert out["exit_code"] == (0 if out["gate"]["passed"] else 3), "exit code follows the gate's verdict"
+    assert out["gate"]["passed"], out["gate"]  # the fixture's gate is permissive: the run promotes
+    assert set(out["candidate"]) == set(METRICS)
+    steps = out["run"].pop("loss_steps")
+    assert steps and steps == list(range(1, len(steps) + 1)), "rank 0 logged every step into the step's run"
+    assert out["run"] == {"status": "FINISHED", "engine": "ray", "processes": "2"}
+    assert out["version_run"] is not None
+    assert out["train_worker_nodes"] == out["nodes"], "the two training workers ran one on each node"
+    assert "promotion gate: PASSED" in out["output"]

@@ -85,6 +85,11 @@ def fine_tune(
     job_key = checkpoint_key("-".join(data_versions.values()), settings, f"{config.base_model}:{base_fingerprint}")
     checkpoint_dir = Path(checkpoint_root) / job_key
 
+    if on_ray:  # before the MLflow run opens: a cluster that cannot do the work fails the step before any work
+        from embed_pipeline.lib.ray_runtime import connect_and_check
+
+        connect_and_check(config.compute, config.artifacts_dir)
+
     with tracker.open_run(run_name=run_name, tags=tags) as run_id:
         tracker.log_params(run_id, {
             **config_as_params(config),

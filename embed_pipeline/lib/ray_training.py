@@ -111,7 +111,7 @@ def train_on_ray(
         raise _failure(exc, job_dir, workers) from None
     finally:
         forwarder.finish()
-        ray.kill(progress.actor)
+        progress.shutdown(force=True)
     result = read_result(job_dir)
     shutil.rmtree(job_dir, ignore_errors=True)
     return result
