@@ -101,14 +101,18 @@ def train_on_ray(
         train_loop_config={"job_dir": str(job_dir), "progress": progress},
         torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=on_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=job_dir.name, storage_path=str(job_dir / "ray"), failure_config=FailureConfig(max_failures=0)),
+        # No retries inside the step: a lost worker fails the step (its retry resumes from the
+        # checkpoints), and workers the cluster cannot place fail it after Ray Train's start-up
+        # timeout instead of being waited for forever.
+        run_config=RunConfig(name=job_dir.name, storage_path=str(job_dir / "ray"),
+                             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0)),
     )
     forwarder = _Forwarder(progress, on_progress or log.info)
     forwarder.start()
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise _failure(exc, job_dir, workers) from None
+        raise _failure(exc, job_dir, workers, resources, ray.cluster_resources()) from None
     finally:
         forwarder.finish()
         progress.shutdown(force=True)
@@ -172,11 +176,19 @@ class _Forwarder(threading.Thread):
         self.join(timeout=30)
 
 
-def _failure(exc: Exception, job_dir: Path, workers: int) -> WorkerFailedError:
-    """The error naming the worker that failed: its rank, its node, and what happened to it."""
+def _failure(exc: Exception, job_dir: Path, workers: int, per_worker: dict, cluster: dict) -> WorkerFailedError:
+    """The error naming the worker that failed: its rank, its node, and what happened to it.
+
+    Without a failed worker (Ray Train's controller failed, e.g. the workers could not be placed):
+    what was asked for, what the cluster has, and Ray's reason.
+    """
     failures = getattr(exc, "worker_failures", None) or {}
     if not failures:
-        return WorkerFailedError(f"Ray Train failed before naming a worker: {_describe(exc)} (job folder kept: {job_dir})",
+        cause = getattr(exc, "controller_failure", exc)
+        reason = _describe(cause).split(". ")[0]
+        total = {name: cluster.get(name, 0) for name in per_worker}
+        return WorkerFailedError(f"Ray Train could not run {workers} training workers of {_resources(per_worker)} each "
+                                 f"(the cluster has {_resources(total)} in all): {reason} (job folder kept: {job_dir})",
                                  None, None)
     # When one worker dies, the others fail in the gather or all-reduce waiting for it: blame the
     # first failure that is not such a communication error.
@@ -203,3 +215,7 @@ def _describe(error: Exception) -> str:
         return f"its process died: {' '.join(died.group(1).split())}{where_logged}"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return f"{type(error).__name__}: {first}{where_logged}" if first else type(error).__name__
+
+
+def _resources(amounts: dict) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in amounts.items())
