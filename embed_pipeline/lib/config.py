@@ -395,6 +395,15 @@ class ComputeConfig:
             raise ValueError(f"encode_actors_max {self.encode_actors_max} < encode_actors {self.encode_actors}")
         return self
 
+    @model_validator(mode="after")
+    def _ray_installed(self):
+        # Found at load, not when the first encode starts: Ray is an optional extra.
+        import importlib.util
+
+        if self.engine == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("engine 'ray' needs Ray installed: pip install 'embed-pipeline[cpu,ray]'")
+        return self
+
 
 @_section
 class PipelineConfig:

@@ -7,13 +7,14 @@ re-embedding touches nothing else, and shards of two precisions are never merged
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from embed_pipeline.lib.encoding import DEFAULT_BATCH_SIZE, EncodePool, encode_cached, encode_pool
+from embed_pipeline.lib.text import text_hash
 
 SHARD_SUFFIX = ".npz"
 
@@ -108,22 +109,50 @@ def embed_shards(
     precision: str = "auto",
     processes: int = 1,
     threads: int = 0,
+    cluster=None,
 ) -> dict[str, ShardEmbeddings]:
     """Embed each shard (key -> passages) into `out_dir/<key>.npz` with one loaded model.
 
     Passages whose text the cache already holds for this model are not re-encoded, so a shard
     with 1 edited passage out of 1,000 costs one forward pass, not a thousand. `precision` as in
     `encoding.encode`; `processes` > 1 encodes through one `EncodePool` shared by all the shards,
-    splitting `threads` (0 = the cores available) among its workers.
+    splitting `threads` (0 = the cores available) among its workers; with `cluster` (a
+    `ray_encoding.RayEncoding`) one Ray actor pool encodes for all the shards instead.
     """
     from embed_pipeline.lib.corpus import passage_texts
 
-    with encode_pool(model, processes, threads) as pool:
-        return {
-            key: write_shard_embeddings(model, fingerprint, list(frame["passage_id"]), passage_texts(frame), cache_root,
+    texts = {key: passage_texts(frame) for key, frame in shards.items()}
+    with encode_pool(model, processes, threads, cluster) as pool:
+        fresh = None
+        if cluster is not None:
+            # One cluster pipeline for every shard's uncached texts (each actor loads the model
+            # once, not once per shard); the shard files are then written from the cache.
+            fresh = _encode_uncached(model, fingerprint, [t for ts in texts.values() for t in ts], cache_root,
+                                     batch_size, prompt, precision, pool)
+        done = {
+            key: write_shard_embeddings(model, fingerprint, list(frame["passage_id"]), texts[key], cache_root,
                                         Path(out_dir) / f"{key}{SHARD_SUFFIX}", batch_size, prompt, precision, pool)
             for key, frame in shards.items()
         }
+    if fresh is None:
+        return done
+    # Count per shard what the one pipeline encoded for it, as the per-shard encodes would have.
+    for key, shard in done.items():
+        unique = {text_hash(t) for t in texts[key]}
+        encoded = len(unique & fresh)
+        done[key] = replace(shard, encoded=encoded, reused=len(unique) - encoded)
+    return done
+
+
+def _encode_uncached(model, fingerprint: str, texts: list[str], cache_root: Path, batch_size: int, prompt: str,
+                     precision: str, pool) -> set[str]:
+    """Put every text of `texts` into the cache in one `encode_cached` call; returns the hashes it encoded."""
+    from embed_pipeline.lib.encoding import EmbeddingCache, _pool_precision
+
+    keys = list({text_hash(t) for t in texts})
+    cached = EmbeddingCache(cache_root, fingerprint, prompt, _pool_precision(pool, precision, model)).get(keys)
+    encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False, precision=precision, pool=pool)
+    return set(keys) - set(cached)
 
 
 def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:

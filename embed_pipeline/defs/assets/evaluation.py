@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import embed, load_eval_set, output_dir, read_corpus
+from embed_pipeline.defs.assets.common import embed, load_eval_set, output_dir, ray_encoding, ray_metadata, read_corpus
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle, NegativesHandle, PairsHandle, ReportHandle
 from embed_pipeline.lib.evaluation import Contenders, evaluate, record_evaluation, report_markdown, write_report
@@ -92,8 +92,10 @@ def eval_report(
                      f"{'champion v' + champion['version'] if champion else 'no champion (base stands in)'} and the candidate")
     dev_queries, dev_relevant = training_dev_queries(pd.read_parquet(hard_negatives.path), config.training)
 
+    cluster = ray_encoding(context, config)
+
     def encode(model_ref: str, queries: list[str]):
-        vectors = embed(config, model_ref, passages, queries)
+        vectors = embed(config, model_ref, passages, queries, cluster)
         return vectors.query_vectors, vectors.corpus_vectors
 
     models = {"base": config.base_model,
@@ -119,7 +121,8 @@ def eval_report(
                      f"{report[judged]['recall@10']:.4f} ({judged}), 95% CI of the lift [{ci['low']:+.4f}, {ci['high']:+.4f}]; "
                      f"gate {'passed' if report['gate']['passed'] else 'refused: ' + report['gate']['summary']}")
     return dg.MaterializeResult(value=ReportHandle(str(path), bool(report["gate"]["passed"])),
-                                metadata={**report_metadata(report, path, plots), "config_hash": pipeline.config_hash})
+                                metadata={**report_metadata(report, path, plots), "config_hash": pipeline.config_hash,
+                                          **ray_metadata(cluster)})
 
 
 def _leakage_counts(context: dg.AssetExecutionContext) -> dict:
