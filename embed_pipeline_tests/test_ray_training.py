@@ -149,10 +149,12 @@ def test_two_ray_train_workers_on_two_nodes_train_like_two_torchrun_ranks(tmp_pa
 
 
 def pipeline_runs_on_ray(cluster, root: str, model_path: str) -> dict:
-    """Scenario: `embed-pipeline run` on the fixture project with `compute.engine: ray`, as a user runs it."""
+    """Scenario: `embed-pipeline run` on the fixture project with `compute.engine: ray`, as a user runs it
+    (training on Ray Train, the corpus encodes on Ray Data)."""
     import os
     import time
 
+    import dagster as dg
     import mlflow
     import ray
     from ray.util.state import list_actors
@@ -175,7 +177,13 @@ def pipeline_runs_on_ray(cluster, root: str, model_path: str) -> dict:
         run = client.get_run(report["models"]["candidate"]["run_id"])
         ray.init(address=cluster.address)
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+        encoders = [a for a in list_actors(detail=True, limit=10_000) if "EncodeActor" in a.class_name]
+        os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
+        materialized = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("embedding_model"))
         return {
+            "model_metadata": {k: getattr(v, "value", v) for k, v in materialized.asset_materialization.metadata.items()
+                               if k in ("processes", "ray_dashboard")},
+            "encode_actor_nodes": sorted({a.node_id for a in encoders}),
             "exit_code": done.returncode, "seconds": seconds, "gate": report["gate"], "candidate": report["candidate"],
             "run": {"status": run.info.status, "engine": run.data.params["compute.engine"], "processes": run.data.tags["processes"],
                     "loss_steps": sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))},
@@ -203,3 +211,5 @@ def test_embed_pipeline_run_trains_on_the_ray_cluster_end_to_end(tmp_path, tiny_
     assert out["version_run"] is not None
     assert out["train_worker_nodes"] == out["nodes"], "the two training workers ran one on each node"
     assert "promotion gate: PASSED" in out["output"]
+    assert out["model_metadata"]["processes"] == 2 and out["model_metadata"]["ray_dashboard"].startswith("http://127.0.0.1:")
+    assert out["encode_actor_nodes"], "the corpus encodes went through Ray Data's actors too"

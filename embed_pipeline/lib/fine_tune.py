@@ -43,6 +43,7 @@ class TrainedModel:
     negatives_per_row: int
     padded_negatives: int  # random negatives added to rows with fewer mined ones
     checkpoint_key: str  # the folder under checkpoint_root a retry resumes from
+    ray_job_url: str | None = None  # the Ray dashboard's page of the job that trained it (compute.engine: ray)
 
     @property
     def precision(self) -> str:
@@ -85,10 +86,11 @@ def fine_tune(
     job_key = checkpoint_key("-".join(data_versions.values()), settings, f"{config.base_model}:{base_fingerprint}")
     checkpoint_dir = Path(checkpoint_root) / job_key
 
+    ray_job_url = None
     if on_ray:  # before the MLflow run opens: a cluster that cannot do the work fails the step before any work
         from embed_pipeline.lib.ray_runtime import connect_and_check
 
-        connect_and_check(config.compute, config.artifacts_dir)
+        ray_job_url = connect_and_check(config.compute, config.artifacts_dir).job_url
 
     with tracker.open_run(run_name=run_name, tags=tags) as run_id:
         tracker.log_params(run_id, {
@@ -135,5 +137,5 @@ def fine_tune(
         model_dir=Path(model_dir), mlflow_run_id=run_id, name=config.registered_model_name, version=version, training=result,
         training_rows=len(train_rows), dev_rows=len(dev_rows), dev_queries=len(dev.queries) if dev else 0,
         dev_passages=len(dev.corpus) if dev else 0, negatives_per_row=settings.num_negatives, padded_negatives=padded,
-        checkpoint_key=job_key,
+        checkpoint_key=job_key, ray_job_url=ray_job_url,
     )
