@@ -15,6 +15,9 @@ from embed_pipeline.lib.metrics import METRICS
 from embed_pipeline_tests.ray_cluster import require_cluster, run_scenario
 
 SCENARIOS = "embed_pipeline_tests.test_ray_training"
+# A cold worker process per node answers the shared-storage probe; on a busy 2-core CI machine
+# that can take longer than the 30 s default.
+RAY_COMPUTE = {"engine": "ray", "train_workers": 2, "connect_timeout_seconds": 120}
 
 
 @contextlib.contextmanager
@@ -82,7 +85,7 @@ def ray_and_torchrun_train_alike(cluster, root: str, model_path: str) -> dict:
         client = mlflow.tracking.MlflowClient(uri)
         out = {"nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]), "seconds": seconds}
         ray_training = {k: v for k, v in training.items() if k != "processes"}
-        arms = {"ray": {"compute": {"engine": "ray", "ray_address": cluster.address, "train_workers": 2}, "training": ray_training},
+        arms = {"ray": {"compute": {**RAY_COMPUTE, "ray_address": cluster.address}, "training": ray_training},
                 "torchrun": {"training": training}}
         for engine, overrides in arms.items():
             config = load_config(write_project(root / engine / "project", model_path, mlflow_tracking_uri=uri, **overrides))
@@ -165,7 +168,7 @@ def pipeline_runs_on_ray(cluster, root: str, model_path: str) -> dict:
     (root / "dagster_home").mkdir(parents=True)
     with mlflow_server(root / "mlflow") as uri:
         config = write_project(root / "project", model_path, mlflow_tracking_uri=uri,
-                               compute={"engine": "ray", "ray_address": cluster.address, "train_workers": 2})
+                               compute={**RAY_COMPUTE, "ray_address": cluster.address})
         started = time.perf_counter()
         done = subprocess.run([str(Path(sys.executable).parent / "embed-pipeline"), "run", "--config", str(config), "--json"],
                               capture_output=True, text=True, env={**os.environ, "DAGSTER_HOME": str(root / "dagster_home")})
