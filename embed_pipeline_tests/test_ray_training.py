@@ -216,3 +216,37 @@ def test_embed_pipeline_run_trains_on_the_ray_cluster_end_to_end(tmp_path, tiny_
     assert "promotion gate: PASSED" in out["output"]
     assert out["model_metadata"]["processes"] == 2 and out["model_metadata"]["ray_dashboard"].startswith("http://127.0.0.1:")
     assert out["encode_actor_nodes"], "the corpus encodes went through Ray Data's actors too"
+
+
+def test_a_worker_that_raised_is_named_not_the_one_left_waiting_in_the_gather(tmp_path):
+    ray_train = pytest.importorskip("ray.train")
+    from embed_pipeline.lib.ray_training import WORKERS_FOLDER, _failure
+
+    (tmp_path / WORKERS_FOLDER).mkdir()
+    for rank, node in enumerate(["10.0.0.7", "10.0.0.8"]):
+        (tmp_path / WORKERS_FOLDER / f"rank-{rank}.json").write_text(
+            json.dumps({"rank": rank, "node_id": f"{rank}" * 40, "node": node, "pid": 100 + rank}))
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [10.0.0.8]:50398: Connection reset by peer.")
+    error = ray_train.WorkerGroupError("2 workers failed", {0: gloo, 1: ValueError("no such column 'negative_1'\nmore")})
+
+    failed = _failure(error, tmp_path, 2, {"CPU": 1.0}, {"CPU": 2.0})
+
+    assert (failed.rank, failed.node) == (1, "10.0.0.8")
+    assert str(failed).startswith(f"training worker rank 1 of 2 on node 10.0.0.8 (node id {'1' * 12}) failed: "
+                                  "ValueError: no such column 'negative_1'; rank 0 failed after it (job folder kept: ")
+
+
+def test_workers_the_cluster_cannot_place_say_what_was_asked_and_what_there_is(tmp_path):
+    pytest.importorskip("ray.train")
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from embed_pipeline.lib.ray_training import _failure
+
+    failed = _failure(ControllerError(WorkerGroupStartupTimeoutError(4)), tmp_path, 4, {"CPU": 1.0, "GPU": 1.0},
+                      {"CPU": 2.0})
+
+    assert failed.rank is None
+    assert str(failed).startswith("Ray Train could not run 4 training workers of 1 CPU, 1 GPU each (the cluster has "
+                                  "2 CPU, 0 GPU in all): WorkerGroupStartupTimeoutError: The worker group startup "
+                                  "timed out after 60.0 seconds waiting for 4 workers (job folder kept: ")

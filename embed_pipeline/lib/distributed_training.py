@@ -7,7 +7,8 @@ tracking URI + the run the parent opened). It then runs
     python -m torch.distributed.run --standalone --nproc_per_node N -m embed_pipeline.train_worker JOB
 
 and every rank (`embed_pipeline/train_worker.py`, the process entry point) calls `train_rank`, which
-calls `train_model` with `world_size=N` (Ray Train's workers call the same `train_rank`: lib/ray_training.py). Rank 0 alone logs to MLflow
+calls `train_model` with `world_size=N` (Ray Train's workers call the same `train_rank`:
+lib/ray_training.py). Rank 0 alone logs to MLflow
 (per step, into the parent's run), saves the model and writes `result.json`; the parent reads it
 back and does everything after training (registration included), so one MLflow run and one
 registered version result. Backend: gloo on CPU, nccl on CUDA (one GPU per rank).
