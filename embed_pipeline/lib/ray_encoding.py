@@ -74,8 +74,9 @@ class RayEncoding:
 
     @contextlib.contextmanager
     def pool(self, model) -> Iterator[RayEncoder]:
-        """Connect (once), check the shared storage, and yield an encoder for `model`."""
-        self.cluster = connect_and_check(self.compute, self.artifacts_dir)
+        """Connect and check the shared storage (once per step), and yield an encoder for `model`."""
+        if self.cluster is None:
+            self.cluster = connect_and_check(self.compute, self.artifacts_dir)
         encoder = RayEncoder(model, self.compute, self.on_progress)
         try:
             yield encoder
