@@ -3,9 +3,10 @@
 Ray binds the machine's own interface address even when told 127.0.0.1, so the cluster and the
 driver that uses it run inside namespaces of their own (`unshare` as root):
 - a network namespace with only `lo` up: Ray binds 127.0.0.1 and no traffic leaves the namespace;
-- a PID namespace whose first process is the scenario's shell: when it ends (normally, on an
-  error, or SIGKILLed by the test's timeout, through `--kill-child`), the kernel kills every raylet,
-  GCS server and worker left in it, so no cluster outlives its test;
+- a PID namespace whose first process is the scenario's: when it ends (normally, on an error, or
+  killed through `unshare --kill-child` when `unshare` dies: at the test's timeout, or with the
+  test process, which `unshare` is tied to by a parent-death signal), the kernel kills every
+  raylet, GCS server and worker left in it, so no cluster outlives its test;
 - a mount namespace with a private tmpfs on /tmp/ray: Ray writes `/tmp/ray/ray_current_cluster`
   and its session folders there, and concurrent clusters (other tests, other users) never see each
   other's.
@@ -112,7 +113,7 @@ def run_scenario(target: str, params: dict, workdir: Path, nodes: int = 2, cpus_
     with open(log_path, "w") as log:
         try:
             done = subprocess.run([*NAMESPACE_COMMAND, "bash", "-c", command], stdout=log, stderr=subprocess.STDOUT,
-                                  env=child_env, timeout=timeout)
+                                  env=child_env, timeout=timeout, preexec_fn=_die_with_parent)
         except subprocess.TimeoutExpired:
             raise ScenarioFailed(f"{target} did not finish within {timeout:.0f} s\n{_tail(log_path)}") from None
     outcome = json.loads(result.read_text()) if result.exists() else None
@@ -121,6 +122,15 @@ def run_scenario(target: str, params: dict, workdir: Path, nodes: int = 2, cpus_
     if "error" in outcome:
         raise ScenarioFailed(f"{target} raised:\n{outcome['error']}\n{_tail(log_path)}")
     return outcome["value"]
+
+
+def _die_with_parent() -> None:
+    """In the forked child before exec: SIGKILL it when this process dies (Linux prctl
+    PR_SET_PDEATHSIG), so a test killed from outside takes its cluster with it."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int = 40) -> str:

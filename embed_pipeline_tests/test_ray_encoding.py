@@ -184,3 +184,51 @@ def test_a_node_lost_mid_encode_never_leaves_a_partial_shard_set(tiny_model_path
         ids += got_ids
     assert sorted(ids) == IDS  # every passage exactly once
     assert out["meta"]["ray_rows_encoded"] == len(TEXTS)
+
+
+def dagster_step_on_the_cluster(cluster, project: str) -> dict:
+    """Scenario: `corpus_embeddings` (every shard in one run) materialised with `compute.engine: ray`."""
+    import dagster as dg
+    import yaml
+
+    import embed_pipeline.lib.ray_encoding as ray_encoding
+    from embed_pipeline.defs.assets.serving import corpus_embeddings
+    from embed_pipeline.defs.partitions import corpus_shards
+    from embed_pipeline.defs.resources import PipelineResource
+    from embed_pipeline.lib.corpus import shard_key, shard_keys
+
+    config_path = Path(project)
+    config = yaml.safe_load(config_path.read_text())
+    config["compute"] = {"engine": "ray", "ray_address": cluster.address, "encode_actors": 1, "encode_batch_size": 4}
+    config_path.write_text(yaml.safe_dump(config))
+    ray_encoding.PROGRESS_EVERY_SECONDS = 0  # a progress line per arriving batch
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(corpus_shards.name, shard_keys(SHARDS))
+    result = dg.materialize([corpus_embeddings], instance=instance,
+                            resources={"pipeline": PipelineResource(config_path=str(config_path))},
+                            tags={"dagster/asset_partition_range_start": shard_key(0, SHARDS),
+                                  "dagster/asset_partition_range_end": shard_key(SHARDS - 1, SHARDS)})
+    meta = result.asset_materializations_for_node("corpus_embeddings")[0].metadata
+    logs = [e.user_message for e in instance.all_logs(result.run_id) if "ray encode:" in e.user_message]
+    return {"success": result.success, "logs": logs,
+            "meta": {k: getattr(v, "value", v) for k, v in meta.items() if k.startswith(("ray_", "passages_", "shards"))},
+            "dashboard_is_url": isinstance(meta["ray_dashboard"], dg.UrlMetadataValue)}
+
+
+@pytest.mark.slow
+def test_the_dagster_step_streams_progress_and_links_the_ray_job(tmp_path, tiny_model_path):
+    require_cluster()
+    from embed_pipeline_tests.fixture_data import PASSAGES as FIXTURE, write_project
+
+    project = write_project(tmp_path / "project", tiny_model_path, index={"shards": SHARDS})
+    out = run_scenario("embed_pipeline_tests.test_ray_encoding:dagster_step_on_the_cluster", {"project": str(project)},
+                       tmp_path / "cluster", nodes=1)
+    assert out["success"]
+    meta = out["meta"]
+    assert meta["passages_encoded"] == len(FIXTURE) and meta["shards"] == SHARDS
+    assert meta["ray_rows_encoded"] == len(FIXTURE) and meta["ray_nodes_used"] == 1
+    assert out["dashboard_is_url"] and meta["ray_dashboard"].endswith(f"/#/jobs/{meta['ray_job_id']}")
+    streamed = [line for line in out["logs"] if f"/{len(FIXTURE)} rows" in line]
+    assert streamed and streamed[-1].startswith(f"ray encode: {len(FIXTURE)}/{len(FIXTURE)} rows (100%)")
+    assert all("actor(s) alive" in line for line in streamed)
+    assert out["logs"][-1].startswith(f"ray encode: {len(FIXTURE)} rows in ")

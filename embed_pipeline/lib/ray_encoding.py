@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,13 +49,18 @@ ACTOR_START_TIMEOUT_SECONDS = 900
 @dataclass
 class RayEncodeRun:
     """One `RayEncoder.encode` call: rows sent to the cluster, the nodes whose actors encoded them
-    (node id -> rows), rows that arrived twice (a block Ray reran after losing a node) and seconds."""
+    (node id -> rows), rows that arrived twice (a block Ray reran after losing a node), seconds in
+    all, and per actor (node:pid) its start-up seconds (torch import, model load from the object
+    store, moving it to its device), the seconds it spent encoding and the rows it encoded."""
 
     rows: int
     label: str
     nodes: dict[str, int]
     repeated_rows: int
     seconds: float
+    actor_start_s: dict[str, float] = field(default_factory=dict)
+    actor_encode_s: dict[str, float] = field(default_factory=dict)
+    actor_rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,8 +80,9 @@ class RayEncoding:
 
     @contextlib.contextmanager
     def pool(self, model) -> Iterator[RayEncoder]:
-        """Connect (once), check the shared storage, and yield an encoder for `model`."""
-        self.cluster = connect_and_check(self.compute, self.artifacts_dir)
+        """Connect and check the shared storage (once per step), and yield an encoder for `model`."""
+        if self.cluster is None:
+            self.cluster = connect_and_check(self.compute, self.artifacts_dir)
         encoder = RayEncoder(model, self.compute, self.on_progress)
         try:
             yield encoder
@@ -99,6 +106,7 @@ class RayEncoding:
             "ray_rows_encoded": sum(r.rows for r in self.runs),
             "ray_nodes_used": len(nodes),
             "ray_rows_per_node": ", ".join(f"{n[:12]}: {rows}" for n, rows in sorted(nodes.items())),
+            "ray_actor_start_seconds_max": round(max((s for r in self.runs for s in r.actor_start_s.values()), default=0.0), 1),
         }
 
 
@@ -149,6 +157,9 @@ class RayEncoder:
         out = np.zeros((len(texts), self._dimension), np.float32)
         seen = np.zeros(len(texts), bool)
         nodes: dict[str, int] = {}
+        starts: dict[str, float] = {}
+        encoding: dict[str, float] = {}
+        actor_rows: dict[str, int] = {}
         repeated = 0
         done, last_report = 0, started
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -164,13 +175,18 @@ class RayEncoder:
             seen[rows] = True
             for node, count in zip(*np.unique(batch["node"], return_counts=True), strict=True):
                 nodes[str(node)] = nodes.get(str(node), 0) + int(count)
+            for actor, start_s, encode_s in zip(batch["actor"], batch["start_s"], batch["encode_s"], strict=True):
+                starts[str(actor)] = float(start_s)
+                encoding[str(actor)] = encoding.get(str(actor), 0.0) + float(encode_s)
+                actor_rows[str(actor)] = actor_rows.get(str(actor), 0) + 1
             done = int(seen.sum())
             if self.on_progress and time.monotonic() - last_report >= PROGRESS_EVERY_SECONDS:
                 last_report = time.monotonic()
                 self.on_progress(self._progress_line(done, len(texts), started))
         if not seen.all():
             raise RuntimeError(f"the Ray encode returned {int(seen.sum())} of {len(texts)} rows; nothing was written")
-        run = RayEncodeRun(len(texts), label, nodes, repeated, time.monotonic() - started)
+        run = RayEncodeRun(len(texts), label, nodes, repeated, time.monotonic() - started, starts, encoding,
+                           actor_rows)
         self.runs.append(run)
         if self.on_progress:
             self.on_progress(f"ray encode: {len(texts)} rows in {run.seconds:.1f} s on {len(nodes)} node(s)"
@@ -198,7 +214,8 @@ class RayEncoder:
         return ray.data.from_pandas(blocks).map_batches(
             EncodeActor,
             fn_constructor_kwargs={"model_box": [self._model_ref], "batch_size": batch_size, "prompt": prompt,
-                                   "precision": self._precisions[label], "label": label, "threads": max(1, int(self.compute.encode_cpus_per_actor))},
+                                   "precision": self._precisions[label], "label": label,
+                                   "threads": max(1, int(self.compute.encode_cpus_per_actor))},
             batch_size=rows_per_call,
             batch_format="numpy",
             compute=strategy,
@@ -207,7 +224,11 @@ class RayEncoder:
 
     def _progress_line(self, done: int, total: int, started: float) -> str:
         rate = done / max(1e-9, time.monotonic() - started)
-        actors = alive_actors(EncodeActor.__name__)
+        try:
+            actors = alive_actors(EncodeActor.__name__)
+        except Exception as exc:  # the state API timing out must not stop an hour-long encode: said, then left out
+            log.warning("ray encode: cannot count the actors alive (%s: %s)", type(exc).__name__, exc)
+            actors = None
         eta = (total - done) / rate if rate else float("inf")
         return (f"ray encode: {done}/{total} rows ({100 * done / total:.0f}%), {rate:.1f} rows/s, eta {eta:.0f} s"
                 + (f", {actors} actor(s) alive" if actors is not None else ""))
@@ -235,9 +256,11 @@ def _prepare_device(on_gpu: bool) -> str:
 
 
 class EncodeActor:
-    """One Ray Data actor: the model loaded once, then batches of (row, text) -> (row, vector, node)."""
+    """One Ray Data actor: the model loaded once, then batches of (row, text) -> (row, vector, node,
+    actor, its start-up seconds, this row's share of the batch's encoding seconds)."""
 
     def __init__(self, model_box: list, batch_size: int, prompt: str, precision: str, label: str, threads: int):
+        started = time.perf_counter()
         import ray
         import torch
 
@@ -259,8 +282,13 @@ class EncodeActor:
         self.label = label
         self.prompt = prompt
         self.batch_size = device_batch_size(self.model, batch_size)
+        self.actor = f"{self.node[:12]}:{os.getpid()}"
+        self.start_s = time.perf_counter() - started
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
         vectors = _encode_here(self.model, [str(t) for t in batch["text"]], self.batch_size, self.prompt, self.label,
                                progress=False)
-        return {"row": batch["row"], "vector": vectors, "node": np.full(len(vectors), self.node)}
+        rows = len(vectors)
+        return {"row": batch["row"], "vector": vectors, "node": np.full(rows, self.node), "actor": np.full(rows, self.actor),
+                "start_s": np.full(rows, self.start_s), "encode_s": np.full(rows, (time.perf_counter() - started) / rows)}
