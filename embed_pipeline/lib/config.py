@@ -22,6 +22,7 @@ import json
 import os
 import re
 import typing
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Annotated, Literal
@@ -428,6 +429,15 @@ class ComputeConfig:
             raise ValueError(f"encode_actors_max {self.encode_actors_max} < encode_actors {self.encode_actors}")
         return self
 
+    @model_validator(mode="after")
+    def _ray_installed(self):
+        # Found at load, not when the first encode starts: Ray is an optional extra.
+        import importlib.util
+
+        if self.engine == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("engine 'ray' needs Ray installed: pip install 'embed-pipeline[cpu,ray]'")
+        return self
+
 
 @_section
 class PipelineConfig:
@@ -460,6 +470,26 @@ class PipelineConfig:
     def _has_eval(self):
         if self.eval is None and self.curated_pairs is None:
             raise ValueError("name an `eval` set, or `curated_pairs` to split one off")
+        return self
+
+    @model_validator(mode="after")
+    def _ray_ready(self):
+        """With `compute.engine: ray`, training runs as `train_workers` DDP workers on other nodes."""
+        if self.compute.engine != "ray":
+            return self
+        workers = self.compute.train_workers
+        if self.training.processes != 1:
+            raise ValueError(f"training.processes {self.training.processes} is for torchrun on this machine: with "
+                             "compute.engine ray set compute.train_workers instead")
+        if self.training.batch_size % workers or self.training.batch_size < 2 * workers:
+            raise ValueError(f"training.batch_size {self.training.batch_size} is the total over compute.train_workers "
+                             f"{workers}: it must be a multiple of train_workers, with >= 2 rows per worker")
+        if workers > 64:
+            raise ValueError(f"compute.train_workers {workers}: at most 64 DDP workers (as training.processes)")
+        if urllib.parse.urlparse(self.tracking_uri).scheme not in ("http", "https", "databricks"):
+            raise ValueError(f"mlflow_tracking_uri {self.tracking_uri!r}: with compute.engine ray, training workers on "
+                             "other nodes log to MLflow, so point mlflow_tracking_uri at a tracking server "
+                             "(http://host:5000, from `mlflow server`), not a SQLite file or folder")
         return self
 
     @property
@@ -503,7 +533,7 @@ def _describe(error: dict) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "unexpected_keyword_argument":
         message = "unknown key"
-    if error["type"] in ("unexpected_keyword_argument", "model_type", "dataclass_type", "missing"):
+    if error["type"] in ("unexpected_keyword_argument", "model_type", "dataclass_type", "missing") or not error["loc"]:
         return f"{where}: {message}"
     return f"{where}: {message} (got {error.get('input')!r})"
 

@@ -383,8 +383,13 @@ def _pool_worker(models, device: str, threads: int, tasks, results) -> None:
 
 
 @contextlib.contextmanager
-def encode_pool(model, processes: int = 1, threads: int = 0):
-    """An `EncodePool` of `processes` workers, or None for 1 (encode in this process)."""
+def encode_pool(model, processes: int = 1, threads: int = 0, cluster=None):
+    """An `EncodePool` of `processes` workers, or None for 1 (encode in this process); with
+    `cluster` (a `ray_encoding.RayEncoding`), that cluster's actor pool instead."""
+    if cluster is not None:
+        with cluster.pool(model) as remote:
+            yield remote
+        return
     if processes <= 1:
         yield None
         return
@@ -410,12 +415,20 @@ def encode(
     worker processes, giving the same vectors as encoding here (to float rounding). `progress`
     shows sentence-transformers' bar; `on_progress` (a `ProgressLine`) replaces it with our lines.
     """
-    label = encode_precision(precision, str(model.device))
+    label = _pool_precision(pool, precision, model)
     batch_size = device_batch_size(model, batch_size)
     if pool is not None:
         vectors = pool.encode(texts, batch_size, prompt, label, on_progress)
         return vectors if len(texts) else np.zeros((0, model.get_embedding_dimension()), np.float32)
     return _encode_here(model, texts, batch_size, prompt, label, progress, on_progress)
+
+
+def _pool_precision(pool, precision: str, model) -> str:
+    """The label an encode computes in: a pool running elsewhere (a Ray cluster's actors, on
+    other hardware) answers for itself; otherwise this process's model device decides."""
+    if hasattr(pool, "precision_label"):
+        return pool.precision_label(precision)
+    return encode_precision(precision, str(model.device))
 
 
 def _on_cuda(model) -> bool:
@@ -441,7 +454,7 @@ def encode_cached(
     `on_progress`: a `say` callable (one line on what is encoded, then lines with an ETA), or a
     `ProgressLine` the caller sized for a larger job (shard after shard) that this call advances.
     """
-    label = encode_precision(precision, str(model.device))
+    label = _pool_precision(pool, precision, model)
     cache = EmbeddingCache(cache_root, fingerprint, prompt, label)
     keys = [text_hash(t) for t in texts]
     unique = dict(zip(keys, texts, strict=True))
@@ -483,17 +496,19 @@ def embed_corpus_and_queries(
     precision: str = "auto",
     processes: int = 1,
     on_progress: Callable[[str], None] | None = None,
+    cluster=None,
 ) -> CorpusAndQueries:
     """Load `model_ref` once, fingerprint it once, and embed both sides through the cache.
 
     The one sequence mining, the synthetic round trip and evaluation all need: with the shared
     cache, the corpus is encoded once per model however many stages ask for it. With
-    `processes` > 1 the corpus side is encoded by an `EncodePool` (queries are few: encoded here).
+    `processes` > 1 the corpus side is encoded by an `EncodePool`, with `cluster` (a
+    `ray_encoding.RayEncoding`) by that Ray cluster (queries are few: encoded here).
     `on_progress` receives progress lines with an ETA (see `encode_cached`).
     """
     model = load_model(model_ref, threads=threads)
     fingerprint = model_fingerprint(model)
-    with encode_pool(model, processes, threads) as pool:
+    with encode_pool(model, processes, threads, cluster) as pool:
         corpus_vectors, corpus_stats = encode_cached(model, passage_texts, cache_root, fingerprint, batch_size,
                                                      corpus_prompt, precision=precision, pool=pool, on_progress=on_progress)
     query_vectors, _ = encode_cached(model, queries, cache_root, fingerprint, batch_size, query_prompt,

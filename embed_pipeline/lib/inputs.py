@@ -41,6 +41,12 @@ def validate_inputs(config: PipelineConfig) -> list[str]:
                              f"({len(loaded.quarantine)} quarantined"
                              + (f"; first: {first['file']} line {first['line']}: {first['reason']}" if first else "") + ")")
         lines.append(f"{label} {len(loaded.pairs)} pairs ({len(loaded.quarantine)} quarantined)")
+    if config.compute.engine == "ray":
+        from embed_pipeline.lib.ray_runtime import connect_and_check
+
+        cluster = connect_and_check(config.compute, config.artifacts_dir)
+        lines.append(f"ray cluster {cluster.address}: {len(cluster.nodes)} node(s), artifacts_dir shared by all"
+                     + (f", dashboard {cluster.dashboard_url}" if cluster.dashboard_url else ""))
     return lines
 
 

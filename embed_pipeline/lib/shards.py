@@ -8,7 +8,7 @@ re-embedding touches nothing else, and shards of two precisions are never merged
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from embed_pipeline.lib.encoding import (
     EncodePool,
     encode_cached,
     encode_pool,
-    encode_precision,
+    _pool_precision,
 )
 from embed_pipeline.lib.progress import ProgressLine
 from embed_pipeline.lib.text import text_hash
@@ -120,31 +120,58 @@ def embed_shards(
     processes: int = 1,
     threads: int = 0,
     on_progress: Callable[[str], None] | None = None,
+    cluster=None,
 ) -> dict[str, ShardEmbeddings]:
     """Embed each shard (key -> passages) into `out_dir/<key>.npz` with one loaded model.
 
     Passages whose text the cache already holds for this model are not re-encoded, so a shard
     with 1 edited passage out of 1,000 costs one forward pass, not a thousand. `precision` as in
     `encoding.encode`; `processes` > 1 encodes through one `EncodePool` shared by all the shards,
-    splitting `threads` (0 = the cores available) among its workers. `on_progress` gets one line
-    on what is to encode over all the shards, then lines with an ETA for all of them together.
+    splitting `threads` (0 = the cores available) among its workers; with `cluster` (a
+    `ray_encoding.RayEncoding`) one Ray actor pool encodes for all the shards instead.
+    `on_progress` gets one line on what is to encode over all the shards, then lines with an ETA
+    for all of them together.
     """
     from embed_pipeline.lib.corpus import passage_texts
 
     texts = {key: passage_texts(frame) for key, frame in shards.items()}
-    line = None
-    if on_progress is not None:
-        cache = EmbeddingCache(cache_root, fingerprint, prompt, encode_precision(precision, str(model.device)))
-        todo = sum(len(cache.missing([text_hash(t) for t in shard_texts])) for shard_texts in texts.values())
-        total = sum(len(shard_texts) for shard_texts in texts.values())
-        on_progress(f"embedding {len(shards)} shard(s) of {total} passages: {todo} to encode, the rest cached")
-        line = ProgressLine(on_progress, "encoding", todo) if todo else None
-    with encode_pool(model, processes, threads) as pool:
-        return {
+    with encode_pool(model, processes, threads, cluster) as pool:
+        line = None
+        if on_progress is not None:
+            cache = EmbeddingCache(cache_root, fingerprint, prompt, _pool_precision(pool, precision, model))
+            todo = sum(len(cache.missing([text_hash(t) for t in shard_texts])) for shard_texts in texts.values())
+            total = sum(len(shard_texts) for shard_texts in texts.values())
+            on_progress(f"embedding {len(shards)} shard(s) of {total} passages: {todo} to encode, the rest cached")
+            line = ProgressLine(on_progress, "encoding", todo) if todo else None
+        fresh = None
+        if cluster is not None:
+            # One cluster pipeline for every shard's uncached texts (each actor loads the model
+            # once, not once per shard); the shard files are then written from the cache.
+            fresh = _encode_uncached(model, fingerprint, [t for ts in texts.values() for t in ts], cache_root,
+                                     batch_size, prompt, precision, pool, line)
+        done = {
             key: write_shard_embeddings(model, fingerprint, list(frame["passage_id"]), texts[key], cache_root,
                                         Path(out_dir) / f"{key}{SHARD_SUFFIX}", batch_size, prompt, precision, pool, line)
             for key, frame in shards.items()
         }
+    if fresh is None:
+        return done
+    # Count per shard what the one pipeline encoded for it, as the per-shard encodes would have.
+    for key, shard in done.items():
+        unique = {text_hash(t) for t in texts[key]}
+        encoded = len(unique & fresh)
+        done[key] = replace(shard, encoded=encoded, reused=len(unique) - encoded)
+    return done
+
+
+def _encode_uncached(model, fingerprint: str, texts: list[str], cache_root: Path, batch_size: int, prompt: str,
+                     precision: str, pool, on_progress=None) -> set[str]:
+    """Put every text of `texts` into the cache in one `encode_cached` call; returns the hashes it encoded."""
+    keys = list({text_hash(t) for t in texts})
+    missing = EmbeddingCache(cache_root, fingerprint, prompt, _pool_precision(pool, precision, model)).missing(keys)
+    encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False, precision=precision, pool=pool,
+                  on_progress=on_progress)
+    return set(missing)
 
 
 def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:

@@ -200,3 +200,28 @@ def test_an_llm_key_variable_that_is_not_set_is_a_config_error_before_any_work(t
         check_environment(config, {"PATH": "/usr/bin"})
     check_environment(config, {"LLM_KEY": "secret"})
     check_environment(load_config(write(tmp_path, BASE)), {})  # offline: no key needed
+
+
+RAY = "compute: {engine: ray, ray_address: '127.0.0.1:6379'}\n"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("", r"mlflow_tracking_uri 'sqlite:///.*/out/mlflow.db': with compute.engine ray, training workers on other nodes "
+         r"log to MLflow, so point mlflow_tracking_uri at a tracking server"),
+    ("mlflow_tracking_uri: /shared/mlruns\n", r"mlflow_tracking_uri '/shared/mlruns': .* not a SQLite file or folder$"),
+    ("mlflow_tracking_uri: http://mlflow:5000\ntraining: {processes: 2}\n",
+     r"training.processes 2 is for torchrun on this machine: with compute.engine ray set compute.train_workers instead$"),
+    ("mlflow_tracking_uri: http://mlflow:5000\ntraining: {batch_size: 6}\ncompute: {engine: ray, train_workers: 4}\n",
+     r"training.batch_size 6 is the total over compute.train_workers 4: it must be a multiple of train_workers"),
+])
+def test_a_ray_config_that_cannot_train_across_nodes_fails_at_load_in_one_line(tmp_path, setting, message):
+    text = BASE + (setting if "compute:" in setting else RAY + setting)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(error.value) and "(got" not in str(error.value)
+
+
+def test_a_ray_config_with_a_tracking_server_loads(tmp_path):
+    config = load_config(write(tmp_path, BASE + RAY + "mlflow_tracking_uri: https://mlflow.example:443\n"))
+    assert config.compute.engine == "ray" and config.compute.train_workers == 2
+    assert load_config(write(tmp_path, BASE)).compute.engine == "local", "the local engine keeps the SQLite default"

@@ -44,16 +44,36 @@ def load_eval_set(config: PipelineConfig, passage_ids: set[str], curated: PairsH
     return EvalSet(queries=queries, relevant=relevance_map(loaded.pairs)), loaded
 
 
-def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str], on_progress=None):
+def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str], on_progress=None,
+          cluster=None):
     """`embed_corpus_and_queries` with the config's cache, batch size, prompts, threads and precision
-    (`on_progress`: where its progress lines go, e.g. `context.log.info`)."""
+    (`on_progress`: where its progress lines go, e.g. `context.log.info`; the corpus side on
+    `cluster`, a `ray_encoding(...)`, when given)."""
     from embed_pipeline.lib.corpus import passage_texts
     from embed_pipeline.lib.encoding import embed_corpus_and_queries
 
     return embed_corpus_and_queries(model_ref, passage_texts(passages), queries, cache_dir(config),
                                     config.encode_batch_size, config.corpus_prompt, config.query_prompt,
                                     config.index.encode_threads, config.index.encode_precision, config.index.encode_processes,
-                                    on_progress=on_progress)
+                                    on_progress=on_progress, cluster=cluster)
+
+
+def ray_encoding(context: dg.AssetExecutionContext, config: PipelineConfig):
+    """Where this step encodes corpora: with `compute.engine: ray`, a `RayEncoding` reporting its
+    progress to the step's log; None (this machine) otherwise."""
+    if config.compute.engine != "ray":
+        return None
+    from embed_pipeline.lib.ray_encoding import RayEncoding
+
+    return RayEncoding(config.compute, config.artifacts_dir, on_progress=context.log.info)
+
+
+def ray_metadata(cluster) -> dict:
+    """The step's metadata about its cluster encodes (dashboard job link, rows, nodes); {} when local."""
+    meta = cluster.metadata() if cluster is not None else {}
+    if meta.get("ray_dashboard"):
+        meta["ray_dashboard"] = dg.MetadataValue.url(meta["ray_dashboard"])
+    return meta
 
 
 def shard_dir(config: PipelineConfig, fingerprint: str) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import embed, load_eval_set, output_dir, read_corpus
+from embed_pipeline.defs.assets.common import embed, load_eval_set, output_dir, ray_encoding, ray_metadata, read_corpus
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle, PairsHandle, ReportHandle
 from embed_pipeline.lib.evaluation import Contenders, evaluate, record_evaluation, report_markdown, write_report
@@ -95,8 +95,10 @@ def eval_report(
         raise dg.Failure(f"model v{embedding_model.version}'s handle names no held-out dev queries (it was trained by an "
                          "older version) to choose the hybrid's dense weight on: retrain it, or set retrieval.dense_weight")
 
+    cluster = ray_encoding(context, config)
+
     def encode(model_ref: str, queries: list[str]):
-        vectors = embed(config, model_ref, passages, queries, context.log.info)
+        vectors = embed(config, model_ref, passages, queries, context.log.info, cluster)
         return vectors.query_vectors, vectors.corpus_vectors
 
     models = {"base": config.base_model,
@@ -124,5 +126,6 @@ def eval_report(
                      f"{report[judged]['recall@10']:.4f} ({judged}), 95% CI of the lift [{ci['low']:+.4f}, {ci['high']:+.4f}]; "
                      f"gate {'passed' if report['gate']['passed'] else 'refused: ' + report['gate']['summary']}")
     return dg.MaterializeResult(value=ReportHandle(str(path), bool(report["gate"]["passed"])),
-                                metadata={**report_metadata(report, path, plots), "config_hash": pipeline.config_hash})
+                                metadata={**report_metadata(report, path, plots), "config_hash": pipeline.config_hash,
+                                          **ray_metadata(cluster)})
 

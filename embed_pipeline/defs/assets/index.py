@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from embed_pipeline.defs.assets.common import cache_dir, output_dir, read_corpus, shard_dir
+from embed_pipeline.defs.assets.common import cache_dir, output_dir, ray_encoding, ray_metadata, read_corpus, shard_dir
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle
 from embed_pipeline.lib.corpus import split_shards
@@ -22,9 +22,10 @@ def corpus_index(context: dg.AssetExecutionContext, corpus: CorpusHandle, embedd
     shards = split_shards(passages, config.index.shards)
     context.log.info(f"corpus_index: embedding {len(passages)} passages in {len(shards)} shards with the candidate "
                      f"v{embedding_model.version} (cached passages are reused)")
+    cluster = ray_encoding(context, config)
     done = embed_shards(model, fingerprint, shards, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
-                        config.index.encode_processes, config.index.encode_threads, context.log.info)
+                        config.index.encode_processes, config.index.encode_threads, context.log.info, cluster)
     # The precision of the corpus vectors goes into the candidate's retrieval spec: served queries are encoded alike.
     meta = {"model_dir": embedding_model.model_dir, "model_version": embedding_model.version, "model_fingerprint": fingerprint,
             "encode_precision": ", ".join(sorted({s.precision for s in done.values()}))}
@@ -46,5 +47,6 @@ def corpus_index(context: dg.AssetExecutionContext, corpus: CorpusHandle, embedd
             "index_path": dg.MetadataValue.path(str(built.dense.path)),
             "lexical_index_path": dg.MetadataValue.path(str(built.lexical_path)),
             "config_hash": pipeline.config_hash,
+            **ray_metadata(cluster),
         },
     )

@@ -61,5 +61,6 @@ def embedding_model(
             "pairs_per_second": round(result.pairs_per_second, 2),
             "final_loss": round(result.final_loss, 4),
             "config_hash": pipeline.config_hash,
+            **({"ray_dashboard": dg.MetadataValue.url(model.ray_job_url)} if model.ray_job_url else {}),
         },
     )

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import embed, output_dir, read_corpus
+from embed_pipeline.defs.assets.common import embed, output_dir, ray_encoding, ray_metadata, read_corpus
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, NegativesHandle, PairsHandle
 from embed_pipeline.lib.io import write_parquet
@@ -26,7 +26,8 @@ def hard_negatives(
     passages = read_corpus(corpus)
     pairs = pd.read_parquet(training_pairs.path)
     query_texts = list(dict.fromkeys(pairs["query"]))
-    base = embed(config, config.resolved_base_model, passages, query_texts, context.log.info)
+    cluster = ray_encoding(context, config)
+    base = embed(config, config.resolved_base_model, passages, query_texts, context.log.info, cluster)
     fingerprint, corpus_vectors, query_vectors, corpus_stats = (base.fingerprint, base.corpus_vectors,
                                                                 base.query_vectors, base.corpus_stats)
     context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}): {len(passages)} passages, "
@@ -63,5 +64,6 @@ def hard_negatives(
                 rows=config.mining.audit_rows),
             "dataset_version": version,
             "path": md.path(out),
+            **ray_metadata(cluster),
         },
     )

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from embed_pipeline.defs.assets.common import cache_dir, output_dir, served_model_ref, shard_dir
+from embed_pipeline.defs.assets.common import cache_dir, output_dir, ray_encoding, ray_metadata, served_model_ref, shard_dir
 from embed_pipeline.defs.partitions import corpus_shards
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import IndexHandle
@@ -31,9 +31,10 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
     wanted = {key: shards[key] for key in context.partition_keys if key in shards}
     context.log.info(f"corpus_embeddings: {len(wanted)} shard(s), {sum(len(s) for s in wanted.values())} passages, "
                      f"model {model_ref}")
+    cluster = ray_encoding(context, config)
     done = embed_shards(model, fingerprint, wanted, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
-                        config.index.encode_processes, config.index.encode_threads, context.log.info)
+                        config.index.encode_processes, config.index.encode_threads, context.log.info, cluster)
     rows = ["| shard | passages | encoded | from cache | removed |", "|---|---|---|---|---|"]
     rows += [f"| {k} | {s.passages} | {s.encoded} | {s.reused} | {s.removed} |" for k, s in done.items()]
     # No value: one run may materialise many partitions, which Dagster's IO managers cannot store.
@@ -49,6 +50,7 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
             "model_fingerprint": fingerprint,
             "dir": dg.MetadataValue.path(str(shard_dir(config, fingerprint))),
             "per_shard": dg.MetadataValue.md("\n".join(rows)),
+            **ray_metadata(cluster),
         },
     )
 

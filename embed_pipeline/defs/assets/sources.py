@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import embed, output_dir, read_corpus
+from embed_pipeline.defs.assets.common import embed, output_dir, ray_encoding, ray_metadata, read_corpus
 from embed_pipeline.defs.query_generators import QueryGeneratorResource, generator_for
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, PairsHandle
@@ -140,8 +140,9 @@ def synthetic_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pip
                                                          if s.round_trip else ""))
     generated = generator.generate(sample_passages(passages, s.max_passages, s.seed), s, config.artifacts_dir / "llm_cache")
     pairs, round_trip_md = generated.pairs, {"round_trip": "off"}
+    cluster = ray_encoding(context, config)
     if s.round_trip and len(pairs):
-        base = embed(config, config.resolved_base_model, passages, list(pairs["query"]), context.log.info)
+        base = embed(config, config.resolved_base_model, passages, list(pairs["query"]), context.log.info, cluster)
         kept, ranks = round_trip_filter(pairs, base.query_vectors, list(passages["passage_id"]), base.corpus_vectors,
                                         s.round_trip_k)
         round_trip_md = {"round_trip_k": s.round_trip_k, "generated": len(pairs), "kept_by_round_trip": len(kept),
@@ -157,6 +158,7 @@ def synthetic_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pip
             "dagster/row_count": len(pairs),
             **generated.stats,
             **round_trip_md,
+            **ray_metadata(cluster),
             "by_method": md.counts_md(pairs["method"].value_counts().to_dict()),
             "passages_used": int(pairs["passage_id"].nunique()),
             "path": md.path(out),
