@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import threading
 from pathlib import Path
 
-from embed_pipeline.lib.config import DEMO_CONFIG, PipelineConfig, load_config
+from embed_pipeline.lib.config import PipelineConfig, load_config
+from embed_pipeline.starter import default_config, seed_instance
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POOL = "gpu"
 
 
@@ -26,14 +25,13 @@ def say(message: str) -> None:
 
 def dagster_home(config: PipelineConfig) -> Path:
     """$DAGSTER_HOME, or `<artifacts_dir>/dagster_home`; created when missing and seeded with the
-    project's dagster.yaml when it has none (Dagster itself refuses a DAGSTER_HOME that does not exist)."""
+    bundled dagster.yaml when it has none (Dagster itself refuses a DAGSTER_HOME that does not exist)."""
     chosen = os.environ.get("DAGSTER_HOME")
     home = Path(chosen) if chosen else config.artifacts_dir / "dagster_home"
     ours = not chosen or not home.exists()  # an existing instance of the user's is left as it is
     home.mkdir(parents=True, exist_ok=True)
-    project_yaml = PROJECT_ROOT / "dagster.yaml"
-    if ours and project_yaml.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(project_yaml, home / "dagster.yaml")
+    if ours:
+        seed_instance(home)
     return home
 
 
@@ -41,7 +39,7 @@ class Session:
     """One CLI invocation: the config, the Dagster instance and the definitions bound to the config file."""
 
     def __init__(self, config_path: str | None):
-        self.config_path = str(Path(config_path or DEMO_CONFIG).expanduser().resolve())
+        self.config_path = str(Path(config_path or default_config()).expanduser().resolve())
         self.config = load_config(self.config_path)
         os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
         say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")

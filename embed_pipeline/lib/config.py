@@ -28,7 +28,13 @@ import yaml
 from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "data" / "demo_config.yaml"
+from embed_pipeline.lib.bundled import DEMO_CONFIG_NAME, bundled
+
+# The demo config as shipped (its `artifacts_dir` is relative to it: the CLI runs the demo from a
+# copy under ./artifacts instead, embed_pipeline/starter.py).
+DEMO_CONFIG = bundled(DEMO_CONFIG_NAME)
+# With a tracking server, models and artifacts go through the server's own artifact store.
+SERVER_SCHEMES = ("http://", "https://")
 
 
 class ConfigError(ValueError):
@@ -433,7 +439,12 @@ class PipelineConfig:
         return self.mlflow_tracking_uri or f"sqlite:///{self.artifacts_dir / 'mlflow.db'}"
 
     @property
-    def mlflow_artifacts_uri(self) -> str:
+    def mlflow_artifacts_uri(self) -> str | None:
+        """Where a new experiment keeps its artifacts: a folder under `artifacts_dir` for a local store;
+        None with a tracking server (http/https), so the server's artifact store (`mlflow-artifacts:`)
+        holds them and every machine that reaches the server can read the models."""
+        if self.tracking_uri.startswith(SERVER_SCHEMES):
+            return None
         return (self.artifacts_dir / "mlruns").as_uri()
 
     @property
