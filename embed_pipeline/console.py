@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from embed_pipeline.lib.config import PipelineConfig, load_config
+from embed_pipeline.lib.config import ConfigError, PipelineConfig, load_config
 from embed_pipeline.starter import default_config, seed_instance
 
 POOL = "gpu"
@@ -32,6 +32,8 @@ def dagster_home(config: PipelineConfig) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     if ours:
         seed_instance(home)
+    elif not (home / "dagster.yaml").exists():
+        say(f"DAGSTER_HOME {home} has no dagster.yaml: Dagster's defaults apply (SQLite in that folder, no pool limit)")
     return home
 
 
@@ -43,6 +45,32 @@ class Session:
         self.config = load_config(self.config_path)
         os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
         say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
+        self.check_stores()
+
+    def check_stores(self) -> None:
+        """Open the Dagster instance's storage and the MLflow store now: a database that cannot be
+        reached (wrong URL, host, port or password) is one config error at start, before any work."""
+        from embed_pipeline.lib.tracking import RegistryError
+
+        home = os.environ["DAGSTER_HOME"]
+        try:
+            self.instance.get_runs(limit=1)
+        except Exception as exc:  # noqa: BLE001 - psycopg, SQLAlchemy, Dagster's config and retry errors
+            raise ConfigError(f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
+        uri = self.config.tracking_uri
+        if uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+            # One connection attempt: MLflow itself retries a database for about 100 s before it says why.
+            import sqlalchemy
+
+            shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+            try:
+                sqlalchemy.create_engine(uri).connect().close()
+            except Exception as exc:  # noqa: BLE001 - the drivers' connection errors have no common base
+                raise ConfigError(f"cannot reach the MLflow store at {shown}: {_innermost(exc)}") from exc
+        try:
+            self.tracker()
+        except RegistryError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def instance(self):
@@ -90,6 +118,14 @@ class Session:
         with contextlib.redirect_stdout(sys.stderr), _pool_watch(self.instance):
             return job.execute_in_process(instance=self.instance, raise_on_error=False, run_config=run_config,
                                           tags={**kwargs.pop("tags", {}), **process_tags()}, **kwargs)
+
+
+def _innermost(exc: BaseException) -> str:
+    """The first line of the deepest cause (a driver's "connection refused", not a wrapper's "too many retries")."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return f"{type(exc).__name__}: {lines[0]}"
 
 
 @contextlib.contextmanager

