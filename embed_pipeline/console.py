@@ -44,6 +44,10 @@ class Session:
         self.config_path = str(Path(config_path or default_config()).expanduser().resolve())
         self.config = load_config(self.config_path)
         os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
+        # What libraries would write into HOME goes under artifacts_dir (a user's own setting wins):
+        # matplotlib's font cache; MLflow's telemetry file, off as dagster.yaml turns Dagster's off.
+        os.environ.setdefault("MPLCONFIGDIR", str(self.config.artifacts_dir / "cache" / "matplotlib"))
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
         self.check_stores()
 

@@ -13,6 +13,7 @@ import pwd
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,7 +107,7 @@ class PostgresDeployment(Deployment):
         (tmp_path / "lifecycle_defs.py").write_text(DEFS_MODULE)  # the production graph; the schedule gated by a flag
         (tmp_path / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_file": {
             "relative_path": "lifecycle_defs.py", "location_name": "embed_pipeline"}}]}))
-        self.processes, self.logs, self.commands = {}, {}, {}
+        self.processes, self.logs, self.commands, self.retired = {}, {}, {}, []
         for line in readme_commands():
             if line.startswith("export "):
                 for assignment in shlex.split(line)[1:]:
@@ -164,9 +165,21 @@ class PostgresDeployment(Deployment):
         self.processes[name] = subprocess.Popen(command, env=env, cwd=self.tmp, stdout=self.logs[name],
                                                 stderr=subprocess.STDOUT, start_new_session=True)
 
+    def restart_daemon(self) -> None:
+        old = self.processes["daemon"]
+        old.terminate()
+        old.wait(timeout=120)
+        self.retired.append(old.pid)  # its process group: the runs it launched, until they end
+        self.start("daemon")
+
     def close(self) -> None:
         for process in self.processes.values():
             stop(process)
+        for group in self.retired:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # every process of that group has ended
         for handle in self.logs.values():
             handle.close()
         if getattr(self, "instance", None) is not None:
@@ -190,10 +203,11 @@ def test_training_promotion_schedule_and_a_daemon_restart_on_postgres_and_an_mlf
         # Two training runs at once, and the nightly schedule's tick beside them.
         pair = [deployment.launch(), deployment.launch()]
         (tmp_path / "night.flag").touch()
-        wait_for("a run started", lambda: postgres.query("dagster", "select run_id from runs where status = 'STARTED'"), 300)
-        # The daemon restarts while the runs go on: they are the run workers' own processes.
-        stop(deployment.processes["daemon"])
-        deployment.start("daemon")
+        wait_for("a training step under way", lambda: postgres.query(
+            "dagster", "select 1 from event_logs where run_id = any(%s) and dagster_event_type = 'STEP_START'", pair), 300)
+        # The daemon restarts (SIGTERM to it, as a service manager's stop does) while training runs
+        # are under way: they go on in their own processes and the new daemon picks up the queue.
+        deployment.restart_daemon()
         (night,) = wait_for("the nightly run", lambda: deployment.runs(**{"dagster/schedule_name": "nightly_retraining"}), 150)
         runs = [*pair, night.run_id]
         for run_id in runs:
