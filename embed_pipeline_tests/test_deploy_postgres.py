@@ -231,9 +231,8 @@ def test_training_promotion_schedule_and_a_daemon_restart_on_postgres_and_an_mlf
         events = dict(postgres.query("dagster", "select run_id, count(*) from event_logs where run_id = any(%s) and "
                                      "dagster_event_type = 'ASSET_MATERIALIZATION' group by run_id", runs))
         assert all(events[run_id] >= 9 for run_id in runs), events  # the training job's nine assets
-        ticks = postgres.query("dagster", "select count(*) from job_ticks where job_origin_id in (select job_origin_id "
-                               "from jobs where job_name = 'nightly_retraining') and status = 'SUCCESS'")
-        assert ticks[0][0] >= 1
+        ticks = postgres.query("dagster", "select tick_body from job_ticks where type = 'SCHEDULE' and status = 'SUCCESS'")
+        assert any(night.run_id in json.loads(body)["run_ids"] for (body,) in ticks), "the schedule's tick, with its run"
 
         # MLflow's tables in PostgreSQL: the training runs, their metrics, the versions and the champion alias.
         tagged = postgres.query("mlflow", "select r.run_uuid, r.status, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
@@ -253,6 +252,23 @@ def test_training_promotion_schedule_and_a_daemon_restart_on_postgres_and_an_mlf
                               name) == [(int(champion),)]
         served = deployment.served()
         assert served["model_version"] == champion
+
+        # What the two UIs show, through their own APIs: the Dagster webserver's GraphQL and MLflow's REST.
+        query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status jobName assetMaterializations { assetKey { path } } } } }"
+        request = urllib.request.Request(f"http://127.0.0.1:{deployment.port}/graphql", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"query": query, "variables": {"id": night.run_id}}).encode())
+        with urllib.request.urlopen(request) as reply:
+            shown = json.loads(reply.read())["data"]["runOrError"]
+        assert shown["status"] == "SUCCESS" and {"eval_report"} <= {m["assetKey"]["path"][0] for m in shown["assetMaterializations"]}
+        mlflow_url = deployment.settings.tracking_uri
+        with urllib.request.urlopen(f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion") as reply:
+            by_alias = json.loads(reply.read())["model_version"]
+        assert by_alias["version"] == champion and by_alias["source"].startswith("mlflow-artifacts:")
+        print(json.dumps({"dagster_run": {"id": night.run_id, **shown, "assetMaterializations": len(shown["assetMaterializations"])},
+                          "dagster_runs_table": sorted(postgres.query("dagster", "select pipeline_name, status, count(*) from runs "
+                                                                      "group by pipeline_name, status")),
+                          "mlflow_champion": {k: by_alias[k] for k in ("name", "version", "source", "run_id", "aliases")},
+                          "mlflow_model_versions": sorted(versions)}, default=str, indent=1))
     finally:
         deployment.close()
 
