@@ -3,7 +3,7 @@
 Every command takes `--config FILE` (default: the bundled demo config, run in ./artifacts) and passes
 that path explicitly to the Dagster definitions; nothing reads the config from the environment.
 Runs execute in this process against the Dagster instance in $DAGSTER_HOME (default:
-`<artifacts_dir>/dagster_home`, seeded with the project's dagster.yaml), so every run,
+`<artifacts_dir>/dagster_home`, seeded with the bundled dagster.yaml), so every run,
 materialisation and check result shows in the Dagster UI afterwards.
 
 Exit codes:

@@ -67,10 +67,14 @@ class Session:
             import sqlalchemy
 
             shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+            engine = sqlalchemy.create_engine(uri)
             try:
-                sqlalchemy.create_engine(uri).connect().close()
+                with engine.connect():
+                    pass
             except Exception as exc:  # noqa: BLE001 - the drivers' connection errors have no common base
                 raise ConfigError(f"cannot reach the MLflow store at {shown}: {_innermost(exc)}") from exc
+            finally:
+                engine.dispose()
         try:
             self.tracker()
         except RegistryError as exc:
