@@ -1,9 +1,9 @@
 """`embed-pipeline`: run the training graph, promote, roll back, search the served index, open the UI.
 
-Every command takes `--config FILE` (default: the bundled demo, data/demo_config.yaml) and passes
+Every command takes `--config FILE` (default: the bundled demo config, run in ./artifacts) and passes
 that path explicitly to the Dagster definitions; nothing reads the config from the environment.
 Runs execute in this process against the Dagster instance in $DAGSTER_HOME (default:
-`<artifacts_dir>/dagster_home`, seeded with the project's dagster.yaml), so every run,
+`<artifacts_dir>/dagster_home`, seeded with the bundled dagster.yaml), so every run,
 materialisation and check result shows in the Dagster UI afterwards.
 
 Exit codes:
@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, quiet_libraries, root_cause, say
+from embed_pipeline.console import Session, check_evaluations, output, quiet_libraries, root_cause, say
 from embed_pipeline.run_watch import RunInterrupted
 from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
@@ -186,8 +186,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
         say(f"no `dagster` executable beside {sys.executable}: reinstall the project (pip install -e .)")
         return EXIT_FAILED
     os.environ[CONFIG_ENV_VAR] = session.config_path
-    os.chdir(PROJECT_ROOT)
-    os.execv(str(dagster), [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")])
+    # The installed module, not a workspace file beside a checkout: this works from any directory.
+    os.execv(str(dagster), [str(dagster), "dev", "-m", "embed_pipeline.definitions"])
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """A starter project for your own data: config.yaml, dagster.yaml, workspace.yaml, README.md."""
+    from embed_pipeline.starter import init_project
+
+    try:
+        written = init_project(Path(args.dir), corpus=args.corpus, curated=args.curated, eval_set=args.eval,
+                               search_logs=args.search_logs, base_model=args.base_model)
+    except (FileExistsError, FileNotFoundError) as exc:
+        say(f"init: {exc}")
+        return EXIT_CONFIG
+    say(f"wrote {', '.join(p.name for p in written)} in {written[0].parent}; next: its README.md")
     return EXIT_OK
 
 
@@ -204,6 +218,7 @@ COMMANDS = [
     ("rollback", cmd_rollback, "serve the previous champion again (walks back one promotion per call)"),
     ("search", cmd_search, "query the served model and index; JSON lines out"),
     ("ui", cmd_ui, "start the Dagster UI (`dagster dev`) on this config's instance"),
+    ("init", cmd_init, "write a starter project for your own data (config, dagster.yaml, workspace.yaml, README)"),
 ]
 
 
@@ -214,7 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", help="pipeline YAML (default: the bundled demo, data/demo_config.yaml)")
+        if name == "init":
+            p.add_argument("dir", help="the project folder (created; existing files are never overwritten)")
+            p.add_argument("--corpus", type=Path, help="corpus.jsonl (BEIR) or Parquet (_id, title, text)")
+            p.add_argument("--curated", type=Path, help="training pairs: a table (query, passage_id) or a BEIR folder")
+            p.add_argument("--eval", type=Path, help="held-out set: a table or a BEIR folder")
+            p.add_argument("--search-logs", type=Path, help="click logs (Parquet)")
+            p.add_argument("--base-model", default="BAAI/bge-small-en-v1.5", help="hub id, local folder or pkg:<module>")
+            p.set_defaults(func=func)
+            continue
+        p.add_argument("--config", help="pipeline YAML (default: the bundled demo, run in ./artifacts)")
         if name in ("run", "demo"):
             p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
             p.add_argument("--verbose", action="store_true", help="also Dagster's DEBUG events (inputs, outputs, step handoffs)")

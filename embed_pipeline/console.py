@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import uuid
 import warnings
 from pathlib import Path
 
-from embed_pipeline.lib.config import DEMO_CONFIG, PipelineConfig, load_config
+from embed_pipeline.lib.config import ConfigError, PipelineConfig, load_config
+from embed_pipeline.starter import default_config, seed_instance
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def say(message: str) -> None:
@@ -43,14 +42,15 @@ def quiet_libraries() -> None:
 
 def dagster_home(config: PipelineConfig) -> Path:
     """$DAGSTER_HOME, or `<artifacts_dir>/dagster_home`; created when missing and seeded with the
-    project's dagster.yaml when it has none (Dagster itself refuses a DAGSTER_HOME that does not exist)."""
+    bundled dagster.yaml when it has none (Dagster itself refuses a DAGSTER_HOME that does not exist)."""
     chosen = os.environ.get("DAGSTER_HOME")
     home = Path(chosen) if chosen else config.artifacts_dir / "dagster_home"
     ours = not chosen or not home.exists()  # an existing instance of the user's is left as it is
     home.mkdir(parents=True, exist_ok=True)
-    project_yaml = PROJECT_ROOT / "dagster.yaml"
-    if ours and project_yaml.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(project_yaml, home / "dagster.yaml")
+    if ours:
+        seed_instance(home)
+    elif not (home / "dagster.yaml").exists():
+        say(f"DAGSTER_HOME {home} has no dagster.yaml: Dagster's defaults apply (SQLite in that folder, no pool limit)")
     return home
 
 
@@ -58,11 +58,45 @@ class Session:
     """One CLI invocation: the config, the Dagster instance and the definitions bound to the config file."""
 
     def __init__(self, config_path: str | None):
-        self.config_path = str(Path(config_path or DEMO_CONFIG).expanduser().resolve())
+        self.config_path = str(Path(config_path or default_config()).expanduser().resolve())
         self.config = load_config(self.config_path)
         self._tracker = None
         os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
+        # What libraries would write into HOME goes under artifacts_dir (a user's own setting wins):
+        # matplotlib's font cache; MLflow's telemetry file, off as dagster.yaml turns Dagster's off.
+        os.environ.setdefault("MPLCONFIGDIR", str(self.config.artifacts_dir / "cache" / "matplotlib"))
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
+        self.check_stores()
+
+    def check_stores(self) -> None:
+        """Open the Dagster instance's storage and the MLflow store now: a database that cannot be
+        reached (wrong URL, host, port or password) is one config error at start, before any work."""
+        from embed_pipeline.lib.tracking import RegistryError
+
+        home = os.environ["DAGSTER_HOME"]
+        try:
+            self.instance.get_runs(limit=1)
+        except Exception as exc:  # noqa: BLE001 - psycopg, SQLAlchemy, Dagster's config and retry errors
+            raise ConfigError(f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
+        uri = self.config.tracking_uri
+        if uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+            # One connection attempt: MLflow itself retries a database for about 100 s before it says why.
+            import sqlalchemy
+
+            shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+            engine = sqlalchemy.create_engine(uri)
+            try:
+                with engine.connect():
+                    pass
+            except Exception as exc:  # noqa: BLE001 - the drivers' connection errors have no common base
+                raise ConfigError(f"cannot reach the MLflow store at {shown}: {_innermost(exc)}") from exc
+            finally:
+                engine.dispose()
+        try:
+            self.tracker()
+        except RegistryError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def instance(self):
@@ -137,6 +171,14 @@ class Session:
         if (interrupted := watch.interrupted()) is not None:
             raise interrupted
         return result
+
+
+def _innermost(exc: BaseException) -> str:
+    """The first line of the deepest cause (a driver's "connection refused", not a wrapper's "too many retries")."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return f"{type(exc).__name__}: {lines[0]}"
 
 
 def check_evaluations(result):

@@ -63,11 +63,12 @@ def _prepare(config_path: str) -> Path:
 def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = False,
              say: Callable[[str], None] | None = None) -> int:
     from embed_pipeline.console import Session, say as cli_say
+    from embed_pipeline.starter import default_config
 
     say = say or cli_say
     seconds: dict[str, float] = {}
     out: dict = {}
-    session = Session(str(_prepare(config_path or _default_config())))
+    session = Session(str(_prepare(config_path or str(default_config()))))
     session.recover()
     session.reconcile()
     demo = Walkthrough(session, say, verbose)
@@ -103,12 +104,6 @@ def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = Fal
     if as_json:
         print(json.dumps({**out, "seconds": seconds}, indent=2))
     return 3 if demo.refused else 0
-
-
-def _default_config() -> str:
-    from embed_pipeline.lib.config import DEMO_CONFIG
-
-    return str(DEMO_CONFIG)
 
 
 class Walkthrough:

@@ -28,11 +28,20 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic.dataclasses import dataclass
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "data" / "demo_config.yaml"
+from embed_pipeline.lib.bundled import DEMO_CONFIG_NAME, bundled
+
+# The demo config as shipped (its `artifacts_dir` is relative to it: the CLI runs the demo from a
+# copy under ./artifacts instead, embed_pipeline/starter.py).
+DEMO_CONFIG = bundled(DEMO_CONFIG_NAME)
+# With a tracking server, models and artifacts go through the server's own artifact store.
+SERVER_SCHEMES = ("http://", "https://")
+# MLflow reads any other string as a local folder: a typo in a database URL would silently start
+# a file store on this machine, so the URI must name one of these schemes.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 class ConfigError(ValueError):
@@ -67,6 +76,17 @@ def _resolve_model(value: typing.Any, info: ValidationInfo) -> typing.Any:
 
 
 ModelRef = Annotated[str, BeforeValidator(_resolve_model)]
+
+
+def _tracking_uri(value: str | None) -> str | None:
+    scheme = (value or "").split(":", 1)[0].split("+", 1)[0]
+    if value not in (None, "databricks") and ("://" not in value or scheme not in TRACKING_SCHEMES):
+        raise ValueError(f"not an MLflow store URI (scheme://...; schemes {', '.join(TRACKING_SCHEMES)}): a bare "
+                         "path or a typo would become a local file store")
+    return value
+
+
+TrackingUri = Annotated[str | None, AfterValidator(_tracking_uri)]
 Int = Annotated[int, Strict()]  # YAML `true` or "3" is not a number here
 Float = Annotated[float, Strict()]
 Share = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
@@ -448,7 +468,7 @@ class PipelineConfig:
                                  description="local path (relative: to the config file), hub id, or pkg:<module>")
     search_logs: ConfigPath | None = Field(None, description="impressions: query, passage_id, position, clicked, dwell_seconds, session_id, timestamp")
     curated_pairs: LabelledSet | None = Field(None, description="hand-labelled pairs, BEIR or a table")
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
+    mlflow_tracking_uri: TrackingUri = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
     registered_model_name: str = Field("embed-pipeline", min_length=1, description="MLflow registered model")
     query_prompt: str = Field("", description="query prefix (E5: 'query: ')")
     corpus_prompt: str = Field("", description="passage prefix (E5: 'passage: ')")
@@ -498,7 +518,12 @@ class PipelineConfig:
         return self.mlflow_tracking_uri or f"sqlite:///{self.artifacts_dir / 'mlflow.db'}"
 
     @property
-    def mlflow_artifacts_uri(self) -> str:
+    def mlflow_artifacts_uri(self) -> str | None:
+        """Where a new experiment keeps its artifacts: a folder under `artifacts_dir` for a local store;
+        None with a tracking server (http/https), so the server's artifact store (`mlflow-artifacts:`)
+        holds them and every machine that reaches the server can read the models."""
+        if self.tracking_uri.startswith(SERVER_SCHEMES):
+            return None
         return (self.artifacts_dir / "mlruns").as_uri()
 
     @property

@@ -26,9 +26,15 @@ def metric_name(name: str) -> str:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, artifact_location: str, experiment: str = "embed-pipeline"):
+    def __init__(self, tracking_uri: str, artifact_location: str | None, experiment: str = "embed-pipeline"):
+        """`artifact_location` is used when this creates the experiment; with a tracking server (http/https)
+        it is ignored and the server's artifact store (`mlflow-artifacts:`) takes the artifacts."""
         from mlflow.tracking import MlflowClient
 
+        from embed_pipeline.lib.config import SERVER_SCHEMES
+
+        if tracking_uri.startswith(SERVER_SCHEMES):
+            artifact_location = None
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)

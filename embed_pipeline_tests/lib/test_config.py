@@ -182,13 +182,13 @@ def test_the_readme_documents_every_setting_the_models_define():
 
 
 def test_an_mlflow_store_that_cannot_be_opened_fails_the_command_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
-    from embed_pipeline.cli import EXIT_FAILED, main
+    from embed_pipeline.cli import EXIT_CONFIG, main
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     config = write(tmp_path, BASE + "mlflow_tracking_uri: 'sqlite:////proc/no-such-dir/mlflow.db'\n")
-    assert main(["promote", "--config", str(config)]) == EXIT_FAILED
+    assert main(["promote", "--config", str(config)]) == EXIT_CONFIG
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("[embed-pipeline] MLflow error: cannot reach the MLflow store at sqlite:////proc/no-such-dir")
+    assert err[-1].startswith("[embed-pipeline] config error: cannot reach the MLflow store at sqlite:////proc/no-such-dir")
     assert "Traceback" not in "\n".join(err)
 
 
@@ -208,7 +208,7 @@ RAY = "compute: {engine: ray, ray_address: '127.0.0.1:6379'}\n"
 @pytest.mark.parametrize("setting, message", [
     ("", r"mlflow_tracking_uri 'sqlite:///.*/out/mlflow.db': with compute.engine ray, training workers on other nodes "
          r"log to MLflow, so point mlflow_tracking_uri at a tracking server"),
-    ("mlflow_tracking_uri: /shared/mlruns\n", r"mlflow_tracking_uri '/shared/mlruns': .* not a SQLite file or folder$"),
+    ("mlflow_tracking_uri: file:///shared/mlruns\n", r"mlflow_tracking_uri 'file:///shared/mlruns': .* not a SQLite file or folder$"),
     ("mlflow_tracking_uri: http://mlflow:5000\ntraining: {processes: 2}\n",
      r"training.processes 2 is for torchrun on this machine: with compute.engine ray set compute.train_workers instead$"),
     ("mlflow_tracking_uri: http://mlflow:5000\ntraining: {batch_size: 6}\ncompute: {engine: ray, train_workers: 4}\n",
