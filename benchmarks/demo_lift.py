@@ -44,15 +44,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from embed_pipeline.lib.click_logs import pairs_from_search_logs  # noqa: E402
 from embed_pipeline.lib.config import DEMO_CONFIG, parse_config  # noqa: E402
 from embed_pipeline.lib.corpus import load_corpus, passage_texts  # noqa: E402
-from embed_pipeline.lib.encoding import embed_corpus_and_queries, load_model, model_fingerprint  # noqa: E402
+from embed_pipeline.lib.encoding import embed_corpus_and_queries, encode_precision, load_model, model_fingerprint  # noqa: E402
 from embed_pipeline.lib.evaluation import Contenders, EvalSet, evaluate  # noqa: E402
 from embed_pipeline.lib.fine_tune import fine_tune  # noqa: E402
+from embed_pipeline.lib.hardware import pick_device  # noqa: E402
 from embed_pipeline.lib.labelled import load_labelled_pairs, relevance_map  # noqa: E402
 from embed_pipeline.lib.leakage import decontaminate  # noqa: E402
 from embed_pipeline.lib.lexical import LexicalIndex  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
 from embed_pipeline.lib.pairs import PAIR_COLUMNS, merge_pairs  # noqa: E402
-from embed_pipeline.lib.retrieval import training_dev_queries  # noqa: E402
+from embed_pipeline.lib.retrieval import dev_relevance  # noqa: E402
 from embed_pipeline.lib.synthetic import inverse_cloze_pairs, round_trip_filter, sample_passages  # noqa: E402
 from embed_pipeline.lib.tracking import Tracker  # noqa: E402
 
@@ -159,7 +160,7 @@ class Stages:
                            checkpoint_root=out / "checkpoints", data_versions={"demo_lift": f"seed{seed}"},
                            base_fingerprint=self.base_fingerprint, tags={"benchmark": "demo_lift"},
                            on_progress=lambda m: say("  " + m))
-        return model, training_dev_queries(triples, config.training)
+        return model, dev_relevance(model.held_out)
 
     def judge(self, config, candidate: str, lexical, dev: tuple[list[str], dict], mode: str) -> dict:
         """`evaluate` as the demo's first eval: the stock model served dense is the champion."""
@@ -173,7 +174,8 @@ class Stages:
         models = {"base": config.base_model, "champion": {"name": config.base_model, "version": None},
                   "candidate": {"model_dir": candidate, "seed": config.training.seed}}
         return self.timed(f"eval ({mode})", evaluate, self.eval_set, self.eval_pairs, self.ids, contenders, encode, retrieval,
-                          config.gate, models, lexical=lexical, dev_queries=dev[0], dev_relevant=dev[1]).report
+                          config.gate, models, precision=encode_precision(config.index.encode_precision, pick_device()),
+                          lexical=lexical, dev_queries=dev[0], dev_relevant=dev[1]).report
 
 
 def summary_row(label: str, seed: int, report: dict) -> dict:

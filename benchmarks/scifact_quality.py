@@ -23,8 +23,14 @@ function, against the full 5,183-abstract corpus (exact search): rows
 plus training time and pairs/s. Corpus embeddings go through the pipeline's embedding cache at the
 config's `index.encode_precision`, so only fine-tuned models are re-encoded. Prints, per seed and as
 the mean over seeds, the recall@10 lift of (a) and (b) over stock and their ratio, and each hybrid's
-lift over its dense model against issue 12's targets. (b)'s model is kept per seed and settings
+lift over its dense model against the targets that make hybrid worth serving. (b)'s model is kept per seed and settings
 under benchmarks/.cache; `--reuse-models` evaluates a kept model instead of retraining it.
+Then the served-parity check: for dense, hybrid convex and hybrid RRF (rrf_k 20), (b) is judged
+by `evaluate` through its own FAISS index, promoted into a scratch artifacts folder (the spec copied
+whole, as the `served_model` asset does) and the held-out claims are ranked through the query API
+(`Searcher`); judged and served recall@10 / nDCG@10 are printed side by side (equal to 1e-4 when
+what serves is what was judged). `--parity-only` runs that check alone, with the stock model as the
+candidate (no training) and, with `--parity-claims` / `--parity-passages`, on a slice of SciFact.
 The dataset (CC BY-NC) is read in place, never copied into the project.
 """
 
@@ -49,15 +55,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embed_pipeline.lib.config import PipelineConfig, parse_config, resolve_model_name  # noqa: E402
 from embed_pipeline.lib.corpus import passage_texts  # noqa: E402
-from embed_pipeline.lib.encoding import embed_corpus_and_queries, encode_cached, load_model, model_fingerprint  # noqa: E402
-from embed_pipeline.lib.evaluation import Contenders, EvalSet, evaluate  # noqa: E402
+from embed_pipeline.lib.encoding import (  # noqa: E402
+    embed_corpus_and_queries,
+    encode_cached,
+    encode_precision,
+    load_model,
+    model_fingerprint,
+)
+from embed_pipeline.lib.evaluation import Contenders, EvalSet, evaluate, served_parity  # noqa: E402
 from embed_pipeline.lib.fine_tune import fine_tune  # noqa: E402
+from embed_pipeline.lib.hardware import pick_device  # noqa: E402
+from embed_pipeline.lib.indexing import load_index, publish_index  # noqa: E402
 from embed_pipeline.lib.io import atomic_path, read_json, write_json  # noqa: E402
 from embed_pipeline.lib.lexical import LexicalIndex  # noqa: E402
 from embed_pipeline.lib.metrics import mean_metrics, per_query_metrics  # noqa: E402
 from embed_pipeline.lib.negatives import mine_hard_negatives  # noqa: E402
 from embed_pipeline.lib.pairs import merge_pairs  # noqa: E402
-from embed_pipeline.lib.retrieval import training_dev_queries  # noqa: E402
+from embed_pipeline.lib.promotion import promote, read_served  # noqa: E402
+from embed_pipeline.lib.retrieval import Searcher  # noqa: E402
 from embed_pipeline.lib.synthetic import inverse_cloze_pairs, round_trip_filter  # noqa: E402
 from embed_pipeline.lib.tracking import Tracker  # noqa: E402
 
@@ -210,7 +225,7 @@ def train_pipeline(config: PipelineConfig, base_model, corpus: pd.DataFrame, tra
                       model_dir=config.artifacts_dir / "model", checkpoint_root=config.artifacts_dir / "checkpoints",
                       data_versions={"benchmark": f"scifact-seed{config.training.seed}"}, base_fingerprint=fingerprint,
                       tags={"benchmark": "scifact_quality"}, on_progress=lambda m: say("  " + m))
-    return model, training_dev_queries(triples, config.training)[1]
+    return model, model.dev_relevant
 
 
 def model_cache_dir(config: PipelineConfig, synthetic: bool) -> Path:
@@ -258,7 +273,7 @@ def judged_rows(seed: int, name: str, config: PipelineConfig, model_dir: Path, e
 
     evaluation = evaluate(eval_set, held_out, evaluator.ids, Contenders(base=resolve_model_name(BASE), candidate=str(model_dir)),
                           encode, config.retrieval, config.gate, {"base": BASE, "candidate": {"model_dir": str(model_dir)}},
-                          lexical=lexical, dev_queries=list(dev_relevant), dev_relevant={q: set(p) for q, p in dev_relevant.items()})
+                          precision=encode_precision(config.index.encode_precision, pick_device()), lexical=lexical, dev_queries=list(dev_relevant), dev_relevant={q: set(p) for q, p in dev_relevant.items()})
     report = evaluation.report
     weight = report["retrieval"]["dense_weight"]
     say(f"  hybrid: dense weight {weight} ({report['retrieval']['dense_weight_source']}); gate vs stock: {report['gate']['summary']}")
@@ -267,6 +282,52 @@ def judged_rows(seed: int, name: str, config: PipelineConfig, model_dir: Path, e
             for label, row, extra in (("bm25", "bm25", {}), ("stock", "base", {}), ("stock hybrid", "champion_hybrid", {"dense_weight": weight}),
                                       (name, "candidate", {}), (f"{name} hybrid", "candidate_hybrid", {"dense_weight": weight}))]
     return rows, report
+
+
+PARITY_SPECS = {"dense": {"mode": "dense"}, "hybrid convex": {"mode": "hybrid", "fusion": "convex"},
+                "hybrid rrf (rrf_k 20)": {"mode": "hybrid", "fusion": "rrf", "rrf_k": 20}}
+
+
+def served_vs_judged(seed: int, config: PipelineConfig, model_dir: Path, evaluator: Evaluator, lexical: LexicalIndex,
+                     held_out: pd.DataFrame, dev_relevant: dict[str, list[str]], root: Path) -> list[dict]:
+    """For each of `PARITY_SPECS`: `evaluate` judges `model_dir` through its FAISS index (the corpus
+    vectors at the config's encode precision, as `corpus_index` writes them), the judged spec is
+    promoted into `root/<spec>` with `lib.promotion.promote`, and the held-out claims are ranked
+    through `Searcher` on that served pointer. Returns one row per spec: judged and served recall@10
+    and nDCG@10, and the largest gap."""
+    queries, relevant = held_out_queries(held_out)
+    eval_set = EvalSet(queries, relevant)
+    model = load_model(str(model_dir))
+    vectors, stats = encode_cached(model, evaluator.texts, evaluator.cache, model_fingerprint(model), progress=False,
+                                   precision=config.index.encode_precision)
+    dense_path = publish_index(evaluator.ids, vectors, config.index, {"encode_precision": stats.precision}, root / "index" / "dense").path
+    lexical_path = lexical.save(root / "index" / "lexical")
+    contenders = Contenders(base=resolve_model_name(BASE), candidate=str(model_dir), served_index=load_index(dense_path))
+
+    def encode(model_ref: str, texts: list[str]):
+        encoded = embed_corpus_and_queries(model_ref, evaluator.texts, texts, evaluator.cache, precision=config.index.encode_precision)
+        return encoded.query_vectors, encoded.corpus_vectors
+
+    rows = []
+    for name, overrides in PARITY_SPECS.items():
+        evaluation = evaluate(eval_set, held_out, evaluator.ids, contenders, encode, dataclasses.replace(config.retrieval, **overrides),
+                              config.gate, {"candidate": {"model_dir": str(model_dir)}}, precision=stats.precision, lexical=lexical,
+                              dev_queries=list(dev_relevant), dev_relevant={q: set(p) for q, p in dev_relevant.items()})
+        artifacts = root / name.replace(" ", "-").replace("(", "").replace(")", "")
+        promote(artifacts, {"model_name": "scifact-benchmark", "model_version": "1", "model_dir": str(model_dir), "mlflow_run_id": None,
+                            "index_path": str(dense_path), "lexical_path": str(lexical_path), "report_path": None,
+                            "retrieval": evaluation.spec.as_dict()}, "scifact_quality", "served parity")
+        parity = served_parity(Searcher(read_served(artifacts), config.query_prompt, config.index.encode_threads), eval_set,
+                               evaluation.report)
+        gap = max(abs(parity["served"][m] - parity["judged"][m]) for m in parity["judged"])
+        spec = evaluation.spec
+        rows.append({"seed": seed, "spec": name, "dense_weight": spec.dense_weight, "precision": spec.precision,
+                     **{f"judged {m}": v for m, v in parity["judged"].items()},
+                     **{f"served {m}": v for m, v in parity["served"].items()}, "max gap": gap})
+        say(f"  served parity, {name} (row {parity['row']}, weight {spec.dense_weight} from {spec.dense_weight_source}): "
+            f"judged recall@10 {parity['judged']['recall@10']:.4f} nDCG@10 {parity['judged']['ndcg@10']:.4f}, served "
+            f"{parity['served']['recall@10']:.4f} / {parity['served']['ndcg@10']:.4f} -> {'EQUAL' if gap <= 1e-4 else 'DIFFERENT'} (to 1e-4)")
+    return rows
 
 
 def main() -> int:
@@ -282,6 +343,11 @@ def main() -> int:
     parser.add_argument("--synthetic", action="store_true",
                         help="(b) also trains on the pipeline's default synthetic pairs (inverse cloze + titles from the "
                              "corpus, round-trip filtered, capped at synthetic.max_share), as the pipeline does")
+    parser.add_argument("--parity-only", action="store_true",
+                        help="only the served-parity check, with the stock model as the candidate (no training)")
+    parser.add_argument("--parity-claims", type=int, default=0, help="--parity-only: the first N held-out claims (0: all)")
+    parser.add_argument("--parity-passages", type=int, default=0,
+                        help="--parity-only: the held-out claims' relevant passages plus the first N others (0: the whole corpus)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a TrainingConfig/MiningConfig default for (b), e.g. training.learning_rate=1e-4")
     args = parser.parse_args()
@@ -305,13 +371,19 @@ def main() -> int:
     shown = pipeline_config(args.data, scratch_root / "shown", 0, overrides)
     say(f"SciFact: {len(corpus)} passages, {qrels['query_id'].nunique()} training claims, {len(qrels)} pairs; "
         f"(b) = {shown.training} / {shown.mining}; encode precision {shown.index.encode_precision}")
+    if args.parity_only:
+        parity = parity_only(args, corpus, qrels, overrides, scratch_root)
+        print_parity(parity)
+        (args.out / "parity.json").write_text(json.dumps(parity, indent=2, default=float) + "\n")
+        shutil.rmtree(scratch_root, ignore_errors=True)
+        return 0 if all(row["max gap"] <= 1e-4 for row in parity) else 1
     evaluator = Evaluator(corpus, args.cache)
     start = time.perf_counter()
     lexical = LexicalIndex.build(evaluator.ids, evaluator.texts)
     say(f"bm25: indexed {lexical.size} passages in {time.perf_counter() - start:.1f} s")
     base_model = load_model(base_path, device="cpu")
     name = "(b) pipeline + synthetic" if args.synthetic else "(b) pipeline"
-    rows, reports = [], {}
+    rows, reports, parity = [], {}, []
     for seed in args.seeds:
         train, held_out = split_claims(qrels, seed)
         say(f"seed {seed}: train {train['query_id'].nunique()} claims / {len(train)} pairs, "
@@ -337,9 +409,44 @@ def main() -> int:
                 row.update({"train_s": record["train_s"], "pairs/s": record["pairs/s"]})
         rows += judged
         report(rows, name)
-        (args.out / "results.json").write_text(json.dumps({"rows": rows, "reports": reports}, indent=2, default=float) + "\n")
+        say(f"{name}: served parity (judged by evaluate, served through Searcher)")
+        parity += served_vs_judged(seed, config, model_dir, evaluator, lexical, held_out, record["dev_relevant"],
+                                   scratch_root / f"parity-{seed}")
+        print_parity(parity)
+        (args.out / "results.json").write_text(json.dumps({"rows": rows, "reports": reports, "parity": parity}, indent=2,
+                                                          default=float) + "\n")
     shutil.rmtree(scratch_root, ignore_errors=True)
     return 0
+
+
+def parity_only(args, corpus: pd.DataFrame, qrels: pd.DataFrame, overrides: dict, scratch_root: Path) -> list[dict]:
+    """`served_vs_judged` alone, the stock model as the candidate: per seed, the held-out claims (the
+    first `--parity-claims`), a dev split of the training claims to choose the weight on (as
+    `fine_tune` holds one out), and the corpus (with `--parity-passages`: the passages those claims
+    need plus the first N others)."""
+    rows = []
+    for seed in args.seeds:
+        train, held_out = split_claims(qrels, seed)
+        if args.parity_claims:
+            held_out = held_out[held_out["query_id"].isin(sorted(held_out["query_id"].unique())[:args.parity_claims])]
+        _, dev = split_claims(train, seed)
+        sliced = corpus
+        if args.parity_passages:
+            needed = set(held_out["passage_id"]) | set(dev["passage_id"])
+            others = set(corpus.loc[~corpus["passage_id"].isin(needed), "passage_id"].head(args.parity_passages))
+            sliced = corpus[corpus["passage_id"].isin(needed | others)].reset_index(drop=True)
+        evaluator = Evaluator(sliced, args.cache)
+        lexical = LexicalIndex.build(evaluator.ids, evaluator.texts)
+        say(f"seed {seed}: served parity of the stock model on {held_out['query_id'].nunique()} held-out claims, "
+            f"{len(sliced)} passages, {dev['query_id'].nunique()} dev claims")
+        rows += served_vs_judged(seed, pipeline_config(args.data, scratch_root / f"seed-{seed}", seed, overrides),
+                                 Path(resolve_model_name(BASE)), evaluator, lexical, held_out,
+                                 dev.groupby("query")["passage_id"].agg(sorted).to_dict(), scratch_root / f"parity-{seed}")
+    return rows
+
+
+def print_parity(rows: list[dict]) -> None:
+    print(pd.DataFrame(rows).round(6).to_markdown(index=False), flush=True)
 
 
 def report(rows: list[dict], name: str = "(b) pipeline") -> None:
@@ -366,7 +473,7 @@ def report(rows: list[dict], name: str = "(b) pipeline") -> None:
 
 
 def report_hybrid(table: pd.DataFrame, name: str) -> None:
-    """Each fusion's lift over the dense model `name` against issue 12's targets (mean recall@10 >=
+    """Each fusion's lift over the dense model `name` against the targets that make hybrid worth serving (mean recall@10 >=
     +0.01 and nDCG@10 >= +0.015, no seed below dense by more than 0.005), and BM25 against the
     bm25s reference."""
     by = table.set_index(["seed", "model"])

@@ -1,17 +1,20 @@
 """`embed-pipeline`: run the training graph, promote, roll back, search the served index, open the UI.
 
-Every command takes `--config FILE` (default: the bundled demo, data/demo_config.yaml) and passes
+Every command takes `--config FILE` (default: the bundled demo config, run in ./artifacts) and passes
 that path explicitly to the Dagster definitions; nothing reads the config from the environment.
 Runs execute in this process against the Dagster instance in $DAGSTER_HOME (default:
-`<artifacts_dir>/dagster_home`, seeded with the project's dagster.yaml), so every run,
+`<artifacts_dir>/dagster_home`, seeded with the bundled dagster.yaml), so every run,
 materialisation and check result shows in the Dagster UI afterwards.
 
 Exit codes:
   0  success (for `run`: the candidate passed the promotion gate)
-  1  a step failed, or a blocking data check failed; the root cause is the last line printed
+  1  a step failed, a blocking data check failed, or `run` produced no eval report; the root cause
+     is the last line printed
   2  config or input error (a bad key or value, a missing or malformed file), found before any work
   3  `run` and `demo`: everything ran and the promotion gate refused the candidate (a normal
      outcome; the run itself is green in the UI, the gate's check is a warning)
+  128+N  interrupted by signal N (130 Ctrl-C, 143 SIGTERM, 129 a closed terminal): the run is
+     canceled, its pool slots freed, and the one line printed says what it was doing
 """
 
 from __future__ import annotations
@@ -19,23 +22,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
-from embed_pipeline.console import PROJECT_ROOT, Session, check_evaluations, output, root_cause, say
+from embed_pipeline.console import Session, check_evaluations, output, quiet_libraries, root_cause, say
+from embed_pipeline.run_watch import RunInterrupted
 from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
+from embed_pipeline.lib.tracking import RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embed_pipeline.lib.evaluation import report_markdown
-    from embed_pipeline.lib.inputs import validate_inputs
+    from embed_pipeline.lib.inputs import check_environment, validate_inputs
     from embed_pipeline.lib.io import read_json
 
     session = Session(args.config)
+    check_environment(session.config, os.environ)
     summary = validate_inputs(session.config)
     say("inputs checked: " + "; ".join(summary))
     session.recover()
@@ -68,7 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         causes += [f"check {c.check_name} failed (see above)" for c in failed_checks]
         say("FAILED. " + (" | ".join(causes) or "see the Dagster events above"))
         return EXIT_FAILED
-    return EXIT_OK if report is not None and report["gate"]["passed"] else EXIT_GATE_REFUSED
+    if report is None:  # the gate never judged anything: a failure, not a refusal
+        say(f"FAILED. run {result.run_id} succeeded but produced no eval report, so there is nothing for the gate to judge")
+        return EXIT_FAILED
+    return EXIT_OK if report["gate"]["passed"] else EXIT_GATE_REFUSED
 
 
 def _say_quarantines(result) -> None:
@@ -76,12 +84,17 @@ def _say_quarantines(result) -> None:
     import pandas as pd
 
     corpus, curated, pairs = (output(result, n) for n in ("corpus", "curated_pairs", "training_pairs"))
+    def first(path: str) -> str:
+        row = pd.read_parquet(path).iloc[0]
+        return f"first: {row['file'] + ' ' if 'file' in row else ''}line {row['line']}: {row['reason']}"
+
     if corpus is not None:
         quarantined = len(pd.read_parquet(corpus.quarantine_path))
         if quarantined:
-            say(f"quarantined {quarantined} corpus row(s): {corpus.quarantine_path}")
+            say(f"quarantined {quarantined} corpus row(s) ({first(corpus.quarantine_path)}): {corpus.quarantine_path}")
     if curated is not None and curated.quarantined:
-        say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s): {curated.files['quarantine']}")
+        say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s) ({first(curated.files['quarantine'])}): "
+            f"{curated.files['quarantine']}")
     if pairs is not None and pairs.quarantined:
         say(f"dropped {pairs.quarantined} training pair(s) leaking an eval query (decontamination): {pairs.files['leaks']}")
 
@@ -147,7 +160,7 @@ def _served_outcome(result) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """Query the served model and index by hand; one JSON line per hit on stdout."""
+    """Query the served model and index by hand; one JSON line per hit on stdout (each with `score` and `mode`)."""
     from embed_pipeline.lib.retrieval import search_served
 
     session = Session(args.config)
@@ -156,6 +169,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     except (LookupError, ValueError) as exc:
         say(str(exc))
         return EXIT_FAILED
+    if hits:
+        say(f"{len(hits)} hit(s) from v{hits[0]['model_version']}, ranked {hits[0]['mode']}")
     for hit in hits:
         print(json.dumps(hit))
     return EXIT_OK
@@ -171,8 +186,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
         say(f"no `dagster` executable beside {sys.executable}: reinstall the project (pip install -e .)")
         return EXIT_FAILED
     os.environ[CONFIG_ENV_VAR] = session.config_path
-    os.chdir(PROJECT_ROOT)
-    os.execv(str(dagster), [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")])
+    # The installed module, not a workspace file beside a checkout: this works from any directory.
+    os.execv(str(dagster), [str(dagster), "dev", "-m", "embed_pipeline.definitions"])
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """A starter project for your own data: config.yaml, dagster.yaml, workspace.yaml, README.md."""
+    from embed_pipeline.starter import init_project
+
+    try:
+        written = init_project(Path(args.dir), corpus=args.corpus, curated=args.curated, eval_set=args.eval,
+                               search_logs=args.search_logs, base_model=args.base_model)
+    except (FileExistsError, FileNotFoundError) as exc:
+        say(f"init: {exc}")
+        return EXIT_CONFIG
+    say(f"wrote {', '.join(p.name for p in written)} in {written[0].parent}; next: its README.md")
     return EXIT_OK
 
 
@@ -189,6 +218,7 @@ COMMANDS = [
     ("rollback", cmd_rollback, "serve the previous champion again (walks back one promotion per call)"),
     ("search", cmd_search, "query the served model and index; JSON lines out"),
     ("ui", cmd_ui, "start the Dagster UI (`dagster dev`) on this config's instance"),
+    ("init", cmd_init, "write a starter project for your own data (config, dagster.yaml, workspace.yaml, README)"),
 ]
 
 
@@ -199,7 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", help="pipeline YAML (default: the bundled demo, data/demo_config.yaml)")
+        if name == "init":
+            p.add_argument("dir", help="the project folder (created; existing files are never overwritten)")
+            p.add_argument("--corpus", type=Path, help="corpus.jsonl (BEIR) or Parquet (_id, title, text)")
+            p.add_argument("--curated", type=Path, help="training pairs: a table (query, passage_id) or a BEIR folder")
+            p.add_argument("--eval", type=Path, help="held-out set: a table or a BEIR folder")
+            p.add_argument("--search-logs", type=Path, help="click logs (Parquet)")
+            p.add_argument("--base-model", default="BAAI/bge-small-en-v1.5", help="hub id, local folder or pkg:<module>")
+            p.set_defaults(func=func)
+            continue
+        p.add_argument("--config", help="pipeline YAML (default: the bundled demo, run in ./artifacts)")
         if name in ("run", "demo"):
             p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
             p.add_argument("--verbose", action="store_true", help="also Dagster's DEBUG events (inputs, outputs, step handoffs)")
@@ -212,13 +251,19 @@ def main(argv: list[str] | None = None) -> int:
                            help="default: what the served pointer names (the gate judged that mode)")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    # A closed terminal (SIGHUP) is handled like Ctrl-C: the run is marked canceled and its pool slot freed.
-    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+    if not getattr(args, "verbose", False):
+        quiet_libraries()
     try:
         return args.func(args)
     except (ConfigError, InputError) as exc:
         say(f"{'config' if isinstance(exc, ConfigError) else 'input'} error: {' '.join(str(exc).split())}")
         return EXIT_CONFIG
+    except RegistryError as exc:  # the MLflow store cannot be reached at the start: nothing was run
+        say(f"MLflow error: {' '.join(str(exc).split())}")
+        return EXIT_FAILED
+    except RunInterrupted as exc:  # SIGINT, SIGTERM or SIGHUP during a run: it was canceled cleanly
+        say(str(exc))
+        return exc.exit_code
 
 
 if __name__ == "__main__":

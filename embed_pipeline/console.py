@@ -9,31 +9,48 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
-import threading
+import uuid
+import warnings
 from pathlib import Path
 
-from embed_pipeline.lib.config import DEMO_CONFIG, PipelineConfig, load_config
+from embed_pipeline.lib.config import ConfigError, PipelineConfig, load_config
+from embed_pipeline.starter import default_config, seed_instance
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-POOL = "gpu"
 
 
 def say(message: str) -> None:
     print(f"[embed-pipeline] {message}", file=sys.stderr, flush=True)
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter out of the default output: progress bars (model loading, encoding, in
+    this process and the ones it starts) and Dagster's beta-parameter warning. Our own progress
+    lines (training steps, encodes with an ETA) say the same things once; `--verbose` skips this.
+
+    The libraries read the environment switches at import, and child processes (training ranks,
+    encoding workers) inherit them; a library this process imported already is switched directly.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers' bars
+    os.environ.setdefault("TQDM_DISABLE", "1")  # any other tqdm bar left on by default
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r".*is currently in beta")
+
+
 def dagster_home(config: PipelineConfig) -> Path:
     """$DAGSTER_HOME, or `<artifacts_dir>/dagster_home`; created when missing and seeded with the
-    project's dagster.yaml when it has none (Dagster itself refuses a DAGSTER_HOME that does not exist)."""
+    bundled dagster.yaml when it has none (Dagster itself refuses a DAGSTER_HOME that does not exist)."""
     chosen = os.environ.get("DAGSTER_HOME")
     home = Path(chosen) if chosen else config.artifacts_dir / "dagster_home"
     ours = not chosen or not home.exists()  # an existing instance of the user's is left as it is
     home.mkdir(parents=True, exist_ok=True)
-    project_yaml = PROJECT_ROOT / "dagster.yaml"
-    if ours and project_yaml.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(project_yaml, home / "dagster.yaml")
+    if ours:
+        seed_instance(home)
+    elif not (home / "dagster.yaml").exists():
+        say(f"DAGSTER_HOME {home} has no dagster.yaml: Dagster's defaults apply (SQLite in that folder, no pool limit)")
     return home
 
 
@@ -41,10 +58,45 @@ class Session:
     """One CLI invocation: the config, the Dagster instance and the definitions bound to the config file."""
 
     def __init__(self, config_path: str | None):
-        self.config_path = str(Path(config_path or DEMO_CONFIG).expanduser().resolve())
+        self.config_path = str(Path(config_path or default_config()).expanduser().resolve())
         self.config = load_config(self.config_path)
+        self._tracker = None
         os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
+        # What libraries would write into HOME goes under artifacts_dir (a user's own setting wins):
+        # matplotlib's font cache; MLflow's telemetry file, off as dagster.yaml turns Dagster's off.
+        os.environ.setdefault("MPLCONFIGDIR", str(self.config.artifacts_dir / "cache" / "matplotlib"))
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
+        self.check_stores()
+
+    def check_stores(self) -> None:
+        """Open the Dagster instance's storage and the MLflow store now: a database that cannot be
+        reached (wrong URL, host, port or password) is one config error at start, before any work."""
+        from embed_pipeline.lib.tracking import RegistryError
+
+        home = os.environ["DAGSTER_HOME"]
+        try:
+            self.instance.get_runs(limit=1)
+        except Exception as exc:  # noqa: BLE001 - psycopg, SQLAlchemy, Dagster's config and retry errors
+            raise ConfigError(f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
+        uri = self.config.tracking_uri
+        if uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+            # One connection attempt: MLflow itself retries a database for about 100 s before it says why.
+            import sqlalchemy
+
+            shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+            engine = sqlalchemy.create_engine(uri)
+            try:
+                with engine.connect():
+                    pass
+            except Exception as exc:  # noqa: BLE001 - the drivers' connection errors have no common base
+                raise ConfigError(f"cannot reach the MLflow store at {shown}: {_innermost(exc)}") from exc
+            finally:
+                engine.dispose()
+        try:
+            self.tracker()
+        except RegistryError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def instance(self):
@@ -59,20 +111,26 @@ class Session:
         return build_defs(self.config_path)
 
     def tracker(self):
+        """The MLflow tracker of this config (made once: opening a new store runs its migrations)."""
         from embed_pipeline.defs.resources import MlflowResource
 
-        return MlflowResource().tracker(self.config)
+        if self._tracker is None:
+            self._tracker = MlflowResource().tracker(self.config)
+        return self._tracker
 
     def recover(self) -> None:
         """Fail runs of this host whose process is gone, free their pool slots, end their MLflow runs."""
-        from embed_pipeline.defs.recovery import recover_dead_runs
-        from embed_pipeline.lib.tracking import close_orphaned_runs
-
-        tracker = self.tracker()
-        for dead in recover_dead_runs(self.instance, lambda run_id: close_orphaned_runs(tracker, run_id)):
+        self.tracker()  # opened now: an MLflow store that cannot be reached fails the command before any work
+        for dead in self._recover_dead(self.instance):
             say(f"recovered dead run {dead.run_id} ({dead.job_name}, process {dead.pid} is gone): marked failed, "
                 f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; "
                 "training resumes from its last checkpoint")
+
+    def _recover_dead(self, instance) -> list:
+        from embed_pipeline.defs.recovery import recover_dead_runs
+        from embed_pipeline.lib.tracking import close_orphaned_runs
+
+        return recover_dead_runs(instance, lambda run_id: close_orphaned_runs(self.tracker(), run_id))
 
     def reconcile(self) -> None:
         from embed_pipeline.defs.resources import MlflowResource
@@ -81,47 +139,46 @@ class Session:
         for line in reconcile_served(self.config, MlflowResource()):
             say(f"reconciled: {line}")
 
-    def execute(self, job_name: str, verbose: bool = False, **kwargs):
-        """Run a job in this process (tagged with our pid, so a later CLI can recover it if we die)."""
-        from embed_pipeline.defs.recovery import process_tags
+    def execute(self, job, verbose: bool = False, pool_check_seconds: float = 3.0, **kwargs):
+        """Run a job (a name in the definitions, or a job definition) in this process, tagged with our
+        pid so a later CLI can recover it if we die.
 
-        job = self.defs.resolve_job_def(job_name)
+        While it runs, a watcher recovers dead holders of the `gpu` pool it waits for (checked every
+        `pool_check_seconds`); SIGINT, SIGTERM and SIGHUP cancel it and raise `RunInterrupted` once it
+        has ended (embed_pipeline/run_watch.py). Interrupt tracebacks are cut unless `verbose`.
+        """
+        from embed_pipeline.defs.recovery import process_tags
+        from embed_pipeline.run_watch import RunWatch, quiet_console_logger
+
+        job = self.defs.resolve_job_def(job) if isinstance(job, str) else job
+        if not verbose:
+            job = job.with_logger_defs({"console": quiet_console_logger()})
         log_level = "DEBUG" if verbose else "INFO"
         run_config = {**kwargs.pop("run_config", {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
+        instance = self.instance  # one instance object: the watcher listens to its events
+        run_id = str(uuid.uuid4())  # known before the run starts: the watcher listens for its events
+        watch = RunWatch(instance, run_id, job.name, say, lambda: self._recover_dead(instance), pool_check_seconds)
         # Libraries print progress to stdout (the trainer's loss lines); keep stdout for results.
-        with contextlib.redirect_stdout(sys.stderr), _pool_watch(self.instance):
-            return job.execute_in_process(instance=self.instance, raise_on_error=False, run_config=run_config,
-                                          tags={**kwargs.pop("tags", {}), **process_tags()}, **kwargs)
+        try:
+            with contextlib.redirect_stdout(sys.stderr), watch.watching():
+                result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config,
+                                                run_id=run_id, tags={**kwargs.pop("tags", {}), **process_tags()},
+                                                **kwargs)
+        except KeyboardInterrupt:  # a signal before Dagster took over its handling (run setup)
+            if (interrupted := watch.interrupted()) is None:
+                raise
+            raise interrupted from None
+        if (interrupted := watch.interrupted()) is not None:
+            raise interrupted
+        return result
 
 
-@contextlib.contextmanager
-def _pool_watch(instance, every: float = 20.0):
-    """While a run executes, say at INFO level when one of its steps waits for the `gpu` pool, and who holds it."""
-    import dagster as dg
-
-    from embed_pipeline.defs.recovery import PID_TAG, pool_holders
-
-    stop = threading.Event()
-
-    def watch():
-        while not stop.wait(every):
-            try:
-                mine = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
-                                                              tags={PID_TAG: str(os.getpid())}), limit=5)
-                for record in mine:
-                    waiting, holders = pool_holders(instance, POOL, record.dagster_run.run_id)
-                    if waiting:
-                        say(f"step(s) {', '.join(waiting)} waiting for pool '{POOL}' (limit reached), held by "
-                            f"{'; '.join(holders) or 'a slot not yet freed'}; a dead holder is recovered at the next start")
-            except Exception:  # noqa: BLE001 - a watcher must never break the run it watches
-                continue
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
+def _innermost(exc: BaseException) -> str:
+    """The first line of the deepest cause (a driver's "connection refused", not a wrapper's "too many retries")."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return f"{type(exc).__name__}: {lines[0]}"
 
 
 def check_evaluations(result):

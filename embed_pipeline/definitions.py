@@ -1,4 +1,11 @@
-"""The whole graph at a glance: assets, checks, jobs, the nightly schedule and the sensors."""
+"""The whole graph at a glance: assets, checks, jobs, the nightly schedule and the sensors.
+
+As a code location in an existing Dagster deployment: `python_module: embed_pipeline.definitions`
+in its workspace.yaml, with the config file's path in $EMBED_PIPELINE_CONFIG of the code server
+(read at run time through `dg.EnvVar`); or a module of your own calling
+`build_definitions(config_path)` for a config of its own. Nothing here depends on the working
+directory or on a checkout of this repo.
+"""
 
 import dagster as dg
 
@@ -17,7 +24,7 @@ from embed_pipeline.defs.schedules import nightly_retraining
 CONFIG_ENV_VAR = "EMBED_PIPELINE_CONFIG"
 
 
-def build_defs(config_path: str | dg.EnvVar, query_generator: QueryGeneratorResource | None = None,
+def build_definitions(config_path: str | dg.EnvVar, query_generator: QueryGeneratorResource | None = None,
                schedule: dg.ScheduleDefinition | None = None, executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     """Definitions bound to one config file (a path, or `dg.EnvVar` naming the variable that holds it).
 
@@ -37,6 +44,8 @@ def build_defs(config_path: str | dg.EnvVar, query_generator: QueryGeneratorReso
     )
 
 
+build_defs = build_definitions  # the name tests and older user modules import
+
 # The Definitions edge: `dagster dev` / the daemon read the config path from this variable
 # (`embed-pipeline ui` sets it; README "The Dagster UI").
-defs = build_defs(dg.EnvVar(CONFIG_ENV_VAR))
+defs = build_definitions(dg.EnvVar(CONFIG_ENV_VAR))

@@ -63,11 +63,12 @@ def _prepare(config_path: str) -> Path:
 def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = False,
              say: Callable[[str], None] | None = None) -> int:
     from embed_pipeline.console import Session, say as cli_say
+    from embed_pipeline.starter import default_config
 
     say = say or cli_say
     seconds: dict[str, float] = {}
     out: dict = {}
-    session = Session(str(_prepare(config_path or _default_config())))
+    session = Session(str(_prepare(config_path or str(default_config()))))
     session.recover()
     session.reconcile()
     demo = Walkthrough(session, say, verbose)
@@ -103,12 +104,6 @@ def run_demo(config_path: str | None, as_json: bool = False, verbose: bool = Fal
     if as_json:
         print(json.dumps({**out, "seconds": seconds}, indent=2))
     return 3 if demo.refused else 0
-
-
-def _default_config() -> str:
-    from embed_pipeline.lib.config import DEMO_CONFIG
-
-    return str(DEMO_CONFIG)
 
 
 class Walkthrough:
@@ -189,7 +184,10 @@ class Walkthrough:
     def serve_stock(self) -> dict:
         """The stock model as the first champion, unless something already serves."""
         from embed_pipeline.lib.config import resolve_model_name
+        from embed_pipeline.lib.encoding import encode_precision
+        from embed_pipeline.lib.hardware import pick_device
         from embed_pipeline.lib.promotion import expected_served, promote
+        from embed_pipeline.lib.retrieval import RetrievalSpec
 
         if expected_served(self.config.artifacts_dir) is None:
             tracker = self.session.tracker()
@@ -199,7 +197,10 @@ class Walkthrough:
                 version = tracker.register_model(self.config.registered_model_name, run_id, "model", {"model_path": base})
             promote(self.config.artifacts_dir, {"model_name": self.config.registered_model_name, "model_version": version,
                                                 "model_dir": base, "mlflow_run_id": run_id, "index_path": "",
-                                                "retrieval": {"mode": "dense", "fusion": None, "dense_weight": None}},
+                                                "retrieval": RetrievalSpec(
+                                                    "dense", None, None, "the stock model serves dense", self.config.retrieval.rrf_k,
+                                                    self.config.retrieval.depth,
+                                                    encode_precision(self.config.index.encode_precision, pick_device())).as_dict()},
                     "embed-pipeline demo", "the stock model serves until a fine-tuned one earns its place", tracker.set_alias)
             self.say(f"the stock model {self.config.base_model} is registered as v{version} and serves first")
         counts = self._reembed()

@@ -10,8 +10,6 @@ environment; tokenizers' own thread pool is turned off (the ranks already share 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 import threading
@@ -20,12 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from embed_pipeline.lib.config import TrainingConfig  # noqa: E402
-from embed_pipeline.lib.distributed_training import (  # noqa: E402
-    PROGRESS_MARKER,
-    build_callbacks,
-    read_job,
-)
+from embed_pipeline.lib.distributed_training import PROGRESS_MARKER, read_job, train_rank  # noqa: E402
 
 
 def exit_when_gone(pid: int, interval_seconds: float = 2.0) -> None:
@@ -46,37 +39,16 @@ def exit_when_gone(pid: int, interval_seconds: float = 2.0) -> None:
 
 
 def main(job_dir: Path) -> None:
-    """One rank: rebuild the job, train, and (rank 0) write result.json."""
+    """One rank: watch the launcher, pick this rank's GPU, and run `train_rank`."""
     import torch
 
-    from embed_pipeline.lib.tracking import Tracker, mlflow_callback
-    from embed_pipeline.lib.training import train_model
-
-    job, columns, dev = read_job(job_dir)
+    job, _, _ = read_job(job_dir)
     if job.launcher_pid:
         exit_when_gone(job.launcher_pid)
     rank, local_rank, world_size = (int(os.environ[name]) for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))  # set by torchrun
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # "cuda" below means this rank's GPU
-    callbacks = build_callbacks(job.callbacks)
-    if rank == 0 and job.mlflow is not None:
-        target = job.mlflow
-        tracker = Tracker(target.tracking_uri, target.artifact_location, target.experiment)
-        callbacks.append(mlflow_callback(tracker, target.run_id))
-
-    def say(line: str) -> None:
-        if rank == 0:
-            print(PROGRESS_MARKER + line, flush=True)
-
-    result = train_model(
-        job.base_model, columns, TrainingConfig(**job.settings), Path(job.output_dir), Path(job.checkpoint_dir),
-        dev=dev, callbacks=callbacks, on_progress=say, world_size=world_size, threads=job.threads_per_process,
-    )
-    if rank == 0:
-        body = {**dataclasses.asdict(result), "model_dir": str(result.model_dir)}
-        tmp = job_dir / "result.json.tmp"
-        tmp.write_text(json.dumps(body), encoding="utf-8")
-        tmp.replace(job_dir / "result.json")
+    train_rank(job_dir, rank, world_size, on_progress=lambda line: print(PROGRESS_MARKER + line, flush=True))
 
 
 if __name__ == "__main__":

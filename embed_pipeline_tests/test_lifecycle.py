@@ -33,6 +33,8 @@ from embed_pipeline_tests.fixture_data import EVAL, click_logs, write_project
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHARDS = 4
+# The sensors that start follow-up work (a promotion, re-embedding, the served index) on their own.
+FOLLOW_UP_SENSORS = ("promotion_sensor", "corpus_change_sensor", "served_index_sensor")
 SLOW_TRAINING = {"epochs": 12, "batch_size": 4, "checkpoint_steps": 5, "logging_steps": 5, "dev_share": 0.0,
                  "early_stopping_patience": 0}
 DEFS_MODULE = '''
@@ -194,15 +196,26 @@ class Deployment:
         assert self.alias() == version
         return self.served()
 
+    def ticked_since(self, sensor: str, since: float) -> bool:
+        """Whether the daemon finished a tick of `sensor` that started after `since` (it stores every tick)."""
+        from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+        states = [s for s in self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.name == sensor]
+        return any(tick.status != TickStatus.STARTED for state in states
+                   for tick in self.instance.get_ticks(state.instigator_origin_id, state.selector_id, after=since, limit=5))
+
     def settle(self) -> None:
-        """Idle, and still idle after a sensor tick: sensor-triggered follow-ups (promotion, re-embedding) done,
-        and the served model has its own index (the last history event re-indexed it)."""
+        """Idle, and still idle after every follow-up sensor has ticked on the idle deployment: sensor-triggered
+        follow-ups (promotion, re-embedding) done, and the served model has its own index (the last history
+        event re-indexed it)."""
         wait_for("the served model's own index", lambda: served_history(self.settings.artifacts_dir)[-1]["action"] == "reindex")
         history = None
         while history != len(served_history(self.settings.artifacts_dir)):
             history = len(served_history(self.settings.artifacts_dir))
             self.idle()
-            time.sleep(16)  # longer than the promotion (10 s) and corpus (15 s) sensors' intervals
+            idle_at = time.time()
+            wait_for("a tick of every follow-up sensor after going idle",
+                     lambda: all(self.ticked_since(sensor, idle_at) for sensor in FOLLOW_UP_SENSORS), 180, 0.5)
             self.idle()
 
 
@@ -226,7 +239,7 @@ def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 
 
 @pytest.mark.slow
-def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path):
+def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path, monkeypatch):
     config = write_project(tmp_path / "project", tiny_model_path, index={"shards": SHARDS})
     deployment = Deployment(tmp_path, config)
     artifacts = deployment.settings.artifacts_dir
@@ -310,7 +323,7 @@ def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path):
         history = len(served_history(artifacts))
         down = deployment.launch(selection=["eval_report"], mlflow_uri=f"http://127.0.0.1:{free_port()}")
         deployment.wait_run(down, dg.DagsterRunStatus.FAILURE)
-        from embed_pipeline.cli import root_cause
+        from embed_pipeline.console import root_cause
 
         (failure,) = deployment.instance.all_logs(down, of_type=dg.DagsterEventType.STEP_FAILURE)
         assert "cannot resolve the champion" in root_cause(failure.dagster_event.step_failure_data.error)
@@ -343,12 +356,10 @@ def test_a_week_in_the_life_of_the_pipeline(tmp_path, tiny_model_path):
         from embed_pipeline.cli import main
 
         stack = [e["model_version"] for e in served_history(artifacts) if e["action"] == "promote"]
-        os.environ["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
-        try:
+        with monkeypatch.context() as env:  # the CLI reads the instance from DAGSTER_HOME; restored afterwards
+            env.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
             assert main(["rollback", "--config", str(config), "--reason", "day 7 drill"]) == 0
             assert main(["rollback", "--config", str(config), "--reason", "day 7 drill"]) == 0
-        finally:
-            del os.environ["DAGSTER_HOME"]
         expected = stack[-3]
         assert deployment.served()["model_version"] == expected and deployment.alias() == expected
         event = deployment.materialization("served_model")

@@ -15,8 +15,18 @@ from embed_pipeline.lib.artifacts import handle_from_json, handle_to_json
 from embed_pipeline.lib.io import read_json, write_json
 
 
+def handles_dir(instance: dg.DagsterInstance) -> Path:
+    """Where the handles live: one folder per run (retention deletes those of pruned runs)."""
+    return Path(instance.storage_directory()) / "handles"
+
+
+def handle_asset_key(path: Path) -> dg.AssetKey:
+    """The asset a handle file belongs to (the inverse of its file name)."""
+    return dg.AssetKey(path.stem.split("__"))
+
+
 def _handle_file(instance: dg.DagsterInstance, run_id: str, asset_key: dg.AssetKey) -> Path:
-    return Path(instance.storage_directory()) / "handles" / run_id / f"{'__'.join(asset_key.path)}.json"
+    return handles_dir(instance) / run_id / f"{'__'.join(asset_key.path)}.json"
 
 
 class HandleIOManager(dg.ConfigurableIOManager):

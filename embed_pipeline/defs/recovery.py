@@ -3,8 +3,9 @@
 A run executed in process by `embed-pipeline run` that is killed hard stays STARTED in the Dagster
 instance and keeps its slot of the `gpu` pool, so the next run would wait for it forever. Dagster's
 run monitoring handles this for runs the daemon launched; for CLI runs, the CLI tags each run with
-its pid and host, and `recover_dead_runs` (run at every CLI start) finds runs whose process is gone,
-marks them failed with the reason, frees their pool slots and ends their MLflow runs as KILLED.
+its pid and host, and `recover_dead_runs` (run at every CLI start, and every few seconds by a run
+waiting for the pool: embed_pipeline/run_watch.py) finds runs whose process is gone, marks them
+failed with the reason, frees their pool slots and ends their MLflow runs as KILLED.
 The next run then resumes training from the dead run's last checkpoint (keyed by data and config).
 """
 
@@ -76,10 +77,16 @@ def recover_dead_runs(instance: dg.DagsterInstance, close_mlflow_runs=None) -> l
 
 
 def pool_holders(instance: dg.DagsterInstance, pool: str, run_id: str) -> tuple[list[str], list[str]]:
-    """(steps of `run_id` waiting for `pool`, "run X step Y" holding its slots)."""
+    """(steps of `run_id` waiting for `pool`, "run X step Y" holding its slots).
+
+    A holder is a claimed slot, or a slot assigned to another run's pending step (a run that died
+    while waiting is handed the slot when it frees up, and never starts the step).
+    """
     info = instance.event_log_storage.get_concurrency_info(pool)
     waiting = [p.step_key for p in info.pending_steps if p.run_id == run_id and p.assigned_timestamp is None]
-    holders = [f"run {c.run_id[:8]} step {c.step_key}" for c in info.claimed_slots if c.run_id != run_id]
+    held = [(c.run_id, c.step_key) for c in info.claimed_slots]
+    held += [(p.run_id, p.step_key) for p in info.pending_steps if p.assigned_timestamp is not None]
+    holders = [f"run {other[:8]} step {step}" for other, step in dict.fromkeys(held) if other != run_id]
     return waiting, holders
 
 

@@ -7,7 +7,8 @@ from one asset to the next is a handle: a frozen record naming exactly the bytes
 Downstream assets read the handle they were given, never "the latest file".
 
 Retention (`prune`) keeps the newest N run folders per asset and never deletes a folder that the
-served pointer, the champion or a recent promotion (a rollback target) still needs.
+served pointer, the champion or a recent promotion (a rollback target) still needs; the other
+folders a run writes follow from what it keeps (lib/retention.py).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class ModelHandle:
     run_id: str  # the MLflow run
     name: str  # registered model name
     version: str  # registered model version
+    dev_path: str = ""  # Parquet (query, passage_id): the dev rows training held out; "" from older versions
 
 
 @dataclass(frozen=True)

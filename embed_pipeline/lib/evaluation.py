@@ -5,9 +5,11 @@ The report is a JSON contract read by the CLI (`--json`), the promotion gate and
 - `bm25` (lexical), `base`, `champion`, `candidate` (dense, through the served FAISS index),
   `candidate_exact` (exact search) and, for hybrid retrieval, `candidate_hybrid` and
   `champion_hybrid` (each fused with BM25) map each metric in `metrics.METRICS` to its mean.
-- `retrieval`: `{mode, fusion, dense_weight}`: how the candidate would serve, and so what the gate
-  judged, plus `dense_weight_source` and `champion` (`{mode, fusion, dense_weight, as}`: how the
-  champion row was judged: `as` "served" = as the champion serves now, from the served pointer);
+- `retrieval`: the candidate's `RetrievalSpec` (lib/retrieval.py): `mode`, `fusion`, `dense_weight`,
+  `dense_weight_source`, `rrf_k`, `depth`, `precision` (of the corpus vectors) and `derived`: how
+  the candidate would serve, and so what the gate judged (a promotion copies it whole into the
+  served pointer); plus `champion`: the champion's spec and `as` ("served" = as the champion
+  serves now, from the served pointer; else "the candidate's mode").
   `judged`: the two rows compared (`candidate` or `candidate_hybrid` by the candidate's mode against
   `champion` or `champion_hybrid` by the champion's).
 - `lift` is the judged candidate minus base; `lift_over_champion` is the judged candidate minus the
@@ -34,10 +36,17 @@ import pandas as pd
 
 from embed_pipeline.lib.bootstrap import paired_bootstrap
 from embed_pipeline.lib.config import GateConfig, RetrievalConfig
-from embed_pipeline.lib.indexing import build_faiss_index, search
 from embed_pipeline.lib.io import write_json, write_parquet
 from embed_pipeline.lib.metrics import MAX_K, METRICS, mean_metrics, per_query_metrics, recall_curve
-from embed_pipeline.lib.retrieval import WeightChoice, choose_weight, dense_ranked, ranked_ids
+from embed_pipeline.lib.retrieval import (
+    RetrievalSpec,
+    WeightChoice,
+    choose_weight,
+    dense_candidates,
+    exact_index,
+    rank,
+    ranked_ids,
+)
 
 CI_METRICS = ("recall@10", "ndcg@10")
 REPORT_MODELS = ("base", "champion", "candidate", "candidate_exact")  # always present
@@ -52,12 +61,6 @@ class EvalSet:
 
     queries: dict[str, str]
     relevant: dict[str, set[str]]
-
-
-def rank_exact(query_vectors: np.ndarray, corpus_vectors: np.ndarray, corpus_ids: list[str], k: int = MAX_K) -> list[list[str]]:
-    """Top-k passage ids per query by exact inner product."""
-    _, rows = search(build_faiss_index(corpus_vectors, "flat"), query_vectors, k)
-    return [[corpus_ids[r] for r in row if r >= 0] for row in rows]
 
 
 def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -197,16 +200,17 @@ class Contenders:
     `champion` None: nothing is promoted yet, the base model stands in. `served_index` is anything
     with `search_ids(vectors, k) -> (scores, ids)` (`lib.indexing.load_index`); None: the candidate
     is searched exactly (the `candidate` and `candidate_exact` rows are then the same).
-    `champion_retrieval` is the served pointer's `retrieval`: the champion is judged as it serves
-    now (dense, or fused with its own weight), so the gate compares what would serve against what
-    serves. Unknown (or no champion yet): the champion row takes the candidate's mode and weight.
+    `champion_retrieval` is the served pointer's `retrieval` (a `RetrievalSpec` record): the
+    champion is judged as it serves now (dense, or fused with its own weight, rrf_k and depth), so
+    the gate compares what would serve against what serves. Unknown (or no champion yet): the
+    champion row takes the candidate's spec.
     """
 
     base: str
     candidate: str
     champion: str | None = None
     served_index: object | None = None
-    champion_retrieval: dict | None = None  # how the champion serves now ({mode, fusion, dense_weight}); None: unknown
+    champion_retrieval: dict | None = None  # how the champion serves now (the served pointer's `retrieval`); None: unknown
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,16 @@ class Evaluation:
     report: dict  # the JSON contract of this module's docstring, with the gate's verdict
     per_query: pd.DataFrame  # one row per (model row, query): every metric
     weight: WeightChoice  # the hybrid's dense weight and where it came from
+    spec: RetrievalSpec  # how the candidate would serve: what the gate judged
+
+
+def decide_spec(retrieval: RetrievalConfig, weight: WeightChoice, precision: str) -> RetrievalSpec:
+    """The candidate's spec, decided once: the configured mode, fusion, rrf_k and depth, the chosen
+    weight (hybrid), and `precision`, the label of what its corpus vectors were encoded in."""
+    hybrid = retrieval.mode == "hybrid"
+    return RetrievalSpec(mode=retrieval.mode, fusion=retrieval.fusion if hybrid else None,
+                         dense_weight=weight.dense_weight if hybrid else None, dense_weight_source=weight.source,
+                         rrf_k=retrieval.rrf_k, depth=retrieval.depth, precision=precision)
 
 
 def evaluate(
@@ -226,91 +240,109 @@ def evaluate(
     gate: GateConfig,
     models: dict[str, dict],
     *,
+    precision: str,
     lexical=None,
     dev_queries: list[str] = (),
     dev_relevant: dict[str, set[str]] | None = None,
 ) -> Evaluation:
     """Rank the eval queries with BM25, the base model, the champion and the candidate, fuse, judge.
 
-    Every dense row is exact search over the whole corpus, except `candidate`, which goes through
-    `served_index` (what will serve). With a BM25 index (`lexical`, a `lib.lexical.LexicalIndex`)
-    the `bm25`, `champion_hybrid` and `candidate_hybrid` rows are added, fused with the dense weight
-    `retrieval.dense_weight`, or chosen on `dev_queries` (the training dev split: never the eval
-    set). In `hybrid` mode the gate judges the hybrid rows. `models` describes the contenders for
-    the report (names, versions, run ids, index).
+    Every row is ranked by `lib.retrieval.rank`, the function the query API serves with. Dense
+    rows are exact search over the whole corpus, except `candidate` and `candidate_hybrid`, which
+    go through `served_index` (what will serve). With a BM25 index (`lexical`, a
+    `lib.lexical.LexicalIndex`) the `bm25`, `champion_hybrid` and `candidate_hybrid` rows are
+    added, fused with the dense weight `retrieval.dense_weight`, or chosen on `dev_queries` (the
+    dev split the training run held out: never the eval set). `precision` is the label of what
+    the served index's vectors were encoded in (it goes into the spec). In `hybrid` mode the gate
+    judges the hybrid rows. `models` describes the contenders for the report.
     """
     qids, texts = list(eval_set.queries), list(eval_set.queries.values())
-
-    def dense(model_ref: str, queries: list[str]):
-        query_vectors, corpus_vectors = encode(model_ref, queries)
-        return dense_ranked(query_vectors, corpus_vectors, corpus_ids, MAX_K), query_vectors
-
-    base = dense(contenders.base, texts)[0]
-    champion = dense(contenders.champion, texts)[0] if contenders.champion else base
-    candidate_exact, candidate_vectors = dense(contenders.candidate, texts)
-    if contenders.served_index is not None:
-        served_scores, served_ids = contenders.served_index.search_ids(candidate_vectors, MAX_K)
-        candidate = (served_ids, served_scores)
-    else:
-        candidate = candidate_exact
-    rankings = {"base": ranked_ids(base, qids), "champion": ranked_ids(champion, qids),
-                "candidate": ranked_ids(candidate, qids), "candidate_exact": ranked_ids(candidate_exact, qids)}
-
     if lexical is None and retrieval.mode == "hybrid":
         raise ValueError("retrieval.mode is hybrid but there is no BM25 index beside the dense one")
+
+    def encoded(model_ref: str, queries: list[str]):
+        query_vectors, corpus_vectors = encode(model_ref, queries)
+        return query_vectors, exact_index(corpus_vectors, corpus_ids)
+
     dev_queries = list(dev_queries)
     choose = lexical is not None and bool(dev_queries) and retrieval.dense_weight is None  # else nothing to rank them for
-    weight = choose_weight(retrieval.dense_weight, retrieval.fusion,
-                           dense(contenders.candidate, dev_queries)[0] if choose else None,
-                           lexical.search(dev_queries, retrieval.depth) if choose else None,
-                           dev_queries, dev_relevant or {})
-    hybrid = retrieval.mode == "hybrid"
-    served_mode = {"mode": retrieval.mode, "fusion": retrieval.fusion if hybrid else None,
-                   "dense_weight": weight.dense_weight if hybrid else None, "dense_weight_source": weight.source}
-    champion_mode = _champion_serving(contenders, served_mode, weight.dense_weight)
+    dev_dense = dev_lexical = None
+    if choose:
+        dev_vectors, dev_exact = encoded(contenders.candidate, dev_queries)
+        dev_index = contenders.served_index if contenders.served_index is not None else dev_exact
+        dev_dense = dense_candidates(dev_index, dev_vectors, retrieval.depth)
+        dev_lexical = lexical.search(dev_queries, retrieval.depth)
+    weight = choose_weight(retrieval.dense_weight, retrieval.fusion, dev_dense, dev_lexical, dev_queries,
+                           dev_relevant or {}, retrieval.rrf_k)
+    spec = decide_spec(retrieval, weight, precision)
+    hybrid = spec if spec.mode == "hybrid" else spec.as_hybrid(retrieval.fusion, weight.dense_weight)
+    champion_spec, champion_as = _champion_spec(contenders, spec, retrieval)
+    champion_hybrid = champion_spec if champion_spec.mode == "hybrid" else hybrid
+
+    base_vectors, base_index = encoded(contenders.base, texts)
+    candidate_vectors, candidate_exact = encoded(contenders.candidate, texts)
+    champion_vectors, champion_index = encoded(contenders.champion, texts) if contenders.champion else (base_vectors, base_index)
+    served = contenders.served_index if contenders.served_index is not None else candidate_exact
+    rows = {"base": (spec.as_dense(), base_vectors, base_index), "champion": (champion_spec.as_dense(), champion_vectors, champion_index),
+            "candidate": (spec.as_dense(), candidate_vectors, served),
+            "candidate_exact": (spec.as_dense(), candidate_vectors, candidate_exact)}
     if lexical is not None:
-        from embed_pipeline.lib.fusion import fuse
-
-        lexical_eval = lexical.search(texts, retrieval.depth)
-        rankings["bm25"] = ranked_ids(lexical_eval, qids)
-        fusions = (("candidate_hybrid", candidate, retrieval.fusion, weight.dense_weight),
-                   ("champion_hybrid", champion, champion_mode["fusion"] or retrieval.fusion,
-                    weight.dense_weight if champion_mode["dense_weight"] is None else champion_mode["dense_weight"]))
-        for row, dense_list, fusion, dense_weight in fusions:
-            fused = fuse(dense_list, lexical_eval, fusion, dense_weight, MAX_K, retrieval.rrf_k)
-            rankings[row] = dict(zip(qids, fused, strict=True))
-    judged = ("candidate_hybrid" if hybrid else "candidate",
-              "champion_hybrid" if champion_mode["mode"] == "hybrid" and lexical is not None else "champion")
-    served_mode["champion"] = champion_mode
-    report, per_query = assemble_report(eval_set, eval_pairs, rankings, models, gate, served_mode, judged)
-    return Evaluation(report, per_query, weight)
+        rows |= {"candidate_hybrid": (hybrid, candidate_vectors, served),
+                 "champion_hybrid": (champion_hybrid, champion_vectors, champion_index)}
+    rankings = {name: ranked_ids(rank(row_spec, vectors, texts, index, lexical, MAX_K), qids)
+                for name, (row_spec, vectors, index) in rows.items()}
+    if lexical is not None:
+        rankings["bm25"] = ranked_ids(lexical.search(texts, MAX_K), qids)
+    judged = ("candidate_hybrid" if spec.mode == "hybrid" else "candidate",
+              "champion_hybrid" if champion_spec.mode == "hybrid" and lexical is not None else "champion")
+    record = {**spec.as_dict(), "champion": {**champion_spec.as_dict(), "as": champion_as}}
+    report, per_query = assemble_report(eval_set, eval_pairs, rankings, models, gate, record, judged)
+    return Evaluation(report, per_query, weight, spec)
 
 
-def _champion_serving(contenders: Contenders, candidate_mode: dict, candidate_weight: float) -> dict:
-    """How the champion row is judged: as the champion serves now, else (none yet, or not recorded) like the candidate."""
+def _champion_spec(contenders: Contenders, candidate: RetrievalSpec, retrieval: RetrievalConfig) -> tuple[RetrievalSpec, str]:
+    """How the champion rows are ranked: as the champion serves now, else (none yet, or not recorded) like the candidate."""
     served = contenders.champion_retrieval if contenders.champion else None
     if not served or served.get("mode") not in ("dense", "hybrid"):
-        return {"mode": candidate_mode["mode"], "fusion": candidate_mode["fusion"],
-                "dense_weight": candidate_weight if candidate_mode["mode"] == "hybrid" else None, "as": "the candidate's mode"}
-    if served["mode"] == "dense":
-        return {"mode": "dense", "fusion": None, "dense_weight": None, "as": "served"}
-    return {"mode": "hybrid", "fusion": served.get("fusion"), "dense_weight": served.get("dense_weight"), "as": "served"}
+        return candidate, "the candidate's mode"
+    return RetrievalSpec.from_record(served, retrieval.depth, candidate.precision), "served"
 
 
-def record_evaluation(tracker, run_id: str, evaluation: Evaluation, folder: Path, served_mode: str) -> None:
-    """Log the judged metrics, the lift, its CI, the chosen dense weight and the report files on the candidate's MLflow run."""
+PARITY_METRICS = ("recall@10", "ndcg@10")
+
+
+def served_parity(searcher, eval_set: EvalSet, report: dict) -> dict:
+    """The eval queries ranked through the query API beside the row the gate judged.
+
+    `searcher` is a `lib.retrieval.Searcher` over the served pointer, asked for the top 10 as a
+    user would; `report` is the eval report whose candidate it serves. Returns the judged row's
+    name and {"judged": ..., "served": ...} means of `PARITY_METRICS`: equal (to float rounding)
+    when what serves is what was judged.
+    """
+    from embed_pipeline.lib.metrics import ndcg_at_k, recall_at_k
+
+    qids = list(eval_set.queries)
+    hits = searcher.search([eval_set.queries[q] for q in qids], 10)
+    ranked = {q: [pid for pid, _ in row] for q, row in zip(qids, hits, strict=True)}
+    served = {"recall@10": float(np.mean([recall_at_k(ranked[q], eval_set.relevant[q], 10) for q in qids])),
+              "ndcg@10": float(np.mean([ndcg_at_k(ranked[q], eval_set.relevant[q], 10) for q in qids]))}
+    row = report["judged"]["candidate"]
+    return {"row": row, "judged": {m: report[row][m] for m in PARITY_METRICS}, "served": served}
+
+
+def record_evaluation(tracker, run_id: str, evaluation: Evaluation, folder: Path) -> None:
+    """Log the judged metrics, the lift, its CI, the retrieval spec (tags) and the report files on the candidate's MLflow run."""
     report = evaluation.report
     judged = report["judged"]["candidate"]
     tracker.log_metrics(run_id, {f"eval/{m}": v for m, v in report[judged].items()}
                         | {f"eval/dense/{m}": v for m, v in report["candidate"].items()}
                         | {f"eval/lift_over_champion/{m}": v for m, v in report["lift_over_champion"].items()}
                         | {f"eval/ci_low/{m}": c["low"] for m, c in report["ci"].items()})
-    tracker.log_params(run_id, {"retrieval.served_mode": served_mode,
-                                "retrieval.chosen_dense_weight": report["retrieval"]["dense_weight"],
-                                "retrieval.dense_weight_source": evaluation.weight.source})
     tracker.log_artifacts(run_id, folder, "eval")
     decision = "gate passed: awaiting promotion" if report["gate"]["passed"] else f"not promoted: {report['gate']['summary']}"
-    tracker.set_tags(run_id, {"gate_passed": report["gate"]["passed"], "promotion_decision": decision})
+    # Tags, not params: a re-evaluation of the same run may judge it with another spec (params are write-once).
+    tracker.set_tags(run_id, {"gate_passed": report["gate"]["passed"], "promotion_decision": decision,
+                              **{f"retrieval.{k}": v for k, v in evaluation.spec.as_dict().items()}})
 
 
 def write_report(report: dict, per_query: pd.DataFrame, folder: Path, min_segment_queries: int) -> tuple[Path, dict[str, bytes]]:

@@ -1,7 +1,8 @@
 """From mined training triples to a registered model: the one path the asset and the benchmarks share.
 
 Reads like a sentence-transformers training script: hold out a dev split, shape the columns, train
-(one process, or `training.processes` DDP ranks through torchrun), save, log, register. Around
+(one process, `training.processes` DDP ranks through torchrun, or with `compute.engine: ray`
+`compute.train_workers` Ray Train workers across a cluster's nodes), save, log, register. Around
 it, one MLflow run: every config value and data count as params, per-step loss and dev nDCG@10 as
 metrics, library versions, device and precision as tags, the model folder as an artifact, and one
 new registered version whose source is that artifact.
@@ -9,6 +10,7 @@ new registered version whose source is that artifact.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ import pandas as pd
 from embed_pipeline.lib.config import PipelineConfig, config_as_params
 from embed_pipeline.lib.corpus import passage_texts
 from embed_pipeline.lib.distributed_training import MlflowTarget, build_callbacks, train_distributed
+from embed_pipeline.lib.ray_training import train_on_ray
+from embed_pipeline.lib.retrieval import dev_relevance
 from embed_pipeline.lib.tracking import Tracker, library_versions, mlflow_callback
 from embed_pipeline.lib.training import TrainResult, train_model
 from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
@@ -40,10 +44,17 @@ class TrainedModel:
     negatives_per_row: int
     padded_negatives: int  # random negatives added to rows with fewer mined ones
     checkpoint_key: str  # the folder under checkpoint_root a retry resumes from
+    held_out: pd.DataFrame  # the dev rows held out of training (query, passage_id): the hybrid's weight is chosen on them
+    ray_job_url: str | None = None  # the Ray dashboard's page of the job that trained it (compute.engine: ray)
 
     @property
     def precision(self) -> str:
         return self.training.precision
+
+    @property
+    def dev_relevant(self) -> dict[str, set[str]]:
+        """Each held-out dev query and its positives (empty when there was no dev split)."""
+        return dev_relevance(self.held_out)[1]
 
 
 def fine_tune(
@@ -72,12 +83,21 @@ def fine_tune(
     Whatever fails, the MLflow run ends FAILED and nothing is registered.
     """
     settings = config.training
+    on_ray = config.compute.engine == "ray"
+    if on_ray:  # N Ray Train workers are N DDP processes: same batches, same per-rank checkpoint state
+        settings = dataclasses.replace(settings, processes=config.compute.train_workers)
     texts = dict(zip(passages["passage_id"], passage_texts(passages), strict=True))
     train_rows, dev_rows = split_dev(triples, settings.dev_share, settings.dev_max_queries, settings.seed)
     columns, padded = training_columns(train_rows, texts, settings.num_negatives, settings.seed)
     dev = dev_set(dev_rows, texts, settings.dev_max_passages, settings.seed) if len(dev_rows) else None
     job_key = checkpoint_key("-".join(data_versions.values()), settings, f"{config.base_model}:{base_fingerprint}")
     checkpoint_dir = Path(checkpoint_root) / job_key
+
+    ray_job_url = None
+    if on_ray:  # before the MLflow run opens: a cluster that cannot do the work fails the step before any work
+        from embed_pipeline.lib.ray_runtime import connect_and_check
+
+        ray_job_url = connect_and_check(config.compute, config.artifacts_dir).job_url
 
     with tracker.open_run(run_name=run_name, tags=tags) as run_id:
         tracker.log_params(run_id, {
@@ -89,19 +109,25 @@ def fine_tune(
             "data.base_model_fingerprint": base_fingerprint, "checkpoint_key": job_key,
         })
         tracker.set_tags(run_id, library_versions())
-        if settings.processes == 1:
+        if settings.processes == 1 and not on_ray:
             result = train_model(
                 config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
                 dev=dev, callbacks=[mlflow_callback(tracker, run_id), *build_callbacks(callbacks)], on_progress=on_progress,
             )
         else:
             experiment = tracker.client.get_experiment(tracker.experiment_id)
-            result = train_distributed(
-                config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
-                processes=settings.processes, job_dir=checkpoint_dir.with_name(f"{job_key}.job-{uuid.uuid4().hex[:8]}"), dev=dev,
-                mlflow=MlflowTarget(tracker.tracking_uri, experiment.name, experiment.artifact_location, run_id),
-                callbacks=callbacks, on_progress=on_progress,
-            )
+            target = MlflowTarget(tracker.tracking_uri, experiment.name, experiment.artifact_location, run_id)
+            job_dir = checkpoint_dir.with_name(f"{job_key}.job-{uuid.uuid4().hex[:8]}")
+            if on_ray:
+                result = train_on_ray(
+                    config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                    compute=config.compute, job_dir=job_dir, dev=dev, mlflow=target, callbacks=callbacks, on_progress=on_progress,
+                )
+            else:
+                result = train_distributed(
+                    config.resolved_base_model, columns, settings, output_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                    processes=settings.processes, job_dir=job_dir, dev=dev, mlflow=target, callbacks=callbacks, on_progress=on_progress,
+                )
         summary = {"train_seconds": result.train_seconds, "dev_eval_seconds": result.dev_seconds,
                    "pairs_per_second": result.pairs_per_second, "final_loss": result.final_loss,
                    "resumed_from_step": result.resumed_from_step}
@@ -118,5 +144,5 @@ def fine_tune(
         model_dir=Path(model_dir), mlflow_run_id=run_id, name=config.registered_model_name, version=version, training=result,
         training_rows=len(train_rows), dev_rows=len(dev_rows), dev_queries=len(dev.queries) if dev else 0,
         dev_passages=len(dev.corpus) if dev else 0, negatives_per_row=settings.num_negatives, padded_negatives=padded,
-        checkpoint_key=job_key,
+        checkpoint_key=job_key, held_out=dev_rows[["query", "passage_id"]].reset_index(drop=True), ray_job_url=ray_job_url,
     )

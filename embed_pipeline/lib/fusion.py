@@ -11,7 +11,7 @@ Two ways to fuse each query's two candidate lists (ids best first, with their sc
   2w / (rrf_k + dense rank) + 2(1 - w) / (rrf_k + lexical rank): w = 0.5 is plain RRF.
 
 On SciFact with a tuned dense model, plain RRF ranked below the dense model alone while a convex
-combination ranked above it over a range of weights (REFERENCES, issue 12): the weight matters,
+combination ranked above it over a range of weights (benchmarks/README.md, BM25 and hybrid): the weight matters,
 and `choose_dense_weight` picks it on a dev split, never on the eval set.
 """
 
@@ -41,7 +41,8 @@ def _min_max(scores) -> np.ndarray:
     return (scores - low) / (high - low) if high > low else np.zeros_like(scores)
 
 
-def _fuse_one(dense_ids, dense_scores, lexical_ids, lexical_scores, method: str, w: float, k: int, rrf_k: int) -> list[str]:
+def _fuse_one(dense_ids, dense_scores, lexical_ids, lexical_scores, method: str, w: float, k: int,
+              rrf_k: int) -> list[tuple[str, float]]:
     fused: dict[str, float] = {}
     if method == "convex":
         parts = ((dense_ids, w * _min_max(dense_scores)), (lexical_ids, (1.0 - w) * _min_max(lexical_scores)))
@@ -53,16 +54,23 @@ def _fuse_one(dense_ids, dense_scores, lexical_ids, lexical_scores, method: str,
             fused[pid] = fused.get(pid, 0.0) + float(value)
     # dict order is first appearance (dense list, then lexical), and sorted() is stable: equal
     # fused scores keep the dense model's order.
-    return sorted(fused, key=fused.__getitem__, reverse=True)[:k]
+    return [(pid, fused[pid]) for pid in sorted(fused, key=fused.__getitem__, reverse=True)[:k]]
 
 
 def fuse(dense: Ranked, lexical: Ranked, method: str, dense_weight: float, k: int, rrf_k: int = DEFAULT_RRF_K) -> list[list[str]]:
-    """Top-k fused passage ids per query from two (ids, scores) candidate lists, row-aligned by query.
+    """Top-k fused passage ids per query (`fuse_scored` without the scores)."""
+    return fuse_scored(dense, lexical, method, dense_weight, k, rrf_k)[0]
+
+
+def fuse_scored(dense: Ranked, lexical: Ranked, method: str, dense_weight: float, k: int, rrf_k: int = DEFAULT_RRF_K) -> Ranked:
+    """Top-k fused (passage ids, fused scores) per query from two (ids, scores) candidate lists, row-aligned by query.
 
     `dense_weight` is w in [0, 1]: 1 = the dense ranking alone, 0 = the lexical one alone (for
     `convex`; for `rrf`, 0.5 is the plain unweighted sum). Candidates are whatever each list
     holds (typically its top 100); ranks are positions in the lists, so each list must be sorted
-    best first. Equal fused scores keep the dense list's order, then the lexical list's.
+    best first. Equal fused scores keep the dense list's order, then the lexical list's. The
+    fused score is what ranks: for `convex` the weighted sum of the two normalised scores (in
+    [0, 1]), for `rrf` the weighted reciprocal-rank sum.
     """
     if method not in METHODS:
         raise ValueError(f"unknown fusion method {method!r} ({', '.join(METHODS)})")
@@ -72,8 +80,9 @@ def fuse(dense: Ranked, lexical: Ranked, method: str, dense_weight: float, k: in
     lexical_ids, lexical_scores = lexical
     if len(dense_ids) != len(lexical_ids):
         raise ValueError(f"{len(dense_ids)} dense rankings but {len(lexical_ids)} lexical ones")
-    return [_fuse_one(d_ids, d_scores, l_ids, l_scores, method, dense_weight, k, rrf_k)
+    rows = [_fuse_one(d_ids, d_scores, l_ids, l_scores, method, dense_weight, k, rrf_k)
             for d_ids, d_scores, l_ids, l_scores in zip(dense_ids, dense_scores, lexical_ids, lexical_scores, strict=True)]
+    return [[pid for pid, _ in row] for row in rows], [[score for _, score in row] for row in rows]
 
 
 def choose_dense_weight(

@@ -7,8 +7,10 @@ The assets validate again (and quarantine row by row); this is the up-front, who
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from embed_pipeline.lib.click_logs import LOG_COLUMNS
-from embed_pipeline.lib.config import PipelineConfig, resolve_model_name
+from embed_pipeline.lib.config import ConfigError, PipelineConfig
 from embed_pipeline.lib.corpus import load_corpus
 from embed_pipeline.lib.io import InputError, read_table
 from embed_pipeline.lib.labelled import load_labelled_pairs
@@ -16,12 +18,11 @@ from embed_pipeline.lib.labelled import load_labelled_pairs
 
 def validate_inputs(config: PipelineConfig) -> list[str]:
     """One line per input that was read; raises `InputError` naming the file (and row) that cannot work."""
-    resolve_model_name(config.base_model)
     corpus = load_corpus(config.corpus)
     if corpus.passages.empty:
         first = corpus.quarantine.iloc[0].to_dict() if len(corpus.quarantine) else {}
         raise InputError(f"{config.corpus}: the corpus has no readable passages ({len(corpus.quarantine)} rows quarantined"
-                         + (f"; first: row {first.get('row')}: {first.get('reason')}" if first else "") + ")")
+                         + (f"; first: line {first['line']}: {first['reason']}" if first else "") + ")")
     ids = set(corpus.passages["passage_id"])
     lines = [f"corpus {len(ids)} passages ({len(corpus.quarantine)} quarantined)"]
     if config.search_logs is not None:
@@ -37,7 +38,8 @@ def validate_inputs(config: PipelineConfig) -> list[str]:
         if loaded.pairs.empty:
             first = loaded.quarantine.iloc[0].to_dict() if len(loaded.quarantine) else {}
             raise InputError(f"{label}: no usable rows in {labelled.queries or labelled.pairs} "
-                             f"({len(loaded.quarantine)} quarantined" + (f"; first: {first.get('row')}: {first.get('reason')}" if first else "") + ")")
+                             f"({len(loaded.quarantine)} quarantined"
+                             + (f"; first: {first['file']} line {first['line']}: {first['reason']}" if first else "") + ")")
         lines.append(f"{label} {len(loaded.pairs)} pairs ({len(loaded.quarantine)} quarantined)")
     if config.compute.engine == "ray":
         from embed_pipeline.lib.ray_runtime import connect_and_check
@@ -46,3 +48,11 @@ def validate_inputs(config: PipelineConfig) -> list[str]:
         lines.append(f"ray cluster {cluster.address}: {len(cluster.nodes)} node(s), artifacts_dir shared by all"
                      + (f", dashboard {cluster.dashboard_url}" if cluster.dashboard_url else ""))
     return lines
+
+
+def check_environment(config: PipelineConfig, environ: Mapping[str, str]) -> None:
+    """The environment variables the config names are set (`environ` is the caller's, e.g. `os.environ`):
+    an LLM key that is missing would otherwise fail the synthetic step after the sources are read."""
+    llm = config.synthetic.llm
+    if config.synthetic.generator == "llm" and llm.api_key_env and llm.api_key_env not in environ:
+        raise ConfigError(f"synthetic.llm.api_key_env names {llm.api_key_env!r}, which is not set in the environment")

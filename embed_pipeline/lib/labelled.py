@@ -1,8 +1,9 @@
 """Labelled sets (curated pairs, the eval set): read and validated row by row, bad rows quarantined.
 
 Two layouts: BEIR (`queries.jsonl` + a qrels TSV) or one table (Parquet/CSV/TSV/JSONL with
-`query` and `passage_id`). Every rejected row keeps its line number and reason, and
-`rows_in == accepted + quarantined` always holds.
+`query` and `passage_id`). Every rejected row keeps its file, its line number (1-based, as an
+editor shows it; for Parquet, the 1-based row) and its reason, and `rows_in == accepted +
+quarantined` always holds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from embed_pipeline.lib.config import LabelledSet
 from embed_pipeline.lib.io import InputError, decoded_lines, read_jsonl, read_jsonl_numbered, read_qrels, read_table
 from embed_pipeline.lib.text import clean_text
 
+QUARANTINE_COLUMNS = ["file", "line", "reason", "query_id", "query", "passage_id"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class LabelledPairs:
     """Accepted rows (query_id, query, passage_id, plus `segment` when given) and quarantined ones."""
 
     pairs: pd.DataFrame
-    quarantine: pd.DataFrame  # row, reason, query_id, query, passage_id
+    quarantine: pd.DataFrame  # QUARANTINE_COLUMNS: file (name), line (1-based), reason, query_id, query, passage_id
     rows_in: int
 
 
@@ -38,7 +40,6 @@ def load_labelled_pairs(labelled: LabelledSet, known_ids: set[str]) -> LabelledP
         table = _read_pairs_table(labelled.pairs, rejected)
     else:
         table = _read_beir(labelled.queries, labelled.qrels, rejected)
-    table["row"] = table["row"].astype(str)
     table["query"] = table["query"].map(clean_text)
     table["passage_id"] = table["passage_id"].map(lambda v: clean_text(v))
     reasons = pd.Series("", index=table.index, dtype=object)
@@ -49,60 +50,66 @@ def load_labelled_pairs(labelled: LabelledSet, known_ids: set[str]) -> LabelledP
     reasons[keys.duplicated(keep="first") & (reasons == "")] = "duplicate pair"
     bad = table[reasons != ""].assign(reason=reasons[reasons != ""])
     rejected += bad.to_dict("records")
-    accepted = table[reasons == ""].drop(columns=["row"]).reset_index(drop=True)
-    quarantine = pd.DataFrame(rejected).reindex(columns=["row", "reason", "query_id", "query", "passage_id"])
-    quarantine = quarantine.fillna("").astype(str)
+    accepted = table[reasons == ""].drop(columns=["file", "line"]).reset_index(drop=True)
+    quarantine = pd.DataFrame(rejected).reindex(columns=QUARANTINE_COLUMNS)
+    text_columns = [c for c in QUARANTINE_COLUMNS if c != "line"]
+    quarantine[text_columns] = quarantine[text_columns].fillna("").astype(str)
+    quarantine = quarantine.astype({"line": "int64"}).sort_values(["file", "line"], kind="stable").reset_index(drop=True)
     rows_in = len(table) + sum(1 for r in rejected if r.get("stage") == "read")
     assert rows_in == len(accepted) + len(quarantine), (rows_in, len(accepted), len(quarantine))
     return LabelledPairs(accepted, quarantine, rows_in)
 
 
 def _read_pairs_table(path: Path, rejected: list[dict]) -> pd.DataFrame:
-    """Rows of a pairs table with a `row` label each; unreadable rows go to `rejected` instead.
+    """Rows of a pairs table with their `file` and `line`; unreadable rows go to `rejected` instead.
 
     JSONL and CSV/TSV are read line by line so one bad line (invalid UTF-8, broken JSON, a wrong
     number of fields, a row missing `query` or `passage_id`) is quarantined, not fatal. A file
     whose header lacks a required column is an input error (every row would be rejected).
     Blank lines are not rows: they are neither accepted nor quarantined.
     """
-    suffix = Path(path).suffix.lower()
+    path = Path(path)
+    suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         numbered, bad = read_jsonl_numbered(path)
-        rejected += [{"row": f"line {n}", "reason": reason, "stage": "read"} for n, reason in bad]
-        rows, labels = [row for _, row in numbered], [f"line {n}" for n, _ in numbered]
+        rejected += [{"file": path.name, "line": n, "reason": reason, "stage": "read"} for n, reason in bad]
+        rows, lines = [row for _, row in numbered], [n for n, _ in numbered]
     elif suffix in (".csv", ".tsv"):
-        rows, labels = _read_delimited(Path(path), "\t" if suffix == ".tsv" else ",", rejected)
+        rows, lines = _read_delimited(path, "\t" if suffix == ".tsv" else ",", rejected)
     else:
-        raw = read_table(Path(path))
-        rows, labels = raw.to_dict("records"), [str(i + 1) for i in range(len(raw))]
-    keep_rows, keep_labels = [], []
-    for row, label in zip(rows, labels, strict=True):
+        raw = read_table(path)
+        rows, lines = raw.to_dict("records"), list(range(1, len(raw) + 1))
+    # A pairs table has no query ids: a row's position names its query ("line7"; Parquet: "7").
+    id_prefix = "" if suffix == ".parquet" else "line"
+    keep_rows, keep_lines = [], []
+    for row, line in zip(rows, lines, strict=True):
         missing = [c for c in ("query", "passage_id") if c not in row]
         if missing:
-            rejected.append({"row": label, "reason": f"missing field(s) {missing}", "stage": "read",
+            rejected.append({"file": path.name, "line": line, "reason": f"missing field(s) {missing}", "stage": "read",
                              "query": str(row.get("query", "")), "passage_id": str(row.get("passage_id", ""))})
         else:
             keep_rows.append(row)
-            keep_labels.append(label)
+            keep_lines.append(line)
     raw = pd.DataFrame(keep_rows)
     columns = ["query", "passage_id"] + [c for c in ("segment", "source") if c in raw.columns]
     raw = raw.reindex(columns=columns)
-    raw["query_id"] = [label.replace(" ", "") for label in keep_labels]
-    raw["row"] = keep_labels
+    raw["query_id"] = [f"{id_prefix}{line}" for line in keep_lines]
+    raw["file"] = path.name
+    raw["line"] = keep_lines
     return raw
 
 
-def _read_delimited(path: Path, sep: str, rejected: list[dict]) -> tuple[list[dict], list[str]]:
+def _read_delimited(path: Path, sep: str, rejected: list[dict]) -> tuple[list[dict], list[int]]:
     import csv
 
     rows: list[dict] = []
-    labels: list[str] = []
+    lines: list[int] = []
     header: list[str] | None = None
     for number, line, problem in decoded_lines(path):
         if line is None:
             if header is None:
                 raise InputError(f"{path}: the header line is not valid UTF-8")
-            rejected.append({"row": f"line {number}", "reason": problem, "stage": "read"})
+            rejected.append({"file": path.name, "line": number, "reason": problem, "stage": "read"})
             continue
         fields = next(csv.reader([line], delimiter=sep))
         if header is None:
@@ -111,17 +118,17 @@ def _read_delimited(path: Path, sep: str, rejected: list[dict]) -> tuple[list[di
                 raise InputError(f"{path}: a pairs table needs columns `query` and `passage_id`; found {header}")
             continue
         if len(fields) != len(header):
-            rejected.append({"row": f"line {number}", "reason": f"malformed line: {len(fields)} fields, header has {len(header)}",
-                             "stage": "read"})
+            rejected.append({"file": path.name, "line": number, "stage": "read",
+                             "reason": f"malformed line: {len(fields)} fields, header has {len(header)}"})
             continue
         rows.append(dict(zip(header, fields, strict=True)))
-        labels.append(f"line {number}")
-    return rows, labels
+        lines.append(number)
+    return rows, lines
 
 
 def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd.DataFrame:
     rows, bad = read_jsonl(queries_path)
-    rejected += [{"row": f"queries line {n}", "reason": reason, "stage": "read"} for n, reason in bad]
+    rejected += [{"file": queries_path.name, "line": n, "reason": reason, "stage": "read"} for n, reason in bad]
     queries = pd.DataFrame(rows)
     if queries.empty or not {"_id", "text"} <= set(queries.columns):
         raise InputError(f"{queries_path}: BEIR queries need `_id` and `text`")
@@ -131,10 +138,11 @@ def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd
     sources = queries["metadata"].map(lambda m: m.get("source") if isinstance(m, dict) else None) if "metadata" in queries else None
     bad_qrels: list[tuple[int, str]] = []
     qrels = read_qrels(qrels_path, bad_qrels)
-    rejected += [{"row": f"qrels line {n}", "reason": reason, "stage": "read"} for n, reason in bad_qrels]
+    rejected += [{"file": qrels_path.name, "line": n, "reason": reason, "stage": "read"} for n, reason in bad_qrels]
     table = pd.DataFrame(
         {
-            "row": [f"qrels line {n}" for n in qrels["line"]],
+            "file": qrels_path.name,
+            "line": qrels["line"].astype("int64"),
             "query_id": qrels["query_id"].astype(str),
             "passage_id": qrels["passage_id"].astype(str),
         }
@@ -146,7 +154,7 @@ def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd
     table["query"] = table["query_id"].map(queries["text"])
     if segments is not None and segments.notna().any():
         table["segment"] = table["query_id"].map(segments).fillna("").astype(str)
-    if sources is not None and sources.notna().any():  # eval reports slice by query source (issue 5)
+    if sources is not None and sources.notna().any():  # eval reports slice by query source (click, curated, synthetic)
         table["source"] = table["query_id"].map(sources).fillna("").astype(str)
     return table.reset_index(drop=True)
 

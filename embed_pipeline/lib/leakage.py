@@ -164,3 +164,23 @@ def split_labelled_pairs(pairs: pd.DataFrame, fraction: float, seed: int, thresh
     split = split_eval_queries(list(pairs["query"]), fraction, seed, threshold, words)
     is_eval = pairs["query"].map(query_key).isin(split.eval_keys)
     return pairs[~is_eval].reset_index(drop=True), pairs[is_eval].reset_index(drop=True), split
+
+
+def leakage_block(leaks_path: str | None, dropped_pairs: int) -> dict:
+    """The eval report's `leakage` counts, from the leaks file one run's training_pairs wrote.
+
+    `leaks_path` is that run's `training_pairs` handle's `files["leaks"]` (one row per leaking
+    training row and the eval query it matches), `dropped_pairs` its `quarantined` count. Counts
+    are distinct leaking queries by kind. When the file is not named (a handle from an older
+    version) or is gone, the block says so (`available: false` and why): never zeros.
+    """
+    from pathlib import Path
+
+    if not leaks_path:
+        return {"available": False, "reason": "the training_pairs handle of this run names no leaks file"}
+    if not Path(leaks_path).exists():
+        return {"available": False, "reason": f"the leaks file {leaks_path} of this run's training_pairs is gone"}
+    leaks = pd.read_parquet(leaks_path)
+    kinds = leaks.drop_duplicates("query")["kind"].value_counts().to_dict() if len(leaks) else {}
+    return {"available": True, "dropped_pairs": int(dropped_pairs), "exact": int(kinds.get("exact", 0)),
+            "near_duplicate": int(kinds.get("near-duplicate", 0))}

@@ -21,6 +21,7 @@ An index on disk is one folder: bm25s's own files (score matrix, vocabulary, par
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,36 @@ IDS_FILE = "ids.parquet"
 META_FILE = "lexical.json"
 DEFAULT_K1 = 1.5
 DEFAULT_B = 0.75
+
+
+def languages() -> list[str]:
+    """The languages `analyze` can work in: a Snowball stemmer PyStemmer ships (its own list) for which
+    bm25s also has a stopword list."""
+    import Stemmer
+
+    return [language for language in sorted(Stemmer.algorithms()) if _has_stopwords(language)]
+
+
+def check_language(language: str) -> None:
+    """Raise ValueError naming the choices when `analyze` cannot work in `language` (a config check at
+    load: the alternative is a KeyError from the stemmer when the index is built, after training)."""
+    import Stemmer
+
+    if language not in Stemmer.algorithms() or not _has_stopwords(language):
+        raise ValueError(f"no Snowball stemmer with bm25s stopwords for {language!r}; choose one of {', '.join(languages())}")
+
+
+@functools.cache
+def _has_stopwords(language: str) -> bool:
+    """Whether bm25s has a stopword list for `language` (asked of bm25s itself: it raises ValueError
+    for a name it lacks, and keeps no public list)."""
+    import bm25s
+
+    try:
+        bm25s.tokenize(["probe"], stopwords=language, show_progress=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _stemmer(language: str):

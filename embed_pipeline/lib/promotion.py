@@ -88,16 +88,28 @@ def read_served(artifacts_dir: Path) -> dict | None:
 
 
 def served_history(artifacts_dir: Path) -> list[dict]:
-    """Every promotion and rollback event, oldest first. A torn last line (a crash mid-append) is ignored."""
+    """Every promotion and rollback event, oldest first.
+
+    Only a torn last line (a crash mid-append) is ignored, and the next append cuts it off. Any
+    other line that is not a JSON event raises `PromotionError` naming the file and the line:
+    skipping it would silently change what serves and what a rollback restores.
+    """
     path = Path(artifacts_dir) / HISTORY_FILE
     if not path.exists():
         return []
+    lines = path.read_text(encoding="utf-8").splitlines()
     events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, start=1):
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            event = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise PromotionError(f"{path}: line {number} of {len(lines)} is not a JSON event ({exc.msg}): repair or "
+                                 "remove that line by hand; nothing is promoted or rolled back until then") from None
+        if not isinstance(event, dict):
+            raise PromotionError(f"{path}: line {number} of {len(lines)} is not a JSON object: repair or remove it by hand")
+        events.append(event)
     return events
 
 
@@ -130,7 +142,26 @@ def _history_lock(artifacts_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a torn last line (no newline, not JSON) so the next event starts a line of its own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    tail = data[data.rfind(b"\n") + 1:]
+    try:
+        json.loads(tail)
+    except json.JSONDecodeError:
+        with open(path, "r+b") as handle:
+            handle.truncate(len(data) - len(tail))
+        return
+    with open(path, "ab") as handle:  # a whole event whose newline was lost: keep it
+        handle.write(b"\n")
+
+
 def _append(artifacts_dir: Path, event: dict) -> None:
+    _cut_torn_tail(Path(artifacts_dir) / HISTORY_FILE)
     with open(Path(artifacts_dir) / HISTORY_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(event) + "\n")
         handle.flush()
@@ -157,27 +188,32 @@ class ServedChange:
     pointer: dict | None
     previous_version: str | None
     event: dict | None  # None: nothing changed (the model already served)
+    replaced: dict | None = None  # what served before (a promotion goes over it, a rollback takes it off): model, run id, spec
 
 
 def promote(artifacts_dir: Path, pointer: dict, by: str, reason: str, set_alias=None) -> ServedChange:
-    """Serve `pointer` (model name/version/dir, index paths, report): history first, then the views.
+    """Serve `pointer` (model name/version/dir, index paths, report, retrieval spec): history first, then the views.
 
-    `set_alias(name, version)` moves the registry alias (the caller's tracker); a crash after the
-    history append leaves views that `reconcile` repairs.
+    The model that serves already, with the same retrieval spec, is nothing to record; with
+    another spec (re-judged in another mode) it is a promotion of that spec. `set_alias(name,
+    version)` moves the registry alias (the caller's tracker); a crash after the history append
+    leaves views that `reconcile` repairs.
     """
     with _history_lock(artifacts_dir):
         stack = served_stack(served_history(artifacts_dir))
         previous = stack[-1]["model_version"] if stack else None
-        if previous is not None and str(previous) == str(pointer["model_version"]):
+        if (previous is not None and str(previous) == str(pointer["model_version"])
+                and stack[-1].get("retrieval") == pointer.get("retrieval")):
             return ServedChange(read_served(artifacts_dir), previous, None)  # already serving it: nothing to record
         event = {"action": "promote", **{k: pointer.get(k) for k in SERVED_KEYS}, "at": datetime.now(UTC).isoformat(),
                  "by": by, "reason": reason, "replaced_version": previous}
         _append(artifacts_dir, event)
+        replaced = stack[-1] if stack else None
         stack.append({k: pointer.get(k) for k in SERVED_KEYS})
         written = _write_pointer(artifacts_dir, stack, event)
         if set_alias is not None:
             set_alias(pointer["model_name"], str(pointer["model_version"]))
-    return ServedChange(written, previous, event)
+    return ServedChange(written, previous, event, replaced)
 
 
 def rollback(artifacts_dir: Path, by: str, reason: str, set_alias=None) -> ServedChange:
@@ -195,7 +231,7 @@ def rollback(artifacts_dir: Path, by: str, reason: str, set_alias=None) -> Serve
         written = _write_pointer(artifacts_dir, stack, event)
         if set_alias is not None:
             set_alias(target["model_name"], str(target["model_version"]))
-    return ServedChange(written, current["model_version"], event)
+    return ServedChange(written, current["model_version"], event, current)
 
 
 def record_reindex(artifacts_dir: Path, model_version: str, index_path: str, lexical_path: str | None, by: str) -> dict | None:

@@ -143,11 +143,12 @@ class RayEncoder:
             self._precisions[self._labels[precision]] = precision
         return self._labels[precision]
 
-    def encode(self, texts: list[str], batch_size: int, prompt: str, label: str) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int, prompt: str, label: str, line=None) -> np.ndarray:
         """Normalised float32 rows for `texts`, in order, computed by the actor pool under `label`.
 
         `batch_size` is what the caller would batch with locally; each actor sizes its own batch
-        from it on its device (`device_batch_size`: a GPU actor fills its GPU).
+        from it on its device (`device_batch_size`: a GPU actor fills its GPU). `line` (the
+        caller's `ProgressLine`, sized for a larger job) is advanced by the rows received.
         """
         ray = require_ray()
         if not texts:
@@ -172,7 +173,10 @@ class RayEncoder:
                     raise RuntimeError(f"a row encoded twice on the cluster differs between the runs (cosine {worst:.6f})")
                 repeated += int(again.sum())
             out[rows] = vectors
+            fresh = int((~again).sum())
             seen[rows] = True
+            if line is not None and fresh:
+                line.advance(fresh)
             for node, count in zip(*np.unique(batch["node"], return_counts=True), strict=True):
                 nodes[str(node)] = nodes.get(str(node), 0) + int(count)
             for actor, start_s, encode_s in zip(batch["actor"], batch["start_s"], batch["encode_s"], strict=True):

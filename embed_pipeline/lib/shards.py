@@ -7,13 +7,22 @@ re-embedding touches nothing else, and shards of two precisions are never merged
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from embed_pipeline.lib.encoding import DEFAULT_BATCH_SIZE, EncodePool, encode_cached, encode_pool
+from embed_pipeline.lib.encoding import (
+    DEFAULT_BATCH_SIZE,
+    EmbeddingCache,
+    EncodePool,
+    encode_cached,
+    encode_pool,
+    _pool_precision,
+)
+from embed_pipeline.lib.progress import ProgressLine
 from embed_pipeline.lib.text import text_hash
 
 SHARD_SUFFIX = ".npz"
@@ -47,6 +56,7 @@ def write_shard_embeddings(
     prompt: str = "",
     precision: str = "auto",
     pool: EncodePool | None = None,
+    on_progress: Callable[[str], None] | ProgressLine | None = None,
 ) -> ShardEmbeddings:
     """Embed one shard through the cache and write `target` (.npz: `passage_ids`, `vectors`) atomically.
 
@@ -58,7 +68,7 @@ def write_shard_embeddings(
     target = Path(target)
     previous = set(read_shard_embeddings(target)[0]) if target.exists() else set()
     vectors, stats = encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False,
-                                   precision=precision, pool=pool)
+                                   precision=precision, pool=pool, on_progress=on_progress)
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, passage_ids=np.array(passage_ids, dtype=str), vectors=vectors, precision=np.array(stats.precision))
     return ShardEmbeddings(target, len(passage_ids), stats.encoded, stats.reused, len(previous - set(passage_ids)),
@@ -109,6 +119,7 @@ def embed_shards(
     precision: str = "auto",
     processes: int = 1,
     threads: int = 0,
+    on_progress: Callable[[str], None] | None = None,
     cluster=None,
 ) -> dict[str, ShardEmbeddings]:
     """Embed each shard (key -> passages) into `out_dir/<key>.npz` with one loaded model.
@@ -118,20 +129,29 @@ def embed_shards(
     `encoding.encode`; `processes` > 1 encodes through one `EncodePool` shared by all the shards,
     splitting `threads` (0 = the cores available) among its workers; with `cluster` (a
     `ray_encoding.RayEncoding`) one Ray actor pool encodes for all the shards instead.
+    `on_progress` gets one line on what is to encode over all the shards, then lines with an ETA
+    for all of them together.
     """
     from embed_pipeline.lib.corpus import passage_texts
 
     texts = {key: passage_texts(frame) for key, frame in shards.items()}
     with encode_pool(model, processes, threads, cluster) as pool:
+        line = None
+        if on_progress is not None:
+            cache = EmbeddingCache(cache_root, fingerprint, prompt, _pool_precision(pool, precision, model))
+            todo = sum(len(cache.missing([text_hash(t) for t in shard_texts])) for shard_texts in texts.values())
+            total = sum(len(shard_texts) for shard_texts in texts.values())
+            on_progress(f"embedding {len(shards)} shard(s) of {total} passages: {todo} to encode, the rest cached")
+            line = ProgressLine(on_progress, "encoding", todo) if todo else None
         fresh = None
         if cluster is not None:
             # One cluster pipeline for every shard's uncached texts (each actor loads the model
             # once, not once per shard); the shard files are then written from the cache.
             fresh = _encode_uncached(model, fingerprint, [t for ts in texts.values() for t in ts], cache_root,
-                                     batch_size, prompt, precision, pool)
+                                     batch_size, prompt, precision, pool, line)
         done = {
             key: write_shard_embeddings(model, fingerprint, list(frame["passage_id"]), texts[key], cache_root,
-                                        Path(out_dir) / f"{key}{SHARD_SUFFIX}", batch_size, prompt, precision, pool)
+                                        Path(out_dir) / f"{key}{SHARD_SUFFIX}", batch_size, prompt, precision, pool, line)
             for key, frame in shards.items()
         }
     if fresh is None:
@@ -145,14 +165,13 @@ def embed_shards(
 
 
 def _encode_uncached(model, fingerprint: str, texts: list[str], cache_root: Path, batch_size: int, prompt: str,
-                     precision: str, pool) -> set[str]:
+                     precision: str, pool, on_progress=None) -> set[str]:
     """Put every text of `texts` into the cache in one `encode_cached` call; returns the hashes it encoded."""
-    from embed_pipeline.lib.encoding import EmbeddingCache, _pool_precision
-
     keys = list({text_hash(t) for t in texts})
-    cached = EmbeddingCache(cache_root, fingerprint, prompt, _pool_precision(pool, precision, model)).get(keys)
-    encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False, precision=precision, pool=pool)
-    return set(keys) - set(cached)
+    missing = EmbeddingCache(cache_root, fingerprint, prompt, _pool_precision(pool, precision, model)).missing(keys)
+    encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False, precision=precision, pool=pool,
+                  on_progress=on_progress)
+    return set(missing)
 
 
 def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:

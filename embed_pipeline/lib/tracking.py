@@ -26,9 +26,15 @@ def metric_name(name: str) -> str:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, artifact_location: str, experiment: str = "embed-pipeline"):
+    def __init__(self, tracking_uri: str, artifact_location: str | None, experiment: str = "embed-pipeline"):
+        """`artifact_location` is used when this creates the experiment; with a tracking server (http/https)
+        it is ignored and the server's artifact store (`mlflow-artifacts:`) takes the artifacts."""
         from mlflow.tracking import MlflowClient
 
+        from embed_pipeline.lib.config import SERVER_SCHEMES
+
+        if tracking_uri.startswith(SERVER_SCHEMES):
+            artifact_location = None
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
@@ -72,9 +78,6 @@ class Tracker:
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
-    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(local_file), artifact_path)
-
     def register_model(self, name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
         """A new registered version whose source is the run's logged model folder; returns the version."""
         from mlflow.exceptions import MlflowException
@@ -115,9 +118,6 @@ class Tracker:
 
     def set_alias(self, name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
         self.client.set_registered_model_alias(name, alias, version)
-
-    def model_version(self, name: str, version: str):
-        return self.client.get_model_version(name, version)
 
 
 def mlflow_callback(tracker, run_id: str):

@@ -116,7 +116,7 @@ def train_model(
         CachedMultipleNegativesRankingLoss,
         MultipleNegativesRankingLoss,
     )
-    from transformers import EarlyStoppingCallback, set_seed
+    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
 
     from embed_pipeline.lib.encoding import load_model
     from embed_pipeline.lib.hardware import cpu_has_native_bf16, pick_device
@@ -185,6 +185,8 @@ def train_model(
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator, callbacks=(callbacks or []) + extra,
     )
+    # The trainer's own printer writes each raw log dict ({'loss': ...}); `progress` says the same in one line.
+    trainer.remove_callback(PrinterCallback)
     resumed_from = int(resume.name.removeprefix("checkpoint-")) if resume else 0
     progress.say(
         f"training on {len(dataset)} rows ({len(columns) - 2} negatives each), loss={settings.loss} ({settings.loss_terms}), device={device}, "

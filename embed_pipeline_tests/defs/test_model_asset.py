@@ -62,6 +62,9 @@ def test_embedding_model_tracks_everything_and_registers_a_tagged_version(tmp_pa
     assert run.data.params["data.training_pairs_version"] == "pairs-v1"
     assert run.data.params["data.hard_negatives_version"] == "neg-v1"
     assert run.data.params["data.dev_queries"] == "3"
+    held_out = pd.read_parquet(value.dev_path)  # the dev rows training held out, named by the handle for eval_report
+    assert held_out["query"].nunique() == 3 and set(held_out.columns) == {"query", "passage_id"}
+    assert set(zip(held_out["query"], held_out["passage_id"], strict=True)) <= set(CURATED)
     assert "version.torch" in run.data.tags and "version.sentence-transformers" in run.data.tags
     assert client.get_metric_history(run.info.run_id, "train/loss")
     dev = client.get_metric_history(run.info.run_id, "dev/dev_cosine_ndcg_at_10")

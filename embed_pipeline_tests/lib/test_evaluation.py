@@ -47,7 +47,7 @@ def test_hybrid_rows_are_added_and_judged_with_a_weight_chosen_on_the_dev_querie
     lexical = LexicalIndex.build(IDS, TEXTS)
 
     evaluation = evaluate(eval_set, pairs, IDS, Contenders(base=tiny_model_path, candidate=tiny_model_path), encode,
-                          RetrievalConfig(mode="hybrid"), GateConfig(), {"base": "tiny"}, lexical=lexical,
+                          RetrievalConfig(mode="hybrid"), GateConfig(), {"base": "tiny"}, precision="fp32", lexical=lexical,
                           dev_queries=DEV_QUERIES, dev_relevant=DEV_RELEVANT)
 
     report = evaluation.report
@@ -72,13 +72,15 @@ def test_a_configured_weight_is_used_as_is_and_dense_mode_judges_the_dense_rows(
     lexical = LexicalIndex.build(IDS, TEXTS)
 
     evaluation = evaluate(eval_set, pairs, IDS, Contenders(base=tiny_model_path, candidate=tiny_model_path), encode,
-                          RetrievalConfig(mode="dense", dense_weight=0.0), GateConfig(), {}, lexical=lexical,
+                          RetrievalConfig(mode="dense", dense_weight=0.0), GateConfig(), {}, precision="fp32", lexical=lexical,
                           dev_queries=DEV_QUERIES, dev_relevant=DEV_RELEVANT)
 
     report = evaluation.report
     assert report["judged"] == {"candidate": "candidate", "champion": "champion"}
-    assert report["retrieval"] == {"mode": "dense", "fusion": None, "dense_weight": None, "dense_weight_source": "config",
-                                   "champion": {"mode": "dense", "fusion": None, "dense_weight": None, "as": "the candidate's mode"}}
+    spec = {"mode": "dense", "fusion": None, "dense_weight": None, "dense_weight_source": "config", "rrf_k": 60, "depth": 100,
+            "precision": "fp32", "derived": ""}
+    assert report["retrieval"] == {**spec, "champion": {**spec, "as": "the candidate's mode"}}
+    assert evaluation.spec.as_dict() == spec
     assert report["candidate_hybrid"] == report["bm25"]  # weight 0: the fused ranking is BM25's
     assert DEV_QUERIES[0] not in {q for _, texts in encode.calls for q in texts}  # nothing to choose: dev queries unused
 
@@ -98,7 +100,7 @@ def test_the_candidate_row_goes_through_the_served_index(tiny_model_path, eval_i
             return scores, [[IDS[0]] for _ in rows]
 
     evaluation = evaluate(eval_set, pairs, IDS, Contenders(tiny_model_path, tiny_model_path, served_index=FirstPassageOnly()),
-                          encode, RetrievalConfig(mode="dense"), GateConfig(), {})
+                          encode, RetrievalConfig(mode="dense"), GateConfig(), {}, precision="fp32")
 
     report = evaluation.report
     relevant_first = sum(IDS[0] in r for r in eval_set.relevant.values()) / len(eval_set.relevant)
@@ -112,7 +114,7 @@ def test_hybrid_mode_without_a_bm25_index_is_an_error(tiny_model_path, eval_inpu
     eval_set, pairs = eval_inputs
     with pytest.raises(ValueError, match="retrieval.mode is hybrid but there is no BM25 index"):
         evaluate(eval_set, pairs, IDS, Contenders(tiny_model_path, tiny_model_path), encode,
-                 dataclasses.replace(RetrievalConfig(), mode="hybrid"), GateConfig(), {})
+                 dataclasses.replace(RetrievalConfig(), mode="hybrid"), GateConfig(), {}, precision="fp32")
 
 
 def test_the_champion_is_judged_as_it_serves_now(tiny_model_path, eval_inputs, encode):
@@ -122,7 +124,7 @@ def test_the_champion_is_judged_as_it_serves_now(tiny_model_path, eval_inputs, e
     def judge(served: dict | None):
         contenders = Contenders(tiny_model_path, tiny_model_path, champion=tiny_model_path, champion_retrieval=served)
         return evaluate(eval_set, pairs, IDS, contenders, encode, RetrievalConfig(mode="hybrid", dense_weight=0.5),
-                        GateConfig(), {}, lexical=lexical).report
+                        GateConfig(), {}, precision="fp32", lexical=lexical).report
 
     dense_champion = judge({"mode": "dense", "fusion": None, "dense_weight": None})
     assert dense_champion["judged"] == {"candidate": "candidate_hybrid", "champion": "champion"}
@@ -134,5 +136,7 @@ def test_the_champion_is_judged_as_it_serves_now(tiny_model_path, eval_inputs, e
 
     unknown = judge(None)  # no record of how it serves: judged like the candidate
     assert unknown["judged"] == {"candidate": "candidate_hybrid", "champion": "champion_hybrid"}
-    assert unknown["retrieval"]["champion"] == {"mode": "hybrid", "fusion": "convex", "dense_weight": 0.5, "as": "the candidate's mode"}
+    assert unknown["retrieval"]["champion"] == {**{k: v for k, v in unknown["retrieval"].items() if k != "champion"},
+                                                "as": "the candidate's mode"}
+    assert unknown["retrieval"]["dense_weight"] == 0.5
     assert unknown["champion_hybrid"] == unknown["candidate_hybrid"]  # the same model, fused the same way

@@ -2,7 +2,15 @@
 
 import pandas as pd
 
-from embed_pipeline.lib.leakage import find_leaks, near_duplicates, shingles, split_eval_queries, split_labelled_pairs
+from embed_pipeline.lib.leakage import (
+    decontaminate,
+    find_leaks,
+    leakage_block,
+    near_duplicates,
+    shingles,
+    split_eval_queries,
+    split_labelled_pairs,
+)
 
 EVAL = ["knocking in the headset when braking", "chain needs lube", "spongy brakes bleed"]
 
@@ -60,3 +68,16 @@ def test_split_labelled_pairs_never_leaks_between_sides():
     assert find_leaks(train, list(held["query"]), 0.8).empty
     if "query about topic 3 and its details" in set(held["query"]):
         assert (held["query"] == "query about topic 3 and its details").sum() == 2
+
+
+def test_the_reports_leakage_block_counts_the_runs_leaks_file_and_says_when_it_has_none(tmp_path):
+    train = pd.DataFrame({"query": ["Chain  NEEDS lube", "chain needs lube", "knocking in the headset when braking hard",
+                                    "true a wheel"], "passage_id": ["a", "b", "c", "d"], "source": ["click"] * 4})
+    clean = decontaminate(train, EVAL, threshold=0.8)
+    path = tmp_path / "leaking_pairs.parquet"
+    clean.leaks.to_parquet(path, index=False)
+    assert leakage_block(str(path), clean.dropped_pairs) == {"available": True, "dropped_pairs": 3, "exact": 2,
+                                                              "near_duplicate": 1}
+    assert leakage_block(None, 0) == {"available": False, "reason": "the training_pairs handle of this run names no leaks file"}
+    missing = leakage_block(str(tmp_path / "gone.parquet"), 0)
+    assert missing["available"] is False and "gone.parquet" in missing["reason"] and "dropped_pairs" not in missing

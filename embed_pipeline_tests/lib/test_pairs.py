@@ -134,13 +134,15 @@ def test_broken_jsonl_quarantines_every_bad_row_with_a_reason(tmp_path):
     loaded = load_labelled_pairs(LabelledSet(pairs=path), KNOWN)
     assert loaded.rows_in == 8 == len(loaded.pairs) + len(loaded.quarantine)
     assert list(loaded.pairs["query"]) == ["how to oil a chain", "replace worn brake pads"]
-    reasons = dict(zip(loaded.quarantine["row"], loaded.quarantine["reason"], strict=True))
-    assert reasons["line 3"].startswith("invalid UTF-8")
-    assert reasons["line 4"].startswith("invalid JSON")
-    assert reasons["line 5"] == "missing field(s) ['passage_id']"
-    assert reasons["line 6"] == "unknown passage id"
-    assert reasons["line 7"] == "empty query"
-    assert reasons["line 8"] == "duplicate pair"
+    assert set(loaded.quarantine["file"]) == {"pairs.jsonl"}
+    reasons = dict(zip(loaded.quarantine["line"], loaded.quarantine["reason"], strict=True))
+    assert list(reasons) == [3, 4, 5, 6, 7, 8]  # file lines, in file order
+    assert reasons[3].startswith("invalid UTF-8")
+    assert reasons[4].startswith("invalid JSON")
+    assert reasons[5] == "missing field(s) ['passage_id']"
+    assert reasons[6] == "unknown passage id"
+    assert reasons[7] == "empty query"
+    assert reasons[8] == "duplicate pair"
 
 
 def test_broken_csv_quarantines_bad_lines_and_keeps_good_ones(tmp_path):
@@ -154,8 +156,8 @@ def test_broken_csv_quarantines_bad_lines_and_keeps_good_ones(tmp_path):
     loaded = load_labelled_pairs(LabelledSet(pairs=path), KNOWN)
     assert loaded.rows_in == 4 == len(loaded.pairs) + len(loaded.quarantine)
     assert set(loaded.pairs["passage_id"]) == {"chain-clean", "chain-wear"}
-    assert sorted(loaded.quarantine["row"]) == ["line 4", "line 5"]
-    assert loaded.quarantine.set_index("row").loc["line 4", "reason"].startswith("malformed line")
+    assert loaded.quarantine["line"].tolist() == [4, 5]
+    assert loaded.quarantine.set_index("line").loc[4, "reason"].startswith("malformed line")
 
 
 def test_pairs_table_without_required_columns_is_an_input_error(tmp_path):
@@ -178,12 +180,12 @@ def test_beir_broken_qrels_and_queries_are_quarantined_by_line(tmp_path):
     loaded = load_labelled_pairs(LabelledSet(queries=tmp_path / "q.jsonl", qrels=tmp_path / "qrels.tsv"), KNOWN)
     assert loaded.rows_in == len(loaded.pairs) + len(loaded.quarantine) == 6
     assert list(loaded.pairs["passage_id"]) == ["chain-lube"]
-    reasons = dict(zip(loaded.quarantine["row"], loaded.quarantine["reason"], strict=True))
-    assert reasons["queries line 3"].startswith("invalid JSON")
-    assert reasons["qrels line 5"] == "unknown query id"
-    assert reasons["qrels line 6"].startswith("malformed qrels line")
-    assert reasons["qrels line 7"] == "non-numeric score 'high'"
-    assert reasons["qrels line 8"].startswith("invalid UTF-8")
+    reasons = {(f, n): r for f, n, r in loaded.quarantine[["file", "line", "reason"]].itertuples(index=False)}
+    assert reasons[("q.jsonl", 3)].startswith("invalid JSON")
+    assert reasons[("qrels.tsv", 5)] == "unknown query id"
+    assert reasons[("qrels.tsv", 6)].startswith("malformed qrels line")
+    assert reasons[("qrels.tsv", 7)] == "non-numeric score 'high'"
+    assert reasons[("qrels.tsv", 8)].startswith("invalid UTF-8")
 
 
 # --- merge -------------------------------------------------------------------------------------

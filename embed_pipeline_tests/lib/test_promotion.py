@@ -1,12 +1,15 @@
 """The promotion gate's clauses (each passing and failing), the promotion history, rollback, reconciliation."""
 
 import json
+import os
+import types
 
 import pytest
 
 from embed_pipeline.lib import io as io_module
 from embed_pipeline.lib.config import GateConfig
 from embed_pipeline.lib.promotion import (
+    HISTORY_FILE,
     SERVED_FILE,
     PromotionError,
     evaluate_gate,
@@ -159,7 +162,10 @@ def test_pointer_swap_interrupted_mid_write_leaves_a_valid_pointer_that_reconcil
     def killed(src, dst):
         raise KeyboardInterrupt("killed between writing the new pointer and renaming it")
 
-    monkeypatch.setattr(io_module.os, "replace", killed)
+    # Only the io module's view of `os` loses its rename: the rest of the process keeps the real one.
+    io_without_rename = types.SimpleNamespace(**{**vars(os), "replace": killed})
+    monkeypatch.setattr(io_module, "os", io_without_rename)
+    assert os.replace is not killed
     with pytest.raises(KeyboardInterrupt):
         promote(tmp_path, _pointer("2"), "test", "second", registry.set_alias)
     monkeypatch.undo()
@@ -176,6 +182,48 @@ def test_a_reindex_moves_the_served_index_but_only_for_the_model_still_served(tm
     promote(tmp_path, _pointer("2"), "test", "second", registry.set_alias)
     assert record_reindex(tmp_path, "1", "/indexes/1c", None, "test") is None  # v1 no longer serves
     assert rollback(tmp_path, "test", "undo", registry.set_alias).pointer["index_path"] == "/indexes/1b"
+
+
+def test_a_torn_last_history_line_is_ignored_and_cut_off_by_the_next_append(tmp_path):
+    registry = Registry()
+    promote(tmp_path, _pointer("1"), "test", "first", registry.set_alias)
+    history = tmp_path / HISTORY_FILE
+    with open(history, "a", encoding="utf-8") as handle:
+        handle.write('{"action": "promote", "model_ver')  # a crash mid-append
+    assert [e["model_version"] for e in served_history(tmp_path)] == ["1"]
+    promote(tmp_path, _pointer("2"), "test", "second", registry.set_alias)
+    assert [e["model_version"] for e in served_history(tmp_path)] == ["1", "2"]
+    assert all(json.loads(line) for line in history.read_text().splitlines())
+
+
+def test_any_other_unreadable_history_line_fails_naming_the_file_and_line(tmp_path):
+    registry = Registry()
+    for version in ("1", "2", "3"):
+        promote(tmp_path, _pointer(version), "test", f"promote {version}", registry.set_alias)
+    history = tmp_path / HISTORY_FILE
+    lines = history.read_text().splitlines()
+    history.write_text("\n".join([lines[0], lines[1][:25], lines[2]]) + "\n")  # the middle event damaged
+    with pytest.raises(PromotionError, match=f"{history}: line 2 of 3 is not a JSON event"):
+        served_history(tmp_path)
+    with pytest.raises(PromotionError, match="line 2 of 3"):  # never rolls back to a guess
+        rollback(tmp_path, "test", "bad model", registry.set_alias)
+
+
+def test_the_retrieval_spec_serves_through_rollback_and_reindex_and_a_new_spec_is_a_promotion(tmp_path):
+    registry = Registry()
+    dense = {"mode": "dense", "fusion": None, "dense_weight": None, "dense_weight_source": "config", "rrf_k": 60,
+             "depth": 100, "precision": "fp32", "derived": ""}
+    rrf = {**dense, "mode": "hybrid", "fusion": "rrf", "dense_weight": 0.4, "rrf_k": 7}
+    promote(tmp_path, {**_pointer("1"), "retrieval": dense}, "test", "first", registry.set_alias)
+    assert promote(tmp_path, {**_pointer("1"), "retrieval": dense}, "test", "again", registry.set_alias).event is None
+    change = promote(tmp_path, {**_pointer("1"), "retrieval": rrf}, "test", "judged with rrf", registry.set_alias)
+    assert change.event is not None and change.replaced["retrieval"] == dense and read_served(tmp_path)["retrieval"] == rrf
+    record_reindex(tmp_path, "1", "/indexes/1b", "/lexical/1b", "test")
+    assert read_served(tmp_path)["retrieval"] == rrf
+    promote(tmp_path, {**_pointer("2"), "retrieval": dense}, "test", "second", registry.set_alias)
+    back = rollback(tmp_path, "test", "undo", registry.set_alias)
+    assert back.pointer["retrieval"] == rrf and back.pointer["index_path"] == "/indexes/1b"
+    assert back.replaced["model_version"] == "2"
 
 
 def test_eval_queries_are_sliced_by_source_length_and_segment(tmp_path):

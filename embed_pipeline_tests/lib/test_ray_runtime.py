@@ -31,7 +31,7 @@ def test_engine_ray_without_ray_installed_is_a_config_error():
 def test_run_against_an_unreachable_cluster_exits_2_before_any_work(tmp_path, tiny_model_path, capsys):
     pytest.importorskip("ray")
     address = f"127.0.0.1:{_closed_port()}"
-    config = write_project(tmp_path / "project", tiny_model_path,
+    config = write_project(tmp_path / "project", tiny_model_path, mlflow_tracking_uri="http://127.0.0.1:5000",
                            compute={"engine": "ray", "ray_address": address, "connect_timeout_seconds": 5})
     assert main(["run", "--config", str(config)]) == 2
     out = capsys.readouterr().err

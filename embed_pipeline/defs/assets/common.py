@@ -44,16 +44,18 @@ def load_eval_set(config: PipelineConfig, passage_ids: set[str], curated: PairsH
     return EvalSet(queries=queries, relevant=relevance_map(loaded.pairs)), loaded
 
 
-def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str], cluster=None):
+def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str], on_progress=None,
+          cluster=None):
     """`embed_corpus_and_queries` with the config's cache, batch size, prompts, threads and precision
-    (the corpus side on `cluster`, a `ray_encoding(...)`, when given)."""
+    (`on_progress`: where its progress lines go, e.g. `context.log.info`; the corpus side on
+    `cluster`, a `ray_encoding(...)`, when given)."""
     from embed_pipeline.lib.corpus import passage_texts
     from embed_pipeline.lib.encoding import embed_corpus_and_queries
 
     return embed_corpus_and_queries(model_ref, passage_texts(passages), queries, cache_dir(config),
                                     config.encode_batch_size, config.corpus_prompt, config.query_prompt,
                                     config.index.encode_threads, config.index.encode_precision, config.index.encode_processes,
-                                    cluster)
+                                    on_progress=on_progress, cluster=cluster)
 
 
 def ray_encoding(context: dg.AssetExecutionContext, config: PipelineConfig):

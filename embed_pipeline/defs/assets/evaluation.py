@@ -4,18 +4,18 @@ import dataclasses
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
 from embed_pipeline.defs import metadata as md
 from embed_pipeline.defs.assets.common import embed, load_eval_set, output_dir, ray_encoding, ray_metadata, read_corpus
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
-from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle, NegativesHandle, PairsHandle, ReportHandle
+from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle, PairsHandle, ReportHandle
 from embed_pipeline.lib.evaluation import Contenders, evaluate, record_evaluation, report_markdown, write_report
 from embed_pipeline.lib.indexing import load_index
+from embed_pipeline.lib.leakage import leakage_block
 from embed_pipeline.lib.lexical import LexicalIndex
 from embed_pipeline.lib.plots import png_markdown
 from embed_pipeline.lib.promotion import expected_served
-from embed_pipeline.lib.retrieval import training_dev_queries
+from embed_pipeline.lib.retrieval import read_dev_queries
 from embed_pipeline.lib.tracking import RegistryError
 
 
@@ -73,7 +73,7 @@ def eval_report(
     context: dg.AssetExecutionContext,
     corpus: CorpusHandle,
     curated_pairs: PairsHandle,
-    hard_negatives: NegativesHandle,
+    training_pairs: PairsHandle,
     embedding_model: ModelHandle,
     corpus_index: IndexHandle,
     pipeline: PipelineResource,
@@ -90,31 +90,36 @@ def eval_report(
     eval_set, loaded = load_eval_set(config, set(passages["passage_id"]), curated_pairs)
     context.log.info(f"eval_report: ranking {len(eval_set.queries)} eval queries with BM25, the base model, "
                      f"{'champion v' + champion['version'] if champion else 'no champion (base stands in)'} and the candidate")
-    dev_queries, dev_relevant = training_dev_queries(pd.read_parquet(hard_negatives.path), config.training)
+    dev_queries, dev_relevant = read_dev_queries(embedding_model.dev_path)
+    if dev_queries is None and config.retrieval.mode == "hybrid" and config.retrieval.dense_weight is None:
+        raise dg.Failure(f"model v{embedding_model.version}'s handle names no held-out dev queries (it was trained by an "
+                         "older version) to choose the hybrid's dense weight on: retrain it, or set retrieval.dense_weight")
 
     cluster = ray_encoding(context, config)
 
     def encode(model_ref: str, queries: list[str]):
-        vectors = embed(config, model_ref, passages, queries, cluster)
+        vectors = embed(config, model_ref, passages, queries, context.log.info, cluster)
         return vectors.query_vectors, vectors.corpus_vectors
 
     models = {"base": config.base_model,
               "champion": ({k: champion[k] for k in ("name", "version", "run_id")} if champion else
                            {"name": config.base_model, "version": None, "note": "no champion yet: the base model stands in"}),
               "candidate": dataclasses.asdict(embedding_model), "index": dataclasses.asdict(corpus_index)}
+    served_index = load_index(corpus_index.path)
     contenders = Contenders(base=config.resolved_base_model, candidate=embedding_model.model_dir,
-                            champion=champion["model_dir"] if champion else None, served_index=load_index(corpus_index.path),
+                            champion=champion["model_dir"] if champion else None, served_index=served_index,
                             champion_retrieval=champion["retrieval"] if champion else None)
     lexical = LexicalIndex.load(corpus_index.lexical_path) if corpus_index.lexical_path else None
     evaluation = evaluate(eval_set, loaded.pairs, list(passages["passage_id"]), contenders, encode, config.retrieval,
-                          config.gate, models, lexical=lexical, dev_queries=dev_queries, dev_relevant=dev_relevant)
+                          config.gate, models, precision=served_index.meta.get("encode_precision", "unrecorded"),
+                          lexical=lexical, dev_queries=dev_queries or (), dev_relevant=dev_relevant)
     report = evaluation.report
-    report["leakage"] = {"mode": config.leakage.on_leak, **_leakage_counts(context)}
+    report["leakage"] = {"mode": config.leakage.on_leak, **leakage_block(training_pairs.files.get("leaks"), training_pairs.quarantined)}
     folder = output_dir(context, config)
     path, plots = write_report(report, evaluation.per_query, folder, config.gate.min_segment_queries)
     if evaluation.weight.table is not None:
         evaluation.weight.table.to_csv(folder / "dense_weight_dev.csv", index=False)
-    record_evaluation(tracker, embedding_model.run_id, evaluation, folder, config.retrieval.mode)
+    record_evaluation(tracker, embedding_model.run_id, evaluation, folder)
     judged, against, ci = report["judged"]["candidate"], report["judged"]["champion"], report["ci"]["recall@10"]
     # One line here: the full Markdown is the asset's `report` metadata, and the CLI prints it once at the end.
     context.log.info(f"eval report written to {path}: recall@10 {report[against]['recall@10']:.4f} ({against}) -> "
@@ -124,14 +129,3 @@ def eval_report(
                                 metadata={**report_metadata(report, path, plots), "config_hash": pipeline.config_hash,
                                           **ray_metadata(cluster)})
 
-
-def _leakage_counts(context: dg.AssetExecutionContext) -> dict:
-    """training_pairs' leak counts of this run (its materialisation metadata), for the report's `leakage` block."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("training_pairs"))
-    meta = event.asset_materialization.metadata if event is not None and event.run_id == context.run_id else {}
-
-    def value(key: str) -> int:
-        return int(meta[key].value) if key in meta else 0
-
-    return {"dropped_pairs": value("leaking_pairs_dropped"), "exact": value("leaks_exact"),
-            "near_duplicate": value("leaks_near_duplicate")}

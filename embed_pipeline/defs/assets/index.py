@@ -25,8 +25,10 @@ def corpus_index(context: dg.AssetExecutionContext, corpus: CorpusHandle, embedd
     cluster = ray_encoding(context, config)
     done = embed_shards(model, fingerprint, shards, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
-                        config.index.encode_processes, config.index.encode_threads, cluster)
-    meta = {"model_dir": embedding_model.model_dir, "model_version": embedding_model.version, "model_fingerprint": fingerprint}
+                        config.index.encode_processes, config.index.encode_threads, context.log.info, cluster)
+    # The precision of the corpus vectors goes into the candidate's retrieval spec: served queries are encoded alike.
+    meta = {"model_dir": embedding_model.model_dir, "model_version": embedding_model.version, "model_fingerprint": fingerprint,
+            "encode_precision": ", ".join(sorted({s.precision for s in done.values()}))}
     built = build_index_from_shards([s.path for s in done.values()], config.index, meta, output_dir(context, config),
                                     passages, config.retrieval.lexical_language)
     encoded = sum(s.encoded for s in done.values())

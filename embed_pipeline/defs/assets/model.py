@@ -7,6 +7,7 @@ from embed_pipeline.defs.assets.common import output_dir, read_corpus
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, ModelHandle, NegativesHandle, PairsHandle
 from embed_pipeline.lib.fine_tune import fine_tune
+from embed_pipeline.lib.io import write_parquet
 
 
 @dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool="gpu")
@@ -36,8 +37,9 @@ def embedding_model(
         on_progress=context.log.info,
     )
     result = model.training
+    dev_path = write_parquet(model.held_out, output_dir(context, config) / "dev_queries.parquet")
     return dg.MaterializeResult(
-        value=ModelHandle(str(model.model_dir), model.mlflow_run_id, model.name, model.version),
+        value=ModelHandle(str(model.model_dir), model.mlflow_run_id, model.name, model.version, str(dev_path)),
         metadata={
             "mlflow_run_id": model.mlflow_run_id,
             "registered_model": f"{model.name} v{model.version}",
@@ -59,5 +61,6 @@ def embedding_model(
             "pairs_per_second": round(result.pairs_per_second, 2),
             "final_loss": round(result.final_loss, 4),
             "config_hash": pipeline.config_hash,
+            **({"ray_dashboard": dg.MetadataValue.url(model.ray_job_url)} if model.ray_job_url else {}),
         },
     )

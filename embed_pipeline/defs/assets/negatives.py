@@ -27,7 +27,7 @@ def hard_negatives(
     pairs = pd.read_parquet(training_pairs.path)
     query_texts = list(dict.fromkeys(pairs["query"]))
     cluster = ray_encoding(context, config)
-    base = embed(config, config.resolved_base_model, passages, query_texts, cluster)
+    base = embed(config, config.resolved_base_model, passages, query_texts, context.log.info, cluster)
     fingerprint, corpus_vectors, query_vectors, corpus_stats = (base.fingerprint, base.corpus_vectors,
                                                                 base.query_vectors, base.corpus_stats)
     context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}): {len(passages)} passages, "

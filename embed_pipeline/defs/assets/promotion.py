@@ -13,6 +13,7 @@ from pydantic import Field
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.io import read_json
 from embed_pipeline.lib.promotion import PromotionError, promote, rollback
+from embed_pipeline.lib.retrieval import RetrievalSpec
 
 
 class ServedModelConfig(dg.Config):
@@ -36,6 +37,13 @@ def served_model(context: dg.AssetExecutionContext, config: ServedModelConfig, p
             raise dg.Failure(str(exc)) from None
         pointer = change.pointer
         decision = f"rolled back from v{change.previous_version} to v{pointer['model_version']}"
+        # Both runs say what they are now: the one taken off no longer claims to serve.
+        if change.replaced.get("mlflow_run_id"):
+            tracker.set_tags(change.replaced["mlflow_run_id"], {"promotion": "rolled back", "promotion_decision": decision,
+                                                                "rolled_back_at": change.event["at"]})
+        if pointer.get("mlflow_run_id"):
+            tracker.set_tags(pointer["mlflow_run_id"], {"promotion": "serves again", "promotion_decision": decision,
+                                                        "promoted_at": change.event["at"]})
     else:
         report = read_json(config.report_path)
         if not report["gate"]["passed"]:
@@ -48,13 +56,20 @@ def served_model(context: dg.AssetExecutionContext, config: ServedModelConfig, p
             "model_name": candidate["name"], "model_version": str(candidate["version"]), "model_dir": candidate["model_dir"],
             "mlflow_run_id": candidate["run_id"], "index_path": index["path"], "lexical_path": index.get("lexical_path") or None,
             "report_path": config.report_path,
-            "retrieval": {k: v for k, v in (report.get("retrieval") or {}).items() if k in ("mode", "fusion", "dense_weight")},
+            # The spec the gate judged, whole (a report from an older version: derived, and it says so).
+            "retrieval": RetrievalSpec.from_record(report.get("retrieval"), settings.retrieval.depth,
+                                                   settings.index.encode_precision).as_dict(),
         }, by, reason, tracker.set_alias)
         pointer = change.pointer
         if change.event is None:
             decision = f"v{pointer['model_version']} already serves: nothing changed"
         else:
-            decision = f"promoted v{pointer['model_version']}" + (f", replacing v{change.previous_version}" if change.previous_version else "")
+            same = str(change.previous_version) == str(pointer["model_version"])
+            decision = (f"promoted v{pointer['model_version']}" + (" with a newly judged retrieval spec" if same else
+                        f", replacing v{change.previous_version}" if change.previous_version else ""))
+            if change.replaced is not None and not same and change.replaced.get("mlflow_run_id"):
+                tracker.set_tags(change.replaced["mlflow_run_id"], {"promotion": "replaced",
+                                                                    "promotion_decision": f"replaced by v{pointer['model_version']}"})
             tracker.set_tags(candidate["run_id"], {"promotion": "promoted", "promotion_decision": decision,
                                                    "promoted_at": change.event["at"]})
     return dg.MaterializeResult(

@@ -34,7 +34,7 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
     cluster = ray_encoding(context, config)
     done = embed_shards(model, fingerprint, wanted, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
-                        config.index.encode_processes, config.index.encode_threads, cluster)
+                        config.index.encode_processes, config.index.encode_threads, context.log.info, cluster)
     rows = ["| shard | passages | encoded | from cache | removed |", "|---|---|---|---|---|"]
     rows += [f"| {k} | {s.passages} | {s.encoded} | {s.reused} | {s.removed} |" for k, s in done.items()]
     # No value: one run may materialise many partitions, which Dagster's IO managers cannot store.

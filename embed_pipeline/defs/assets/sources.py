@@ -142,7 +142,7 @@ def synthetic_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pip
     pairs, round_trip_md = generated.pairs, {"round_trip": "off"}
     cluster = ray_encoding(context, config)
     if s.round_trip and len(pairs):
-        base = embed(config, config.resolved_base_model, passages, list(pairs["query"]), cluster)
+        base = embed(config, config.resolved_base_model, passages, list(pairs["query"]), context.log.info, cluster)
         kept, ranks = round_trip_filter(pairs, base.query_vectors, list(passages["passage_id"]), base.corpus_vectors,
                                         s.round_trip_k)
         round_trip_md = {"round_trip_k": s.round_trip_k, "generated": len(pairs), "kept_by_round_trip": len(kept),
