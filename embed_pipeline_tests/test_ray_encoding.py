@@ -200,6 +200,9 @@ def dagster_step_on_the_cluster(cluster, project: str) -> dict:
     config_path = Path(project)
     config = yaml.safe_load(config_path.read_text())
     config["compute"] = {"engine": "ray", "ray_address": cluster.address, "encode_actors": 1, "encode_batch_size": 4}
+    # engine ray requires a tracking server in the config (training workers log to it); this step
+    # never contacts MLflow, so the address is only checked for its form.
+    config["mlflow_tracking_uri"] = "http://127.0.0.1:9"
     config_path.write_text(yaml.safe_dump(config))
     ray_encoding.PROGRESS_EVERY_SECONDS = 0  # a progress line per arriving batch
     instance = dg.DagsterInstance.ephemeral()

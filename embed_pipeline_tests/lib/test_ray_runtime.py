@@ -28,12 +28,17 @@ def test_engine_ray_without_ray_installed_is_a_config_error():
         parse_config(raw, Path("/tmp"))
 
 
+@pytest.mark.slow
 def test_run_against_an_unreachable_cluster_exits_2_before_any_work(tmp_path, tiny_model_path, capsys):
+    """A real tracking server (engine ray requires one, and `run` opens it first), a closed Ray port."""
     pytest.importorskip("ray")
+    from embed_pipeline_tests.test_ray_training import mlflow_server
+
     address = f"127.0.0.1:{_closed_port()}"
-    config = write_project(tmp_path / "project", tiny_model_path, mlflow_tracking_uri="http://127.0.0.1:5000",
-                           compute={"engine": "ray", "ray_address": address, "connect_timeout_seconds": 5})
-    assert main(["run", "--config", str(config)]) == 2
+    with mlflow_server(tmp_path / "mlflow") as tracking:
+        config = write_project(tmp_path / "project", tiny_model_path, mlflow_tracking_uri=tracking,
+                               compute={"engine": "ray", "ray_address": address, "connect_timeout_seconds": 5})
+        assert main(["run", "--config", str(config)]) == 2
     out = capsys.readouterr().err
     assert f"config error: Ray cluster at '{address}' (compute.ray_address) is unreachable" in out
     assert not (tmp_path / "project" / "artifacts" / "assets").exists()  # no step ran
