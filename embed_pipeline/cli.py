@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as exc:
         say(f"{'config' if isinstance(exc, ConfigError) else 'input'} error: {' '.join(str(exc).split())}")
         return EXIT_CONFIG
-    except RegistryError as exc:  # the MLflow store cannot be reached at the start: nothing was run
+    except RegistryError as exc:  # the registry failed mid-command (an unreachable store at start is a config error, exit 2)
         say(f"MLflow error: {' '.join(str(exc).split())}")
         return EXIT_FAILED
     except RunInterrupted as exc:  # SIGINT, SIGTERM or SIGHUP during a run: it was canceled cleanly

@@ -34,9 +34,17 @@ from pydantic.dataclasses import dataclass
 
 from embed_pipeline.lib.bundled import DEMO_CONFIG_NAME, bundled
 
-# The demo config as shipped (its `artifacts_dir` is relative to it: the CLI runs the demo from a
-# copy under ./artifacts instead, embed_pipeline/starter.py).
-DEMO_CONFIG = bundled(DEMO_CONFIG_NAME)
+
+
+def __getattr__(name: str):
+    """`DEMO_CONFIG`, the demo config as shipped (its `artifacts_dir` is relative to it: the CLI
+    runs the demo from a copy under ./artifacts, embed_pipeline/starter.py). Located on first use:
+    importing the config contract must not need the bundled files (a Ray actor or a code server
+    may carry the package alone)."""
+    if name == "DEMO_CONFIG":
+        return bundled(DEMO_CONFIG_NAME)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 # With a tracking server, models and artifacts go through the server's own artifact store.
 SERVER_SCHEMES = ("http://", "https://")
 # MLflow reads any other string as a local folder: a typo in a database URL would silently start

@@ -38,6 +38,9 @@ from embed_pipeline.lib.text import text_hash
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# The `encode` precision setting that reproduces an encode's label (what autocast computed in), so
+# queries are encoded as their corpus was. fp16 only arises from `auto` on a GPU without bf16.
+PRECISION_OF_LABEL = {"bf16": "bf16", "fp32": "fp32", "tf32": "fp32", "fp16": "auto", "auto": "auto"}
 DEFAULT_BATCH_SIZE = 64
 PIECE_BATCHES = 1  # batches encoded between two progress updates (a batch takes seconds on a CPU)
 CACHE_META = "meta.json"  # the settings a cache space was made for (read by retention)
@@ -416,7 +419,8 @@ def encode(
     shows sentence-transformers' bar; `on_progress` (a `ProgressLine`) replaces it with our lines.
     """
     label = _pool_precision(pool, precision, model)
-    batch_size = device_batch_size(model, batch_size)
+    if not hasattr(pool, "precision_label"):  # a cluster's actors size their batches on their own devices
+        batch_size = device_batch_size(model, batch_size)
     if pool is not None:
         vectors = pool.encode(texts, batch_size, prompt, label, on_progress)
         return vectors if len(texts) else np.zeros((0, model.get_embedding_dimension()), np.float32)
@@ -511,6 +515,10 @@ def embed_corpus_and_queries(
     with encode_pool(model, processes, threads, cluster) as pool:
         corpus_vectors, corpus_stats = encode_cached(model, passage_texts, cache_root, fingerprint, batch_size,
                                                      corpus_prompt, precision=precision, pool=pool, on_progress=on_progress)
+    # Queries are few and encoded here. When a cluster encoded the corpus (on other hardware, maybe
+    # in another autocast), they take the corpus side's autocast, as served queries will
+    # (`RetrievalSpec.query_precision`): the judged ranking is the served one.
+    query_precision = PRECISION_OF_LABEL.get(corpus_stats.precision, precision) if cluster is not None else precision
     query_vectors, _ = encode_cached(model, queries, cache_root, fingerprint, batch_size, query_prompt,
-                                     progress=False, precision=precision, on_progress=on_progress)
+                                     progress=False, precision=query_precision, on_progress=on_progress)
     return CorpusAndQueries(fingerprint, corpus_vectors, query_vectors, corpus_stats)

@@ -279,5 +279,13 @@ def reconcile(artifacts_dir: Path, alias_version, set_alias) -> list[str]:
 
 
 def rollback_targets(artifacts_dir: Path, keep: int) -> list[dict]:
-    """The served entries a rollback may still need: the top `keep` + 1 of the stack."""
-    return served_stack(served_history(artifacts_dir))[-(keep + 1):]
+    """The served entries a rollback may still need: the top of the stack down to `keep` models
+    below the current one. Counted in distinct versions: the same version promoted again with
+    another retrieval spec must not push an older model (a real rollback target) out."""
+    targets, versions = [], set()
+    for entry in reversed(served_stack(served_history(artifacts_dir))):
+        versions.add(str(entry["model_version"]))
+        if len(versions) > keep + 1:
+            break
+        targets.append(entry)
+    return targets[::-1]

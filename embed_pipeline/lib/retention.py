@@ -126,6 +126,8 @@ def prune_logged_models(client, name: str, artifacts_dir: Path) -> list[Path]:
         source = urlparse(version.source or "")
         if not model_path or Path(model_path).exists() or source.scheme != "file":
             continue
+        if root not in Path(model_path).resolve().parents:
+            continue  # not a folder retention prunes (the stock model's package, another machine's path)
         copy = Path(url2pathname(source.path)).resolve()
         if root not in copy.parents or not copy.is_dir():
             continue

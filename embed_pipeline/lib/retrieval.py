@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embed_pipeline.lib.encoding import PRECISION_OF_LABEL
 from embed_pipeline.lib.fusion import DEFAULT_RRF_K, METHODS, Ranked, choose_dense_weight, fuse_scored
 from embed_pipeline.lib.indexing import LoadedIndex, build_faiss_index
 
 MODES = ("dense", "hybrid")
-# What a served query is encoded with, from the label of the corpus vectors' precision: the same
-# autocast as the corpus side. fp16 only arises from `auto` on a GPU without bf16.
-_PRECISION_SETTING = {"bf16": "bf16", "fp32": "fp32", "tf32": "fp32", "fp16": "auto", "auto": "auto"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class RetrievalSpec:
     @property
     def query_precision(self) -> str:
         """The `encode` precision setting that reproduces the corpus side's autocast."""
-        return _PRECISION_SETTING.get(self.precision, "auto")
+        return PRECISION_OF_LABEL.get(self.precision, "auto")
 
     @classmethod
     def from_record(cls, record: dict | None, depth: int, precision: str) -> RetrievalSpec:
