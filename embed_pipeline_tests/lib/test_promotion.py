@@ -18,6 +18,7 @@ from embed_pipeline.lib.promotion import (
     reconcile,
     record_reindex,
     rollback,
+    rollback_targets,
     served_history,
 )
 from embed_pipeline_tests.reports import make_report
@@ -224,6 +225,19 @@ def test_the_retrieval_spec_serves_through_rollback_and_reindex_and_a_new_spec_i
     back = rollback(tmp_path, "test", "undo", registry.set_alias)
     assert back.pointer["retrieval"] == rrf and back.pointer["index_path"] == "/indexes/1b"
     assert back.replaced["model_version"] == "2"
+
+
+def test_a_version_promoted_again_with_another_spec_keeps_the_older_rollback_target_protected(tmp_path):
+    registry = Registry()
+    dense = {"mode": "dense", "fusion": None, "dense_weight": None, "dense_weight_source": "config", "rrf_k": 60,
+             "depth": 100, "precision": "fp32", "derived": ""}
+    promote(tmp_path, {**_pointer("1"), "retrieval": dense}, "test", "first", registry.set_alias)
+    promote(tmp_path, {**_pointer("2"), "retrieval": dense}, "test", "second", registry.set_alias)
+    assert [e["model_version"] for e in rollback_targets(tmp_path, keep=1)] == ["1", "2"]
+    promote(tmp_path, {**_pointer("2"), "retrieval": {**dense, "mode": "hybrid", "fusion": "rrf", "dense_weight": 0.4}},
+            "test", "judged with rrf", registry.set_alias)
+    # Retention keeps what these entries name: v1 (one model below the current) must still be among them.
+    assert [e["model_version"] for e in rollback_targets(tmp_path, keep=1)] == ["1", "2", "2"]
 
 
 def test_eval_queries_are_sliced_by_source_length_and_segment(tmp_path):
