@@ -8,6 +8,7 @@ stdout is kept for results). `root_cause` and `output` read a finished in-proces
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import uuid
@@ -160,7 +161,7 @@ class Session:
         watch = RunWatch(instance, run_id, job.name, say, lambda: self._recover_dead(instance), pool_check_seconds)
         # Libraries print progress to stdout (the trainer's loss lines); keep stdout for results.
         try:
-            with contextlib.redirect_stdout(sys.stderr), watch.watching():
+            with contextlib.redirect_stdout(sys.stderr), _pool_errors_hidden(not verbose), watch.watching():
                 result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config,
                                                 run_id=run_id, tags={**kwargs.pop("tags", {}), **process_tags()},
                                                 **kwargs)
@@ -171,6 +172,24 @@ class Session:
         if (interrupted := watch.interrupted()) is not None:
             raise interrupted
         return result
+
+
+@contextlib.contextmanager
+def _pool_errors_hidden(hidden: bool):
+    """While `hidden`, SQLAlchemy's connection-pool loggers say nothing below CRITICAL.
+
+    A stop signal can land while SQLAlchemy closes a pooled connection of the Dagster or MLflow
+    store; the pool survives it and only logs the interrupt with a traceback, which would bury the
+    run's one-line cause. Real store errors still raise where they happen; `--verbose` shows these too.
+    """
+    pool_logger = logging.getLogger("sqlalchemy.pool")  # the pools' own loggers inherit its level
+    previous = pool_logger.level
+    if hidden:
+        pool_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        pool_logger.setLevel(previous)
 
 
 def _innermost(exc: BaseException) -> str:
