@@ -36,11 +36,12 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embed_pipeline.lib.evaluation import report_markdown
-    from embed_pipeline.lib.inputs import check_environment, validate_inputs
+    from embed_pipeline.console import check_environment
+    from embed_pipeline.lib.inputs import validate_inputs
     from embed_pipeline.lib.io import read_json
 
     session = Session(args.config)
-    check_environment(session.config, os.environ)
+    check_environment(session.config)
     summary = validate_inputs(session.config)
     say("inputs checked: " + "; ".join(summary))
     session.recover()

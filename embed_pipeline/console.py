@@ -192,6 +192,14 @@ def _pool_errors_hidden(hidden: bool):
         pool_logger.setLevel(previous)
 
 
+def check_environment(config: PipelineConfig) -> None:
+    """The environment variables the config names are set (read here, at the CLI's edge): an LLM key
+    that is missing would otherwise fail the synthetic step after the sources are read."""
+    llm = config.synthetic.llm
+    if config.synthetic.generator == "llm" and llm.api_key_env and llm.api_key_env not in os.environ:
+        raise ConfigError(f"synthetic.llm.api_key_env names {llm.api_key_env!r}, which is not set in the environment")
+
+
 def _innermost(exc: BaseException) -> str:
     """The first line of the deepest cause (a driver's "connection refused", not a wrapper's "too many retries")."""
     while (exc.__cause__ or exc.__context__) is not None:

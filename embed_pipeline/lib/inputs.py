@@ -7,10 +7,8 @@ The assets validate again (and quarantine row by row); this is the up-front, who
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from embed_pipeline.lib.click_logs import LOG_COLUMNS
-from embed_pipeline.lib.config import ConfigError, PipelineConfig
+from embed_pipeline.lib.config import PipelineConfig
 from embed_pipeline.lib.corpus import load_corpus
 from embed_pipeline.lib.io import InputError, read_table
 from embed_pipeline.lib.labelled import load_labelled_pairs
@@ -48,11 +46,3 @@ def validate_inputs(config: PipelineConfig) -> list[str]:
         lines.append(f"ray cluster {cluster.address}: {len(cluster.nodes)} node(s), artifacts_dir shared by all"
                      + (f", dashboard {cluster.dashboard_url}" if cluster.dashboard_url else ""))
     return lines
-
-
-def check_environment(config: PipelineConfig, environ: Mapping[str, str]) -> None:
-    """The environment variables the config names are set (`environ` is the caller's, e.g. `os.environ`):
-    an LLM key that is missing would otherwise fail the synthetic step after the sources are read."""
-    llm = config.synthetic.llm
-    if config.synthetic.generator == "llm" and llm.api_key_env and llm.api_key_env not in environ:
-        raise ConfigError(f"synthetic.llm.api_key_env names {llm.api_key_env!r}, which is not set in the environment")

@@ -116,7 +116,9 @@ def _init_within(ray, address: str, timeout: float) -> None:
     def attempt() -> None:
         global _connected_dashboard
         try:
-            context = ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+            # Tokenizer threads would fight the workers that already share each node's cores.
+            context = ray.init(address=address, logging_level="WARNING", log_to_driver=False,
+                               runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
             _connected_dashboard = context.dashboard_url or ""
             outcome.append(None)
         except BaseException as exc:  # handed to the caller below

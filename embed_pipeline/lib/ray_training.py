@@ -132,8 +132,6 @@ def worker_records(job_dir: Path) -> dict[int, dict]:
 
 def _worker_loop(config: dict) -> None:
     """One Ray Train worker: record where it runs, pick its GPU, and run `train_rank`."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the workers already share the node's cores
-
     import ray
     import ray.train
     import torch

@@ -192,14 +192,17 @@ def test_an_mlflow_store_that_cannot_be_opened_fails_the_command_in_one_line_bef
     assert "Traceback" not in "\n".join(err)
 
 
-def test_an_llm_key_variable_that_is_not_set_is_a_config_error_before_any_work(tmp_path):
-    from embed_pipeline.lib.inputs import check_environment
+def test_an_llm_key_variable_that_is_not_set_is_a_config_error_before_any_work(tmp_path, monkeypatch):
+    from embed_pipeline.console import check_environment
 
     config = load_config(write(tmp_path, BASE + "synthetic: {generator: llm, llm: {model: m, api_key_env: LLM_KEY}}\n"))
+    monkeypatch.delenv("LLM_KEY", raising=False)
     with pytest.raises(ConfigError, match="synthetic.llm.api_key_env names 'LLM_KEY', which is not set in the environment"):
-        check_environment(config, {"PATH": "/usr/bin"})
-    check_environment(config, {"LLM_KEY": "secret"})
-    check_environment(load_config(write(tmp_path, BASE)), {})  # offline: no key needed
+        check_environment(config)
+    monkeypatch.setenv("LLM_KEY", "secret")
+    check_environment(config)
+    monkeypatch.delenv("LLM_KEY")
+    check_environment(load_config(write(tmp_path, BASE)))  # offline: no key needed
 
 
 RAY = "compute: {engine: ray, ray_address: '127.0.0.1:6379'}\n"
