@@ -212,12 +212,12 @@ class Walkthrough:
 
     def _example_queries(self) -> list[dict]:
         """The first three eval queries and their relevant passages (the side-by-side examples)."""
-        from embed_pipeline.lib.corpus import load_corpus
+        from embed_pipeline.lib.corpus import dataset_for
         from embed_pipeline.lib.labelled import load_labelled_pairs
 
         if self.config.eval is None:
             return []
-        pairs = load_labelled_pairs(self.config.eval, set(load_corpus(self.config.corpus).passages["passage_id"])).pairs
+        pairs = load_labelled_pairs(self.config.eval, set(dataset_for(self.config).column("passage_id"))).pairs
         relevant = pairs.groupby("query_id")["passage_id"].agg(set)
         return [{"text": r.query, "relevant": relevant[r.query_id]} for r in pairs.drop_duplicates("query_id").head(3).itertuples()]
 

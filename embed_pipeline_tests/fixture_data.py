@@ -111,3 +111,19 @@ def click_logs() -> pd.DataFrame:
             rows.append((query if s == 0 else query.upper() + "  ", good, 2, True, 95.0, session, t + pd.Timedelta(seconds=5)))
             rows.append((query, "saddle-height", 3, False, float("nan"), session, t))
     return pd.DataFrame(rows, columns=["query", "passage_id", "position", "clicked", "dwell_seconds", "session_id", "timestamp"])
+
+
+def build_dataset(frame, folder, num_shards: int):
+    """A corpus dataset (lib/corpus.py) of `frame`'s rows (passage_id, title, text), built through a
+    BEIR JSONL file under `folder`, as the `corpus` asset builds one."""
+    import json
+    from pathlib import Path
+
+    from embed_pipeline.lib.corpus import build_corpus_dataset
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"_id": pid, "title": title, "text": text}) + "\n"
+                              for pid, title, text in zip(frame["passage_id"], frame["title"], frame["text"], strict=True)))
+    return build_corpus_dataset(source, folder / "dataset", num_shards)

@@ -18,12 +18,16 @@ EDITED = 37
 
 
 def _corpus(texts: list[str]):
+    """(dataset, its shard keys): the corpus dataset of `texts`, in a fresh temporary folder."""
+    import tempfile
+
     import pandas as pd
 
-    from embed_pipeline.lib.corpus import split_shards
+    from embed_pipeline_tests.fixture_data import build_dataset
 
     frame = pd.DataFrame({"passage_id": IDS, "title": "", "text": texts})
-    return split_shards(frame, SHARDS)
+    dataset = build_dataset(frame, tempfile.mkdtemp(prefix="ray-corpus-"), SHARDS)
+    return dataset, dataset.keys
 
 
 def _compute(cluster, **overrides):
@@ -55,7 +59,7 @@ def encode_three_ways(cluster, model_path: str, root: str) -> dict:
     model = load_model(model_path, device="cpu")
     fingerprint = model_fingerprint(model)
     on_cluster = RayEncoding(_compute(cluster), root / "artifacts")
-    first = embed_shards(model, fingerprint, _corpus(TEXTS), root / "ray" / "shards", root / "ray" / "cache", batch_size=8,
+    first = embed_shards(model, fingerprint, *_corpus(TEXTS), root / "ray" / "shards", root / "ray" / "cache", batch_size=8,
                          cluster=on_cluster)
     nodes_alive = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
     actor_nodes = _actor_nodes()
@@ -64,7 +68,7 @@ def encode_three_ways(cluster, model_path: str, root: str) -> dict:
     edited = list(TEXTS)
     edited[EDITED] = "Wrap the handlebar tape from the bar end towards the stem, overlapping each turn by a third."
     again = RayEncoding(_compute(cluster), root / "artifacts")
-    second = embed_shards(model, fingerprint, _corpus(edited), root / "ray" / "shards-edited", root / "ray" / "cache",
+    second = embed_shards(model, fingerprint, *_corpus(edited), root / "ray" / "shards-edited", root / "ray" / "cache",
                           batch_size=8, cluster=again)
 
     both = RayEncoding(_compute(cluster), root / "artifacts")
@@ -100,7 +104,7 @@ def test_ray_encoding_equals_local_encoding(tiny_model_path, tmp_path):
 
     model = load_model(tiny_model_path, device="cpu")
     fingerprint = model_fingerprint(model)
-    local = embed_shards(model, fingerprint, _corpus(TEXTS), tmp_path / "local" / "shards", tmp_path / "local" / "cache",
+    local = embed_shards(model, fingerprint, *_corpus(TEXTS), tmp_path / "local" / "shards", tmp_path / "local" / "cache",
                          batch_size=8)
     assert {k: [s.encoded, s.reused, s.precision] for k, s in local.items()} == out["first"]
     # Same shard files, same cache keys (the cache space names carry fingerprint, prompt and precision).
@@ -150,7 +154,7 @@ def lose_a_node_mid_encode(cluster, model_path: str, root: str) -> dict:
     model = load_model(model_path, device="cpu")
     on_cluster = ray_encoding.RayEncoding(_compute(cluster), root / "artifacts", on_progress=on_progress)
     try:
-        embed_shards(model, model_fingerprint(model), _corpus(TEXTS), root / "ray" / "shards", root / "ray" / "cache",
+        embed_shards(model, model_fingerprint(model), *_corpus(TEXTS), root / "ray" / "shards", root / "ray" / "cache",
                      batch_size=8, cluster=on_cluster)
     except Exception as exc:  # the other allowed outcome: one clear error, reported to the test
         return {"removed": removed, "actors_there": actors_there, "error": f"{type(exc).__name__}: {exc}"}
@@ -173,7 +177,7 @@ def test_a_node_lost_mid_encode_never_leaves_a_partial_shard_set(tiny_model_path
         assert not ray_shards.exists() or not any(ray_shards.iterdir()), "a failed encode left shard files"
         pytest.fail(f"the encode did not survive the lost node: {out['error']}")
     model = load_model(tiny_model_path, device="cpu")
-    local = embed_shards(model, model_fingerprint(model), _corpus(TEXTS), tmp_path / "local", tmp_path / "local-cache",
+    local = embed_shards(model, model_fingerprint(model), *_corpus(TEXTS), tmp_path / "local", tmp_path / "local-cache",
                          batch_size=8)
     ids = []
     for key, shard in local.items():

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from embed_pipeline.defs.assets.common import load_eval_set, read_corpus
+from embed_pipeline.defs.assets.common import load_eval_set, passage_ids
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, PairsHandle, ReportHandle
 from embed_pipeline.lib.io import read_json
@@ -23,7 +23,7 @@ def training_pairs_no_eval_leakage(training_pairs: PairsHandle, corpus: CorpusHa
     With `leakage.on_leak: drop` training_pairs has already removed them; with `fail` this stops the run."""
     config = pipeline.config
     lk = config.leakage
-    eval_set, _ = load_eval_set(config, set(read_corpus(corpus)["passage_id"]), curated_pairs)
+    eval_set, _ = load_eval_set(config, passage_ids(corpus), curated_pairs)
     pairs = pd.read_parquet(training_pairs.path)
     leaks = find_leaks(pairs[["query", "passage_id", "source"]], list(eval_set.queries.values()), lk.near_duplicate_jaccard, lk.shingle_words)
     shown = leaks.head(lk.max_offenders_shown)[["query", "eval_query", "kind", "jaccard", "source", "passage_id"]]

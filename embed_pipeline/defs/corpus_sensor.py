@@ -18,7 +18,7 @@ from embed_pipeline.defs.jobs import reembed_job, served_index_job
 from embed_pipeline.defs.partitions import corpus_shards
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.config import PipelineConfig
-from embed_pipeline.lib.corpus import file_stamp, load_corpus, shard_hashes, shard_keys
+from embed_pipeline.lib.corpus import dataset_for, shard_keys, source_stamp
 from embed_pipeline.lib.promotion import read_served
 from embed_pipeline.lib.text import text_hash
 
@@ -33,12 +33,12 @@ def served_identity(config: PipelineConfig) -> str:
 def corpus_change_result(config: PipelineConfig, cursor: str | None, existing: list[str]) -> dg.SensorResult:
     """The sensor's decision for the corpus and served model as they are now, given the last cursor."""
     previous = json.loads(cursor) if cursor else {}
-    stamp = file_stamp(config.corpus)
+    stamp = source_stamp(config.corpus)
     served = served_identity(config)
     expected_keys = sorted(shard_keys(config.index.shards))
     if previous and previous.get("stamp") == stamp and previous.get("served") == served and sorted(existing) == expected_keys:
         return dg.SensorResult(skip_reason=f"corpus file unchanged ({stamp}); served model unchanged", cursor=cursor)
-    hashes = shard_hashes(load_corpus(config.corpus).passages, config.index.shards)
+    hashes = dataset_for(config).shard_hashes
     keys = sorted(hashes)
     new_cursor = json.dumps({"stamp": stamp, "shards": hashes, "served": served}, sort_keys=True)
     partitions = []

@@ -1,83 +1,64 @@
-"""The passage corpus: read, validate, and turn into the text a model encodes."""
+"""The passage corpus: read in a stream, validated, and kept as a columnar dataset sharded by id.
+
+The source a user brings (a BEIR `corpus.jsonl`, a Parquet file, or a folder of either) is read
+once, in blocks of `BLOCK_ROWS` rows, and written as Parquet, one file per shard:
+
+    <artifacts_dir>/corpus/<key>/corpus.json             the manifest: counts, shard hashes, source stamp
+                                 quarantine.parquet      rejected rows: file, line, reason, passage_id
+                                 passages/<shard>.parquet  passage_id, title, text, content_hash, line, file
+
+`<key>` is a hash of the source's path, its size/mtime stamp and the shard count, so a corpus
+that did not change is never read again and every stage (the input check, the `corpus` asset,
+the change sensor, embeddings, indexes, negatives, eval, `search`) reads this dataset, only the
+shards and columns it needs, never the source file. Memory while building is a function of the
+block size (and of one shard's id column, for duplicate detection), not of the corpus.
+
+Why pyarrow and a line reader of our own, not pyarrow's JSON reader, DuckDB or Polars: a row
+that cannot be read must cost that row, with its 1-based line number and a reason, and a block
+reader that fails a whole block on one bad line (all three do) would have to fall back to a
+line reader anyway. pyarrow is already a dependency; its Parquet writer/reader gives per-shard
+files, column projection and row-group reads for lookups by id.
+
+`content_hash` is `text_hash` of what the model encodes (`passage_text`): the embedding store's
+key, so a stage asks the store for a shard's vectors by hash without reading its texts.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from embed_pipeline.lib.io import InputError, read_jsonl_numbered
-from embed_pipeline.lib.text import clean_text
+from embed_pipeline.lib.io import InputError, atomic_path, decoded_lines, read_json, write_json
+from embed_pipeline.lib.text import clean_text, text_hash
 
 CORPUS_COLUMNS = ["passage_id", "title", "text"]
+DATASET_COLUMNS = ["passage_id", "title", "text", "content_hash", "line", "file"]
 QUARANTINE_COLUMNS = ["line", "reason", "passage_id"]
+DATASET_QUARANTINE_COLUMNS = ["file", "line", "reason", "passage_id"]
+BLOCK_ROWS = 65_536  # rows parsed and written at a time: the unit memory is bounded by
+FORMAT_VERSION = 1
+MANIFEST = "corpus.json"
+PASSAGES = "passages"
+QUARANTINE_FILE = "quarantine.parquet"
+SOURCE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-@dataclass(frozen=True)
-class Corpus:
-    """Accepted passages (`passage_id`, `title`, `text`) and rejected rows with a reason each.
-
-    `quarantine` has `line` (the 1-based line of the file, as an editor shows it; for Parquet, the
-    1-based row), `reason` and `passage_id` (empty when the row had none or could not be read).
-    """
-
-    passages: pd.DataFrame
-    quarantine: pd.DataFrame
-    rows_in: int
-
-
-def load_corpus(path: Path) -> Corpus:
-    """Read a BEIR `corpus.jsonl` (`_id`, `title`, `text`) or a Parquet file with those columns.
-
-    Rows without an id or text, duplicate ids and malformed lines are quarantined, never dropped
-    silently: `rows_in == len(passages) + len(quarantine)`.
-    """
-    path = Path(path)
-    rejected: list[dict] = []
-    if path.suffix.lower() == ".parquet":
-        raw = pd.read_parquet(path)
-        lines = list(range(1, len(raw) + 1))
-    elif path.suffix.lower() in (".jsonl", ".json"):
-        numbered, bad = read_jsonl_numbered(path)
-        raw = pd.DataFrame([row for _, row in numbered])
-        lines = [n for n, _ in numbered]
-        rejected += [{"line": n, "reason": reason, "passage_id": ""} for n, reason in bad]
-    else:
-        raise InputError(f"{path}: a corpus must be .jsonl (BEIR) or .parquet")
-    id_col = "_id" if "_id" in raw.columns else "passage_id"
-    if len(raw) and (id_col not in raw.columns or "text" not in raw.columns):
-        raise InputError(f"{path}: corpus needs columns `_id` (or `passage_id`) and `text`; found {list(raw.columns)}")
-    rows_in = len(raw) + len(rejected)
-    if raw.empty:
-        raise InputError(f"{path}: the corpus has no readable passages")
-    frame = pd.DataFrame(
-        {
-            "passage_id": raw[id_col].map(lambda v: "" if v is None or pd.isna(v) else str(v).strip()),
-            "title": raw["title"].map(clean_text) if "title" in raw.columns else "",
-            "text": raw["text"].map(clean_text),
-        }
-    )
-    frame["line"] = lines
-    reasons = pd.Series("", index=frame.index)
-    reasons[frame["text"] == ""] = "empty text"
-    reasons[frame["passage_id"] == ""] = "missing id"
-    duplicated = frame["passage_id"].duplicated(keep="first") & (reasons == "")
-    reasons[duplicated] = "duplicate id"
-    bad_rows = frame[reasons != ""].assign(reason=reasons[reasons != ""])
-    rejected += bad_rows[QUARANTINE_COLUMNS].to_dict("records")
-    passages = frame[reasons == ""][CORPUS_COLUMNS].reset_index(drop=True)
-    quarantine = (pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS).sort_values("line", kind="stable")
-                  .astype({"line": "int64", "reason": str, "passage_id": str}).reset_index(drop=True))
-    assert rows_in == len(passages) + len(quarantine)
-    return Corpus(passages=passages, quarantine=quarantine, rows_in=rows_in)
+def passage_text(title: str, text: str) -> str:
+    """What the model encodes for a passage: "title\\ntext" (BEIR practice), or the text alone."""
+    return f"{title}\n{text}" if title else text
 
 
 def passage_texts(passages: pd.DataFrame) -> list[str]:
-    """What the model encodes for each passage: "title\\ntext" (BEIR practice), or the text alone."""
-    return [f"{t}\n{x}" if t else x for t, x in zip(passages["title"], passages["text"], strict=True)]
+    """`passage_text` of each row of a frame with `title` and `text`."""
+    return [passage_text(t, x) for t, x in zip(passages["title"], passages["text"], strict=True)]
 
 
 def shard_key(shard: int, num_shards: int) -> str:
@@ -103,8 +84,451 @@ def shard_of(passage_id: str, num_shards: int) -> int:
     return int(hashlib.sha256(passage_id.encode("utf-8")).hexdigest()[:8], 16) % num_shards
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading the source in blocks
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Block:
+    """Up to `BLOCK_ROWS` source rows: the ones that passed the row checks (`passages`, with
+    `line` and `file`) and the ones that did not (`rejected`: file, line, reason, passage_id)."""
+
+    passages: pd.DataFrame
+    rejected: list[dict]
+
+
+def source_files(source: Path) -> list[Path]:
+    """The files a corpus source names: itself, or a folder's .jsonl/.json/.parquet files (sorted, recursive)."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SOURCE_SUFFIXES
+                       and not p.name.startswith("."))
+        if not files:
+            raise InputError(f"{source}: a corpus folder must hold .jsonl or .parquet files; found none")
+        return files
+    if not source.exists():
+        raise InputError(f"{source}: no such corpus file")
+    if source.suffix.lower() not in SOURCE_SUFFIXES:
+        raise InputError(f"{source}: a corpus must be .jsonl (BEIR), .parquet, or a folder of them")
+    return [source]
+
+
+def source_stamp(source: Path) -> str:
+    """A cheap change marker for a corpus source: size and mtime of each file (no read).
+
+    The change sensor compares it first and rebuilds the dataset only when it differs: an
+    unchanged tick over a million passages costs a `stat` per file, not a read.
+    """
+    parts = []
+    for path in source_files(source):
+        info = path.stat()
+        parts.append(f"{path.name}:{info.st_size}:{info.st_mtime_ns}")
+    return parts[0].split(":", 1)[1] if len(parts) == 1 else text_hash("|".join(parts))
+
+
+file_stamp = source_stamp  # the name the change sensor used
+
+
+def _string_field(value, what: str) -> tuple[str, str]:
+    """(cleaned text, "") or ("", reason) for a JSON/Parquet value meant to be text."""
+    if isinstance(value, (list, dict, tuple)):
+        kind = "object" if isinstance(value, dict) else "array"
+        return "", f"{what} is a JSON {kind}, not a string"
+    if isinstance(value, np.ndarray):
+        return "", f"{what} is a list, not a string"
+    return clean_text(value), ""
+
+
+def _id_field(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (list, dict, tuple, np.ndarray)):
+        return ""
+    return str(value).strip()
+
+
+def _check_row(row: dict, id_key: str) -> tuple[dict | None, str, str]:
+    """(passage fields, "", id) for a good row, or (None, reason, id) for a rejected one."""
+    pid = _id_field(row.get(id_key))
+    text, problem = _string_field(row.get("text"), "text")
+    title, title_problem = _string_field(row.get("title"), "title")
+    if not pid:
+        return None, "missing id", ""
+    if problem or title_problem:
+        return None, problem or title_problem, pid
+    if not text:
+        return None, "empty text", pid
+    return {"passage_id": pid, "title": title, "text": text}, "", pid
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str]]:
+    for number, line, problem in decoded_lines(path):
+        if line is None:
+            yield number, None, problem
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, None, f"invalid JSON: {exc.msg}"
+            continue
+        if not isinstance(obj, dict):
+            yield number, None, "not a JSON object"
+            continue
+        yield number, obj, ""
+
+
+def _rows_parquet(path: Path, block_rows: int) -> Iterator[tuple[int, dict | None, str]]:
+    import pyarrow.parquet as pq
+
+    handle = pq.ParquetFile(path)
+    names = handle.schema_arrow.names
+    wanted = [c for c in ("_id", "passage_id", "title", "text") if c in names]
+    _require_columns(path, names)
+    number = 0
+    for batch in handle.iter_batches(batch_size=block_rows, columns=wanted):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row, ""
+
+
+def _require_columns(path: Path, names) -> None:
+    if not ({"_id", "passage_id"} & set(names)) or "text" not in names:
+        raise InputError(f"{path}: corpus needs columns `_id` (or `passage_id`) and `text`; found {sorted(names)}")
+
+
+def scan_corpus(source: Path, block_rows: int = BLOCK_ROWS) -> Iterator[Block]:
+    """The source's rows in blocks, each row checked: a passage, or a rejected row with its reason.
+
+    Reasons (one per row): invalid UTF-8 / invalid JSON / not a JSON object (the line could not be
+    read), missing id, text or title given as a JSON array or object (never accepted as its
+    Python repr), empty text. Duplicate ids are found later, per shard (`build_corpus_dataset`),
+    since equal ids always land in one shard. Raises `InputError` for a source that is not a
+    corpus at all (wrong type, no id or text column in its first block).
+    """
+    for path in source_files(source):
+        name = str(path)
+        rows = _rows_parquet(path, block_rows) if path.suffix.lower() == ".parquet" else _rows_jsonl(path)
+        good: list[dict] = []
+        rejected: list[dict] = []
+        first_block = path.suffix.lower() != ".parquet"  # Parquet's columns are checked from its schema
+        seen_columns: set[str] = set()
+        for number, row, problem in rows:
+            if row is None:
+                rejected.append({"file": name, "line": number, "reason": problem, "passage_id": ""})
+            else:
+                if first_block:
+                    seen_columns |= row.keys()
+                id_key = "_id" if "_id" in row else "passage_id"
+                fields, reason, pid = _check_row(row, id_key)
+                if fields is None:
+                    rejected.append({"file": name, "line": number, "reason": reason, "passage_id": pid})
+                else:
+                    fields["line"] = number
+                    good.append(fields)
+            if len(good) + len(rejected) >= block_rows:
+                if first_block and not good and seen_columns:
+                    _require_columns(path, seen_columns)
+                first_block = False
+                yield _block(good, rejected, name)
+                good, rejected = [], []
+        if first_block and not good and seen_columns:
+            _require_columns(path, seen_columns)
+        if good or rejected:
+            yield _block(good, rejected, name)
+
+
+def _block(good: list[dict], rejected: list[dict], name: str) -> Block:
+    frame = pd.DataFrame(good, columns=["passage_id", "title", "text", "line"])
+    frame["file"] = name
+    return Block(frame, rejected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------
+
+def _shard_hash(ids: np.ndarray, hashes: np.ndarray) -> str:
+    """16 hex of SHA-256 over a shard's (passage_id, content_hash) pairs in id order: equal hashes,
+    nothing to re-embed (the content hash covers title and text)."""
+    digest = hashlib.sha256()
+    order = np.argsort(ids, kind="stable")
+    for pid, h in zip(ids[order], hashes[order], strict=True):
+        digest.update(f"{pid}\t{h}\n".encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("passage_id", pa.string()), ("title", pa.string()), ("text", pa.string()),
+                      ("content_hash", pa.string()), ("line", pa.int64()), ("file", pa.dictionary(pa.int32(), pa.string()))])
+
+
+def build_corpus_dataset(source: Path, target: Path, num_shards: int, block_rows: int = BLOCK_ROWS,
+                         on_progress: Callable[[str], None] | None = None) -> CorpusDataset:
+    """Read `source` in blocks and write the dataset folder `target` atomically (see the module doc).
+
+    Pass 1 streams blocks: rows are checked, given their content hash and shard, and appended to
+    their shard's Parquet file (one row group per block and shard). Pass 2 goes shard by shard,
+    reading only `passage_id` and `content_hash`: ids seen twice are quarantined as
+    "duplicate id" (the first occurrence in file order is kept), the shard rewritten without
+    them, and the shard hash computed. Nothing is lost: `rows_in == passages + quarantined`.
+    Raises `InputError` when no passage is readable.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source, target = Path(source), Path(target)
+    keys = shard_keys(num_shards)
+    schema = _schema()
+    rejected: list[dict] = []
+    rows_in = 0
+    with atomic_path(target) as tmp:
+        (tmp / PASSAGES).mkdir(parents=True)
+        writers = {key: pq.ParquetWriter(tmp / PASSAGES / f"{key}.parquet", schema) for key in keys}
+        try:
+            for block in scan_corpus(source, block_rows):
+                frame = block.passages
+                rows_in += len(frame) + len(block.rejected)
+                rejected += block.rejected
+                if frame.empty:
+                    continue
+                frame["content_hash"] = [text_hash(passage_text(t, x)) for t, x in zip(frame["title"], frame["text"], strict=True)]
+                buckets = np.fromiter((shard_of(pid, num_shards) for pid in frame["passage_id"]), dtype=np.int64,
+                                      count=len(frame))
+                table = pa.Table.from_pandas(frame[DATASET_COLUMNS], schema=schema, preserve_index=False)
+                for shard in np.unique(buckets):
+                    writers[keys[shard]].write_table(table.take(np.flatnonzero(buckets == shard)))
+                if on_progress is not None:
+                    on_progress(f"corpus: {rows_in:,} rows read")
+        finally:
+            for writer in writers.values():
+                writer.close()
+        shards = {}
+        for key in keys:
+            path = tmp / PASSAGES / f"{key}.parquet"
+            dups = _drop_duplicates(path, schema)
+            rejected += dups
+            cols = pq.read_table(path, columns=["passage_id", "content_hash"])
+            ids = cols.column("passage_id").to_numpy(zero_copy_only=False).astype(object)
+            hashes = cols.column("content_hash").to_numpy(zero_copy_only=False).astype(object)
+            shards[key] = {"rows": len(ids), "hash": _shard_hash(ids, hashes)}
+        quarantine = pd.DataFrame(rejected, columns=DATASET_QUARANTINE_COLUMNS)
+        quarantine = quarantine.astype({"file": str, "line": "int64", "reason": str, "passage_id": str})
+        file_order = {name: i for i, name in enumerate(str(p) for p in source_files(source))}
+        quarantine = (quarantine.assign(_f=quarantine["file"].map(file_order)).sort_values(["_f", "line"], kind="stable")
+                      .drop(columns="_f").reset_index(drop=True))
+        quarantine.to_parquet(tmp / QUARANTINE_FILE, index=False)
+        passages = sum(s["rows"] for s in shards.values())
+        if passages == 0:
+            first = quarantine.iloc[0].to_dict() if len(quarantine) else {}
+            raise InputError(f"{source}: the corpus has no readable passages ({len(quarantine)} rows quarantined"
+                             + (f"; first: line {first['line']}: {first['reason']}" if first else "") + ")")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "source": str(source),
+            "source_stamp": source_stamp(source),
+            "num_shards": num_shards,
+            "rows_in": rows_in,
+            "passages": passages,
+            "quarantined": len(quarantine),
+            "quarantine_reasons": dict(Counter(quarantine["reason"]).most_common()),
+            "shards": shards,
+            "version": text_hash(json.dumps({k: s["hash"] for k, s in shards.items()}, sort_keys=True)),
+        }
+        assert rows_in == passages + len(quarantine), (rows_in, passages, len(quarantine))
+        write_json(manifest, tmp / MANIFEST)
+    return CorpusDataset(target)
+
+
+def _drop_duplicates(path: Path, schema) -> list[dict]:
+    """Rewrite one shard file without its repeated ids (the first occurrence stays); the quarantine rows."""
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(path, columns=["passage_id"]).column("passage_id").to_pandas()
+    repeated = ids.duplicated(keep="first").to_numpy()
+    if not repeated.any():
+        return []
+    table = pq.read_table(path)
+    dropped = table.filter(repeated).select(["file", "line", "passage_id"]).to_pylist()
+    pq.write_table(table.filter(~repeated), path.with_suffix(".dedup"))
+    path.with_suffix(".dedup").replace(path)
+    return [{"file": str(r["file"]), "line": r["line"], "reason": "duplicate id", "passage_id": r["passage_id"]}
+            for r in dropped]
+
+
+def dataset_key(source: Path, num_shards: int) -> str:
+    """The dataset folder name for a source as it is now: its path, its stamp, the shard count, the format."""
+    source = Path(source).resolve()
+    return text_hash(json.dumps({"source": str(source), "stamp": source_stamp(source), "shards": num_shards,
+                                 "format": FORMAT_VERSION}, sort_keys=True))
+
+
+def corpus_dataset(source: Path, datasets_dir: Path, num_shards: int, on_progress: Callable[[str], None] | None = None,
+                   block_rows: int = BLOCK_ROWS) -> CorpusDataset:
+    """The dataset of `source` as it is now, under `datasets_dir/<dataset_key>`: built once, then reused.
+
+    Every process asking for an unchanged source gets the same folder without reading the source;
+    two processes building it at once each write a whole folder and the last rename wins (the
+    two are identical).
+    """
+    folder = Path(datasets_dir) / dataset_key(source, num_shards)
+    if (folder / MANIFEST).exists():
+        return CorpusDataset(folder)
+    if on_progress is not None:
+        on_progress(f"corpus: reading {source} into {folder} ({num_shards} shards)")
+    return build_corpus_dataset(source, folder, num_shards, block_rows, on_progress)
+
+
+class CorpusDataset:
+    """A built corpus dataset: read by shard and column, in batches, or by id.
+
+    Only what is asked is read: `column("content_hash")` reads one column of every shard,
+    `batches(["passage_id", "text"], shards=[...])` streams those shards in row groups, and
+    `lookup(ids)` reads, per shard holding one of the ids, its id column and then only the row
+    groups that hold them.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.manifest = read_json(self.folder / MANIFEST)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.manifest["shards"])
+
+    @property
+    def num_shards(self) -> int:
+        return int(self.manifest["num_shards"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["passages"])
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def shard_hashes(self) -> dict[str, str]:
+        return {k: s["hash"] for k, s in self.manifest["shards"].items()}
+
+    def shard_rows(self, key: str) -> int:
+        return int(self.manifest["shards"][key]["rows"])
+
+    def shard_path(self, key: str) -> Path:
+        return self.folder / PASSAGES / f"{key}.parquet"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.folder / QUARANTINE_FILE
+
+    def quarantine(self) -> pd.DataFrame:
+        return pd.read_parquet(self.quarantine_path)
+
+    def batches(self, columns: list[str], shards: list[str] | None = None,
+                batch_rows: int = BLOCK_ROWS) -> Iterator[pd.DataFrame]:
+        """Frames of at most `batch_rows` rows with `columns`, shard after shard (all shards by default)."""
+        import pyarrow.parquet as pq
+
+        for key in shards if shards is not None else self.keys:
+            handle = pq.ParquetFile(self.shard_path(key))
+            for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
+                yield _to_frame(batch)
+
+    def column(self, name: str, shards: list[str] | None = None) -> np.ndarray:
+        """One column of the chosen shards (all by default), concatenated in shard order."""
+        import pyarrow.parquet as pq
+
+        parts = [pq.read_table(self.shard_path(k), columns=[name]).column(name).to_numpy(zero_copy_only=False)
+                 for k in (shards if shards is not None else self.keys)]
+        return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+    def frame(self, columns: list[str] | None = None, shards: list[str] | None = None) -> pd.DataFrame:
+        """The chosen shards' rows as one frame (default: passage_id, title, text). For steps that need
+        them all in memory anyway (the training data, a synthetic sample); streaming steps use `batches`."""
+        columns = columns or CORPUS_COLUMNS
+        frames = list(self.batches(columns, shards))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+    def lookup(self, ids: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+        """Rows of the given passage ids (index `passage_id`; unknown ids are absent), reading per
+        shard the id column and then only the row groups that hold a wanted id."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = [c for c in (columns or ["title", "text"]) if c != "passage_id"]
+        by_shard: dict[str, set[str]] = {}
+        for pid in ids:
+            by_shard.setdefault(shard_key(shard_of(pid, self.num_shards), self.num_shards), set()).add(pid)
+        tables = []
+        for key, wanted in by_shard.items():
+            handle = pq.ParquetFile(self.shard_path(key))
+            id_col = handle.read(columns=["passage_id"]).column("passage_id").to_pylist()
+            rows = [i for i, pid in enumerate(id_col) if pid in wanted]
+            if not rows:
+                continue
+            starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
+            groups = sorted({int(np.searchsorted(starts, r, side="right") - 1) for r in rows})
+            table = handle.read_row_groups(groups, columns=["passage_id", *columns])
+            mask = pa.array([pid in wanted for pid in table.column("passage_id").to_pylist()])
+            tables.append(table.filter(mask))
+        if not tables:
+            return pd.DataFrame(columns=columns, index=pd.Index([], name="passage_id"))
+        return _to_frame(pa.concat_tables(tables)).drop_duplicates("passage_id").set_index("passage_id")
+
+
+def _to_frame(batch) -> pd.DataFrame:
+    frame = batch.to_pandas()
+    if "file" in frame.columns:
+        frame["file"] = frame["file"].astype(str)
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# In memory, for small inputs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Corpus:
+    """Accepted passages (`passage_id`, `title`, `text`) and rejected rows with a reason each.
+
+    `quarantine` has `line` (the 1-based line of the file, as an editor shows it; for Parquet, the
+    1-based row), `reason` and `passage_id` (empty when the row had none or could not be read).
+    """
+
+    passages: pd.DataFrame
+    quarantine: pd.DataFrame
+    rows_in: int
+
+
+def load_corpus(path: Path) -> Corpus:
+    """The whole corpus in memory, by the same block reader and rules as the dataset build.
+
+    For small corpora and tools (benchmarks, tests); the pipeline's stages read the dataset
+    (`corpus_dataset`) instead, which never holds the corpus in memory.
+    """
+    blocks = list(scan_corpus(Path(path)))
+    frames = [b.passages for b in blocks if len(b.passages)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["passage_id", "title", "text", "line", "file"])
+    rejected = [r for b in blocks for r in b.rejected]
+    repeated = frame["passage_id"].duplicated(keep="first")
+    rejected += [{"file": f, "line": n, "reason": "duplicate id", "passage_id": p}
+                 for f, n, p in zip(frame.loc[repeated, "file"], frame.loc[repeated, "line"], frame.loc[repeated, "passage_id"],
+                                    strict=True)]
+    passages = frame[~repeated][CORPUS_COLUMNS].reset_index(drop=True)
+    quarantine = pd.DataFrame(rejected, columns=DATASET_QUARANTINE_COLUMNS)
+    file_order = {name: i for i, name in enumerate(str(p) for p in source_files(Path(path)))}
+    quarantine = (quarantine.assign(_f=quarantine["file"].map(file_order)).sort_values(["_f", "line"], kind="stable")
+                  .drop(columns="_f")[QUARANTINE_COLUMNS].astype({"line": "int64", "reason": str, "passage_id": str})
+                  .reset_index(drop=True))
+    rows_in = len(frame) + sum(len(b.rejected) for b in blocks)
+    if passages.empty:
+        raise InputError(f"{path}: the corpus has no readable passages")
+    return Corpus(passages=passages, quarantine=quarantine, rows_in=rows_in)
+
+
 def split_shards(passages: pd.DataFrame, num_shards: int) -> dict[str, pd.DataFrame]:
-    """Every shard key -> its passages (sorted by id; an empty frame for an empty bucket)."""
+    """Every shard key -> its passages (sorted by id; an empty frame for an empty bucket), in memory."""
     buckets = passages["passage_id"].map(lambda pid: shard_of(pid, num_shards))
     return {
         shard_key(i, num_shards): passages[buckets == i].sort_values("passage_id").reset_index(drop=True)
@@ -112,22 +536,9 @@ def split_shards(passages: pd.DataFrame, num_shards: int) -> dict[str, pd.DataFr
     }
 
 
-def shard_hashes(passages: pd.DataFrame, num_shards: int) -> dict[str, str]:
-    """Shard key -> content hash over its (id, title, text) rows: equal hashes mean nothing to re-embed."""
-    out = {}
-    for key, frame in split_shards(passages, num_shards).items():
-        digest = hashlib.sha256()
-        for row in frame[CORPUS_COLUMNS].itertuples(index=False):
-            digest.update(json.dumps(list(row)).encode("utf-8"))
-        out[key] = digest.hexdigest()[:16]
-    return out
+DATASETS_FOLDER = "corpus"  # <artifacts_dir>/corpus/<dataset key>/
 
 
-def file_stamp(path: Path) -> str:
-    """A cheap change marker for a corpus file: size and modification time (no read).
-
-    The corpus change sensor compares it first and hashes shards only when it differs: an
-    unchanged tick over a million passages then costs one `stat`, not a full read.
-    """
-    info = Path(path).stat()
-    return f"{info.st_size}:{info.st_mtime_ns}"
+def dataset_for(config, on_progress: Callable[[str], None] | None = None) -> CorpusDataset:
+    """The corpus dataset of a `PipelineConfig` (its `corpus` source, its `index.shards`), built on first use."""
+    return corpus_dataset(config.corpus, Path(config.artifacts_dir) / DATASETS_FOLDER, config.index.shards, on_progress)

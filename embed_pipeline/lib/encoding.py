@@ -34,6 +34,9 @@ import numpy as np
 from embed_pipeline.lib.hardware import available_cpus, cpu_bf16_instructions, cuda_has_native_bf16, pick_device, set_cpu_threads
 from embed_pipeline.lib.progress import ProgressLine
 from embed_pipeline.lib.text import text_hash
+from embed_pipeline.lib.vector_store import CACHE_META, VectorStore  # noqa: F401  (CACHE_META: retention reads it here)
+
+EmbeddingCache = VectorStore  # the name every stage knows the cache by
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,6 @@ PRECISIONS = ("auto", "bf16", "fp32")
 PRECISION_OF_LABEL = {"bf16": "bf16", "fp32": "fp32", "tf32": "fp32", "fp16": "auto", "auto": "auto"}
 DEFAULT_BATCH_SIZE = 64
 PIECE_BATCHES = 1  # batches encoded between two progress updates (a batch takes seconds on a CPU)
-CACHE_META = "meta.json"  # the settings a cache space was made for (read by retention)
 
 
 def load_model(name_or_path: str, device: str | None = None, max_seq_length: int | None = None, threads: int = 0):
@@ -90,74 +92,6 @@ class EncodeStats:
     encoded: int
     reused: int
     precision: str
-
-
-class EmbeddingCache:
-    """Vector store for one (model, prompt, precision) under `root`, addressed by key.
-
-    Each vector is its own small file, `<space>/<2 hex>/<digest of the key>.npy`, so `get` opens
-    exactly the files of the keys asked for (cost grows with the request, never with the cache)
-    and `put` writes each file to a temporary name and renames it into place: two runs putting at
-    once, or a writer killed mid-put, never leave a torn entry (the same key written twice holds
-    the same vector, so the last rename winning is harmless). Folders written by older versions
-    (`shard-*.npz`, many keys per file) are moved into this layout once, when the space is opened.
-    """
-
-    def __init__(self, root: Path, fingerprint: str, prompt: str, precision: str):
-        settings = {"model_fingerprint": fingerprint, "prompt": prompt, "precision": precision}
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = Path(root) / key
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / CACHE_META
-        if not meta.exists():
-            tmp = self.dir / f".{CACHE_META}.{uuid.uuid4().hex}.tmp"
-            tmp.write_text(json.dumps(settings) + "\n")
-            os.replace(tmp, meta)
-        self._migrate_legacy_shards()
-
-    def entry(self, key: str) -> Path:
-        """The file that holds (or would hold) `key`'s vector."""
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
-        return self.dir / digest[:2] / f"{digest}.npy"
-
-    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
-        """The cached vectors among `keys` (absent keys are left out)."""
-        found: dict[str, np.ndarray] = {}
-        for key in dict.fromkeys(keys):
-            try:
-                found[key] = np.load(self.entry(key))
-            except FileNotFoundError:
-                continue
-        return found
-
-    def missing(self, keys: list[str]) -> list[str]:
-        """The distinct keys among `keys` that have no entry (checks that files exist; reads none)."""
-        return [key for key in dict.fromkeys(keys) if not self.entry(key).exists()]
-
-    def put(self, keys: list[str], vectors: np.ndarray) -> None:
-        if len(keys) != len(vectors):
-            raise ValueError(f"put: {len(keys)} keys but {len(vectors)} vectors")
-        for key, vector in zip(keys, np.asarray(vectors, dtype=np.float32), strict=True):
-            final = self.entry(key)
-            final.parent.mkdir(exist_ok=True)
-            tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as handle:
-                np.save(handle, vector)
-            os.replace(tmp, final)
-
-    def _migrate_legacy_shards(self) -> None:
-        """Move vectors from the old many-keys-per-file layout into per-key files, then drop the old file.
-
-        Two processes may migrate the same file at once: both write the same entries, and the one
-        that finds the file already gone skips it.
-        """
-        for shard in sorted(self.dir.glob("shard-*.npz")):
-            try:
-                with np.load(shard) as data:
-                    self.put(data["keys"].tolist(), data["vectors"])
-            except FileNotFoundError:
-                continue
-            shard.unlink(missing_ok=True)
 
 
 def encode_precision(precision: str = "auto", device: str = "cpu") -> str:
@@ -462,20 +396,26 @@ def encode_cached(
     cache = EmbeddingCache(cache_root, fingerprint, prompt, label)
     keys = [text_hash(t) for t in texts]
     unique = dict(zip(keys, texts, strict=True))
-    found = cache.get(list(unique))
-    missing = [k for k in unique if k not in found]
+    unique_keys = list(unique)
+    present, vectors_found = cache.lookup(unique_keys)
+    missing = [k for k, hit in zip(unique_keys, present, strict=True) if not hit]
     if missing:
-        log.info("encoding %d of %d unique texts in %s (%d cached)", len(missing), len(unique), label, len(found))
+        log.info("encoding %d of %d unique texts in %s (%d cached)", len(missing), len(unique), label, len(unique) - len(missing))
         line = on_progress
         if on_progress is not None and not isinstance(on_progress, ProgressLine):
-            on_progress(f"encoding {len(missing)} of {len(unique)} unique texts in {label} ({len(found)} cached)")
+            on_progress(f"encoding {len(missing)} of {len(unique)} unique texts in {label} ({len(unique) - len(missing)} cached)")
             line = ProgressLine(on_progress, "encoding", len(missing))
         vectors = encode(model, [unique[k] for k in missing], batch_size, prompt, progress, precision, pool, line)
         cache.put(missing, vectors)
-        found.update(zip(missing, vectors, strict=True))
+        if not vectors_found.shape[1]:
+            vectors_found = np.zeros((len(unique_keys), vectors.shape[1]), np.float32)
+        vectors_found[~present] = vectors
     dim = model.get_embedding_dimension()
-    out = np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
-    return out.astype(np.float32), EncodeStats(len(texts), len(unique), len(missing), len(unique) - len(missing), label)
+    if not keys:
+        return np.zeros((0, dim), np.float32), EncodeStats(0, 0, 0, 0, label)
+    position = {k: i for i, k in enumerate(unique_keys)}
+    out = vectors_found[[position[k] for k in keys]]
+    return out.astype(np.float32, copy=False), EncodeStats(len(texts), len(unique), len(missing), len(unique) - len(missing), label)
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,13 @@ def _pq_subquantizers(dimension: int, wanted: int) -> int:
     return max(m for m in range(1, min(wanted, dimension) + 1) if dimension % m == 0)
 
 
-def build_faiss_index(vectors: np.ndarray, index_type: str = "flat", config: IndexConfig | None = None):
-    """An inner-product FAISS index over `vectors` (float32, rows L2-normalised).
+def _ivf_lists(n: int, config: IndexConfig) -> int:
+    nlist = config.ivf_nlist or int(4 * np.sqrt(n))
+    return max(1, min(nlist, n // 39 or 1))
+
+
+def empty_faiss_index(dim: int, n: int, index_type: str = "flat", config: IndexConfig | None = None):
+    """An inner-product FAISS index for `n` vectors of `dim`, before training and adding.
 
     `flat` is exact search; `hnsw` (`hnsw_m` links per node, efSearch `hnsw_ef_search`) trades a
     little recall for sub-linear search; `ivfpq` clusters into `ivf_nlist` lists (0: 4*sqrt(n))
@@ -67,27 +72,43 @@ def build_faiss_index(vectors: np.ndarray, index_type: str = "flat", config: Ind
     import faiss
 
     config = config or IndexConfig()
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
     if index_type == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif index_type == "hnsw":
+        return faiss.IndexFlatIP(dim)
+    if index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = config.hnsw_ef_search
-    elif index_type == "ivfpq":
+        return index
+    if index_type == "ivfpq":
         if n < 2:
             raise ValueError("an ivfpq index needs at least 2 vectors to train on; use flat")
-        nlist = config.ivf_nlist or int(4 * np.sqrt(n))
-        nlist = max(1, min(nlist, n // 39 or 1))
+        nlist = _ivf_lists(n, config)
         nbits = min(8, int(np.log2(n)))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, _pq_subquantizers(dim, config.pq_m), nbits,
                                  faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
         index.nprobe = min(config.ivf_nprobe, nlist)
-    else:
-        raise ValueError(f"unknown index type {index_type!r} (flat, hnsw, ivfpq)")
+        return index
+    raise ValueError(f"unknown index type {index_type!r} (flat, hnsw, ivfpq)")
+
+
+def training_sample_size(n: int, index_type: str, config: IndexConfig | None = None) -> int:
+    """How many vectors an index is trained on: none for flat and HNSW; for IVF-PQ 64 per list
+    (k-means needs ~39 per centroid, FAISS warns below) and at least 2^14 for the PQ codebooks,
+    never more than `n`. A sample, not the corpus: training cost stays flat as the corpus grows."""
+    if index_type != "ivfpq":
+        return 0
+    config = config or IndexConfig()
+    return int(min(n, max(64 * _ivf_lists(n, config), 16_384)))
+
+
+def build_faiss_index(vectors: np.ndarray, index_type: str = "flat", config: IndexConfig | None = None):
+    """An inner-product FAISS index over `vectors` (float32, rows L2-normalised), in memory."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    index = empty_faiss_index(dim, n, index_type, config)
+    if not index.is_trained:
+        index.train(vectors)
     index.add(vectors)
     return index
 
@@ -127,11 +148,21 @@ def save_index(index, passage_ids: list[str], meta: dict, target: Path) -> Path:
     return Path(target)
 
 
-def load_index(folder: Path) -> LoadedIndex:
+def load_index(folder: Path, mmap: bool = False) -> LoadedIndex:
+    """Read an index folder; `mmap` maps the index file instead of reading it (FAISS's IO_FLAG_MMAP,
+    where the index type supports it: the OS pages vectors in as searches touch them, so opening a
+    large index costs milliseconds, not a read of the whole file)."""
     import faiss
 
     folder = Path(folder)
-    index = faiss.read_index(str(folder / INDEX_FILE))
+    index = None
+    if mmap:
+        try:
+            index = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:  # an index type FAISS cannot map: read it
+            index = None
+    if index is None:
+        index = faiss.read_index(str(folder / INDEX_FILE))
     ids = pd.read_parquet(folder / IDS_FILE)["passage_id"].to_numpy()
     if len(ids) != index.ntotal:
         raise ValueError(f"{folder}: id map has {len(ids)} rows but the index holds {index.ntotal}")
@@ -162,23 +193,88 @@ class BuiltIndexes:
     lexical_path: Path | None
 
 
+def _sample_rows(paths: list[Path], n: int, size: int, seed: int = 0) -> np.ndarray:
+    """`size` vectors drawn uniformly (seeded) from the `n` rows of the shard files, read in batches."""
+    from embed_pipeline.lib.shards import iter_shard_embeddings
+
+    chosen = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    parts, start = [], 0
+    for _, vectors in iter_shard_embeddings(paths):
+        end = start + len(vectors)
+        lo, hi = np.searchsorted(chosen, [start, end])
+        if hi > lo:
+            parts.append(np.array(vectors[chosen[lo:hi] - start]))
+        start = end
+    return np.concatenate(parts)
+
+
+def publish_index_from_shards(paths: list[Path], config: IndexConfig, meta: dict, target: Path,
+                              on_progress=None) -> tuple[PublishedIndex, list[str]]:
+    """Build the dense index over shard files in bounded memory and save it atomically at `target`.
+
+    Nothing but the index itself grows with the corpus: vectors are added record batch by record
+    batch from the memory-mapped shard files, and IVF-PQ is trained on a seeded sample
+    (`training_sample_size`). The saved folder is checked (id map against the index) before it is
+    renamed into place. Returns the published index and the passage ids in index row order.
+    """
+    import faiss
+
+    from embed_pipeline.lib.shards import check_mergeable, iter_shard_embeddings, shard_rows
+
+    precision = check_mergeable(paths)
+    n = sum(shard_rows(p) for p in paths)
+    if n == 0:
+        raise ValueError("cannot build an index over an empty corpus: every shard file is empty")
+    dim = next(v.shape[1] for _, v in iter_shard_embeddings(paths) if len(v))
+    index_type = choose_index_type(n, config)
+    index = empty_faiss_index(dim, n, index_type, config)
+    if not index.is_trained:
+        index.train(_sample_rows(paths, n, training_sample_size(n, index_type, config)))
+    ids: list[str] = []
+    for batch_ids, vectors in iter_shard_embeddings(paths):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        ids += batch_ids
+        if on_progress is not None and len(ids) % 262_144 < len(batch_ids):
+            on_progress(f"index: {len(ids):,} of {n:,} vectors added ({index_type})")
+    if not pd.Index(ids).is_unique:
+        raise ValueError("a passage id appears in two shards: shard files from different shard counts were mixed")
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        tmp.mkdir(parents=True)
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        size, dimension = int(index.ntotal), int(index.d)
+        del index  # the check below maps the written file; two copies in memory would double the peak
+        pd.DataFrame({"passage_id": ids}).to_parquet(tmp / IDS_FILE, index=False)
+        write_json({**meta, "type": index_type, "encode_precision": meta.get("encode_precision", precision),
+                    "size": size, "dimension": dimension}, tmp / META_FILE)
+        load_index(tmp, mmap=True)
+    return PublishedIndex(target, index_type, size, dimension), ids
+
+
 def build_index_from_shards(shard_files: list[Path], config: IndexConfig, meta: dict, target: Path,
-                            passages: pd.DataFrame | None = None, language: str = "english") -> BuiltIndexes:
-    """Merge per-shard embeddings into one FAISS index at `target/dense`, and, when `passages` are
-    given, a BM25 index of the same passages at `target/lexical` (for hybrid retrieval).
+                            dataset=None, language: str = "english", on_progress=None) -> BuiltIndexes:
+    """Merge per-shard embeddings into one FAISS index at `target/dense`, and, when the corpus
+    `dataset` (a `corpus.CorpusDataset`) is given, a BM25 index of the same passages at
+    `target/lexical` (for hybrid retrieval), both built in a stream.
 
     The one path for both index assets (the candidate's `corpus_index` and the served model's
-    `served_index`); each folder is written atomically.
+    `served_index`); each folder is written atomically. The dataset's folder is recorded in the
+    index meta, so `search` looks its hits' texts up there by id.
     """
-    from embed_pipeline.lib.shards import merge_shard_embeddings
-
-    ids, vectors = merge_shard_embeddings(shard_files)
-    dense = publish_index(ids, vectors, config, meta, Path(target) / "dense")
+    if dataset is not None:
+        meta = {**meta, "corpus_dataset": str(dataset.folder), "corpus_version": dataset.version}
+    dense, ids = publish_index_from_shards(shard_files, config, meta, Path(target) / "dense", on_progress)
     lexical_path = None
-    if passages is not None:
-        from embed_pipeline.lib.corpus import passage_texts
+    if dataset is not None:
         from embed_pipeline.lib.lexical import LexicalIndex
 
-        keep = passages[passages["passage_id"].isin(set(ids))]
-        lexical_path = LexicalIndex.build(list(keep["passage_id"]), passage_texts(keep), language).save(Path(target) / "lexical")
+        indexed = pd.Index(ids)
+        del ids
+
+        def batches():
+            for frame in dataset.batches(["passage_id", "title", "text"]):
+                keep = frame[indexed.get_indexer(frame["passage_id"]) >= 0]
+                yield list(keep["passage_id"]), [f"{t}\n{x}" if t else x for t, x in zip(keep["title"], keep["text"], strict=True)]
+
+        lexical_path = LexicalIndex.build_stream(batches(), language).save(Path(target) / "lexical")
     return BuiltIndexes(dense, lexical_path)

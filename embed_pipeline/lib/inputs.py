@@ -9,20 +9,17 @@ from __future__ import annotations
 
 from embed_pipeline.lib.click_logs import LOG_COLUMNS
 from embed_pipeline.lib.config import PipelineConfig
-from embed_pipeline.lib.corpus import load_corpus
+from embed_pipeline.lib.corpus import dataset_for
 from embed_pipeline.lib.io import InputError, read_table
 from embed_pipeline.lib.labelled import load_labelled_pairs
 
 
 def validate_inputs(config: PipelineConfig) -> list[str]:
     """One line per input that was read; raises `InputError` naming the file (and row) that cannot work."""
-    corpus = load_corpus(config.corpus)
-    if corpus.passages.empty:
-        first = corpus.quarantine.iloc[0].to_dict() if len(corpus.quarantine) else {}
-        raise InputError(f"{config.corpus}: the corpus has no readable passages ({len(corpus.quarantine)} rows quarantined"
-                         + (f"; first: line {first['line']}: {first['reason']}" if first else "") + ")")
-    ids = set(corpus.passages["passage_id"])
-    lines = [f"corpus {len(ids)} passages ({len(corpus.quarantine)} quarantined)"]
+    # The dataset the `corpus` asset will reuse (built here once, streaming); raises when nothing is readable.
+    corpus = dataset_for(config)
+    ids = set(corpus.column("passage_id"))
+    lines = [f"corpus {len(ids)} passages ({corpus.manifest['quarantined']} quarantined)"]
     if config.search_logs is not None:
         logs = read_table(config.search_logs)
         missing = [c for c in LOG_COLUMNS if c not in logs.columns]

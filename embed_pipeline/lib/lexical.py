@@ -107,6 +107,72 @@ class LexicalIndex:
         retriever.index(analyze(texts, language, return_ids=True), show_progress=False)
         return cls(retriever, np.asarray(passage_ids, dtype=object), language)
 
+    @classmethod
+    def build_stream(cls, batches, language: str = "english", k1: float = DEFAULT_K1,
+                     b: float = DEFAULT_B) -> LexicalIndex:
+        """The same index as `build`, from (passage ids, texts) batches, without the corpus's tokens in memory.
+
+        `build` hands bm25s every document's token list at once (Python lists of ints: gigabytes
+        at a million passages). Here each batch is analysed and reduced at once to its distinct
+        (passage, stem, count) triples in numpy arrays, stems numbered in one growing vocabulary;
+        the Lucene BM25 weights are then computed over the triples, as bm25s computes them
+        (idf = ln(1 + (N - df + 0.5) / (df + 0.5)); tf part = tf / (tf + k1 (1 - b + b dl / avgdl))),
+        and laid out as bm25s's column-per-stem score matrix. Peak memory is the score matrix
+        (the index itself) plus one batch.
+        """
+        import itertools
+
+        import bm25s
+
+        vocab: dict[str, int] = {}
+        docs, terms, counts, lengths, ids = [], [], [], [], []
+        offset = 0
+        for batch_ids, texts in batches:
+            if not len(batch_ids):
+                continue
+            tokens = analyze(texts, language, return_ids=True)
+            local = np.empty(len(tokens.vocab), dtype=np.int64)
+            for stem, local_id in tokens.vocab.items():
+                local[local_id] = vocab.setdefault(stem, len(vocab))
+            lens = np.fromiter((len(doc) for doc in tokens.ids), dtype=np.int64, count=len(tokens.ids))
+            flat = np.fromiter(itertools.chain.from_iterable(tokens.ids), dtype=np.int64, count=int(lens.sum()))
+            pairs = (np.repeat(np.arange(offset, offset + len(lens), dtype=np.int64), lens) << 32) | local[flat]
+            unique, tf = np.unique(pairs, return_counts=True)
+            docs.append((unique >> 32).astype(np.int32))
+            terms.append((unique & 0xFFFFFFFF).astype(np.int32))
+            counts.append(tf.astype(np.float32))
+            lengths.append(lens)
+            ids += list(batch_ids)
+            offset += len(lens)
+        if not ids:
+            raise ValueError("cannot build a lexical index over an empty corpus")
+        doc = np.concatenate(docs)
+        del docs
+        term = np.concatenate(terms)
+        del terms
+        tf = np.concatenate(counts)
+        del counts
+        dl = np.concatenate(lengths).astype(np.float32)
+        n_docs, n_vocab = len(dl), len(vocab)
+        df = np.bincount(term, minlength=n_vocab)
+        idf = np.log(1 + (n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
+        norm = (k1 * (1 - b + b * dl / max(float(dl.mean()), 1e-9))).astype(np.float32)
+        data = idf[term] * tf / (tf + norm[doc])
+        del tf
+        order = np.argsort(term, kind="stable")
+        del term
+        # bm25s's index() gives the empty token a column of its own (no passage has it): the same here.
+        empty_token = vocab.setdefault("", len(vocab)) == n_vocab
+        indptr = np.concatenate([[0], np.cumsum(df), [len(data)] if empty_token else []]).astype(np.int64)
+        retriever = bm25s.BM25(k1=k1, b=b)
+        retriever.scores = {"data": data[order].astype(np.float32), "indices": doc[order].astype(np.int32),
+                            "indptr": indptr, "num_docs": n_docs}
+        del order, data, doc
+        retriever.vocab_dict = vocab
+        retriever.unique_token_ids_set = set(vocab.values())
+        retriever.nonoccurrence_array = None  # Lucene BM25 scores nothing for absent terms (BM25L/BM25+ would)
+        return cls(retriever, np.asarray(ids, dtype=object), language)
+
     @property
     def size(self) -> int:
         return len(self.passage_ids)

@@ -37,7 +37,8 @@ RUNS_FOLDER = "runs"
 CACHE_FOLDER = "embedding_cache"
 SHARDS_FOLDER = "embeddings"
 CHECKPOINTS_FOLDER = "checkpoints"
-INDEX_META = "meta.json"  # lib/indexing.py writes it into every dense index folder
+DATASETS_FOLDER = "corpus"  # lib/corpus.py: one folder per corpus dataset (source stamp x shard count)
+INDEX_META = "index.json"  # lib/indexing.py writes it into every dense index folder (META_FILE)
 FINGERPRINT_FIELDS = ("model_fingerprint", "base_model_fingerprint")
 
 
@@ -86,6 +87,9 @@ def apply_retention_plan(
         p for p in _subfolders(root / SHARDS_FOLDER) if p.name not in fingerprints and not fresh(p))
     removed["embedding cache spaces"] = _remove(
         p for p in _subfolders(root / CACHE_FOLDER) if _space_fingerprint(p) not in fingerprints and not fresh(p))
+    datasets = kept_datasets(root, protected, handles_dir, kept_runs, keep)
+    removed["corpus datasets"] = _remove(
+        p for p in _subfolders(root / DATASETS_FOLDER) if p.resolve() not in datasets and not fresh(p))
     checkpoints = sorted(_subfolders(root / CHECKPOINTS_FOLDER), key=_mtime, reverse=True)
     removed["checkpoint folders"] = _remove(p for p in checkpoints[keep:] if not fresh(p))
     return RetentionResult(removed, frozenset(fingerprints))
@@ -109,6 +113,31 @@ def kept_fingerprints(artifacts_dir: Path, protected: set[Path], handles_dir: Pa
             for handle in (Path(handles_dir) / run).glob("*.json"):
                 found.update(_fingerprint_fields(handle, nested="fields"))
     return found
+
+
+def kept_datasets(artifacts_dir: Path, protected: set[Path], handles_dir: Path | None, kept_runs: set[str],
+                  keep: int) -> set[Path]:
+    """Corpus dataset folders still needed: the one each index under `assets/` or a protected index
+    was built from (`search` reads hit texts there), the ones kept runs' `corpus` handles name,
+    and the newest `keep` (the current source's, which the next tick reuses)."""
+    root = Path(artifacts_dir)
+    found: set[Path] = set()
+    metas = list((root / ASSETS_FOLDER).glob(f"*/*/*/{INDEX_META}")) + [Path(p) / INDEX_META for p in protected]
+    for meta in metas:
+        try:
+            folder = json.loads(meta.read_text(encoding="utf-8")).get("corpus_dataset")
+        except FileNotFoundError:
+            continue
+        if folder:
+            found.add(Path(folder).resolve())
+    if handles_dir is not None:
+        for run in kept_runs:
+            for handle in (Path(handles_dir) / run).glob("*.json"):
+                fields = json.loads(handle.read_text(encoding="utf-8")).get("fields") or {}
+                if fields.get("quarantine_path") and fields.get("path"):  # a CorpusHandle
+                    found.add(Path(fields["path"]).resolve())
+    newest = sorted(_subfolders(root / DATASETS_FOLDER), key=_mtime, reverse=True)[:keep]
+    return found | {p.resolve() for p in newest}
 
 
 def prune_logged_models(client, name: str, artifacts_dir: Path) -> list[Path]:

@@ -180,9 +180,11 @@ class Searcher:
         self.pointer = pointer
         self.spec = RetrievalSpec.from_record(pointer.get("retrieval"), depth, precision)
         self.model = load_model(pointer["model_dir"], threads=threads)
-        self.dense = load_index(Path(pointer["index_path"]))
+        # Both indexes are memory-mapped: opening a million-passage index costs page-ins as
+        # searches touch it, not a read of the whole file into every searching process.
+        self.dense = load_index(Path(pointer["index_path"]), mmap=True)
         lexical = pointer.get("lexical_path")
-        self.lexical = LexicalIndex.load(Path(lexical)) if lexical and Path(lexical).exists() else None
+        self.lexical = LexicalIndex.load(Path(lexical), mmap=True) if lexical and Path(lexical).exists() else None
         self.query_prompt = query_prompt
 
     def search(self, queries: list[str], k: int = 10, mode: str | None = None) -> list[list[tuple[str, float]]]:
@@ -241,13 +243,27 @@ def search_served(config, query: str, k: int = 10, mode: str | None = None) -> l
     `mode`, the mode that ranked it. Raises `LookupError` before the first promotion, `ValueError`
     for a mode the served pointer cannot serve honestly.
     """
-    from embed_pipeline.lib.corpus import load_corpus
-
     searcher = served_searcher(config)
     hits = searcher.search([query], k, mode)[0]
     used = mode or searcher.spec.mode
-    passages = load_corpus(config.corpus).passages.set_index("passage_id")
+    texts = hit_texts(searcher, config, [pid for pid, _ in hits])
     return [{"rank": rank_, "passage_id": pid, "score": score, "mode": used,
-             "title": str(passages["title"].get(pid, "")), "text": str(passages["text"].get(pid, ""))[:300],
+             "title": str(texts["title"].get(pid, "")), "text": str(texts["text"].get(pid, ""))[:300],
              "model_version": str(searcher.pointer["model_version"])}
             for rank_, (pid, score) in enumerate(hits, start=1)]
+
+
+def hit_texts(searcher: Searcher, config, passage_ids: list[str]):
+    """Title and text of the hits (a frame indexed by passage id), looked up by id in the corpus
+    dataset the served index was built from: a few row groups read, never the corpus.
+
+    An index built before datasets were recorded falls back to the config's corpus as it is now
+    (its dataset is built once, then reused)."""
+    from embed_pipeline.lib.corpus import MANIFEST, CorpusDataset, dataset_for
+
+    folder = searcher.dense.meta.get("corpus_dataset")
+    if folder and (Path(folder) / MANIFEST).exists():
+        dataset = CorpusDataset(Path(folder))
+    else:
+        dataset = dataset_for(config)
+    return dataset.lookup(passage_ids, ["title", "text"])

@@ -1,38 +1,49 @@
-"""Per-shard embedding files: one `.npz` per corpus shard, written through the embedding cache.
+"""Per-shard embedding files: one Arrow file per corpus shard, filled from the vector store.
 
-A shard file holds exactly its shard's current passages (`passage_ids`, float32 `vectors`) and the
-precision they were encoded in, so the index is a concatenation of shard files, a shard
-re-embedding touches nothing else, and shards of two precisions are never merged into one index.
+A shard file (`<shard key>.arrow`, uncompressed Arrow IPC) holds exactly its shard's current
+passages, `passage_id` and `vector` (fixed-size float32 list), with the precision they were
+encoded in and the model fingerprint in its schema metadata. So the index is a concatenation of
+shard files (read in batches, memory-mapped), a shard re-embedding touches nothing else, and
+shards of two precisions are never merged into one index.
+
+Embedding a shard is two streams over the corpus dataset (`lib/corpus.py`): the first reads the
+shard's `content_hash` column, asks the vector store which hashes it lacks and encodes only
+those texts (reading text columns only when something is missing); the second reads
+`passage_id` + `content_hash` in batches and writes each batch's vectors from the store. Memory
+is one batch, whatever the shard's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from embed_pipeline.lib.encoding import (
     DEFAULT_BATCH_SIZE,
     EmbeddingCache,
-    EncodePool,
+    _pool_precision,
+    encode,
     encode_cached,
     encode_pool,
-    _pool_precision,
 )
+from embed_pipeline.lib.io import atomic_path
 from embed_pipeline.lib.progress import ProgressLine
-from embed_pipeline.lib.text import text_hash
 
-SHARD_SUFFIX = ".npz"
+SHARD_SUFFIX = ".arrow"
+WRITE_BATCH = 16_384  # rows per record batch of a shard file (and per store lookup)
+LOCAL_CHUNK = 16_384  # texts encoded per call on this machine (one progress step, one store segment)
+CLUSTER_CHUNK = 262_144  # texts per Ray pipeline (each costs a dataset plan; the actors stay up between)
 
 
 @dataclass(frozen=True)
 class ShardEmbeddings:
     """One shard's embeddings on disk and what producing them cost.
 
-    `encoded` passages went through the model in this call, `reused` came from the cache,
+    `encoded` passages went through the model in this call, `reused` came from the store,
     `removed` were in the previous file of this shard but are no longer in the corpus;
     `precision` is what its vectors were computed in (bf16, fp16, fp32, tf32).
     """
@@ -45,73 +56,113 @@ class ShardEmbeddings:
     precision: str
 
 
-def write_shard_embeddings(
-    model,
-    fingerprint: str,
-    passage_ids: list[str],
-    texts: list[str],
-    cache_root: Path,
-    target: Path,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    prompt: str = "",
-    precision: str = "auto",
-    pool: EncodePool | None = None,
-    on_progress: Callable[[str], None] | ProgressLine | None = None,
-) -> ShardEmbeddings:
-    """Embed one shard through the cache and write `target` (.npz: `passage_ids`, `vectors`) atomically.
+def _write_shard_file(target: Path, batches: Iterator[tuple[list[str], np.ndarray]], precision: str, fingerprint: str,
+                      dim: int) -> int:
+    """Write (ids, vectors) batches as one Arrow file, atomically; returns the rows written."""
+    import pyarrow as pa
 
-    The file always holds exactly the shard's current passages, so a passage deleted from the
-    corpus leaves the shard (and so the merged index) on the next write.
-    """
-    from embed_pipeline.lib.io import atomic_path
-
-    target = Path(target)
-    previous = set(read_shard_embeddings(target)[0]) if target.exists() else set()
-    vectors, stats = encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False,
-                                   precision=precision, pool=pool, on_progress=on_progress)
-    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, passage_ids=np.array(passage_ids, dtype=str), vectors=vectors, precision=np.array(stats.precision))
-    return ShardEmbeddings(target, len(passage_ids), stats.encoded, stats.reused, len(previous - set(passage_ids)),
-                           stats.precision)
+    schema = pa.schema([("passage_id", pa.string()), ("vector", pa.list_(pa.float32(), dim))],
+                       metadata={"precision": precision, "model_fingerprint": fingerprint})
+    rows = 0
+    with atomic_path(Path(target)) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for ids, vectors in batches:
+            vec = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1)), dim)
+            writer.write_batch(pa.record_batch([pa.array(ids, pa.string()), vec], schema=schema))
+            rows += len(ids)
+    return rows
 
 
-def read_shard_embeddings(path: Path) -> tuple[list[str], np.ndarray]:
-    with np.load(path) as data:
-        return data["passage_ids"].tolist(), data["vectors"].astype(np.float32)
+def _open(path: Path):
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(str(path), "r"))
 
 
 def shard_precision(path: Path) -> str:
-    """The precision a shard file's vectors were encoded in ("unrecorded" for files written before it was kept)."""
-    with np.load(path) as data:
-        return str(data["precision"]) if "precision" in data.files else "unrecorded"
+    """The precision a shard file's vectors were encoded in."""
+    meta = _open(path).schema.metadata or {}
+    return meta.get(b"precision", b"unrecorded").decode()
 
 
-def merge_shard_embeddings(paths: list[Path]) -> tuple[list[str], np.ndarray]:
-    """Concatenate shard files (in the order given) into one id list and one vector matrix.
+def shard_rows(path: Path) -> int:
+    reader = _open(path)
+    return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
-    Raises when the files mix shard counts (a passage in two files) or precisions (bf16 and fp32
-    vectors of one model differ slightly, so one index holds one kind): re-embed every shard.
+
+def shard_ids(path: Path) -> list[str]:
+    reader = _open(path)
+    return [pid for i in range(reader.num_record_batches) for pid in reader.get_batch(i).column(0).to_pylist()]
+
+
+def iter_shard_embeddings(paths: list[Path]) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(ids, float32 vectors) record batch after record batch over the shard files, in order
+    (vectors are views of the mapped files: copy what you keep)."""
+    for path in paths:
+        reader = _open(path)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            vec = batch.column(1)
+            dim = vec.type.list_size
+            flat = vec.flatten().to_numpy(zero_copy_only=False)
+            yield batch.column(0).to_pylist(), flat.reshape(len(batch), dim) if len(batch) else np.zeros((0, dim), np.float32)
+
+
+def check_mergeable(paths: list[Path]) -> str:
+    """The one precision of `paths`; raises when they mix shard counts or precisions.
+
+    Shard counts: every file is named `shard-NN-of-MM`, and files of two MM hold overlapping
+    passages. Precisions: bf16 and fp32 vectors of one model differ slightly, so one index holds one kind.
     """
-    ids: list[str] = []
-    blocks = []
+    counts = {m.group(1) for p in paths if (m := re.search(r"-of-(\d+)", Path(p).name))}
+    if len(counts) > 1:
+        raise ValueError(f"a passage id appears in two shards: shard files from different shard counts were mixed ({sorted(counts)})")
     precisions: dict[str, list[str]] = {}
     for path in paths:
-        shard_ids, vectors = read_shard_embeddings(path)
-        ids += shard_ids
-        blocks.append(vectors)
         precisions.setdefault(shard_precision(path), []).append(Path(path).name)
-    if len(set(ids)) != len(ids):
-        raise ValueError("a passage id appears in two shards: shard files from different shard counts were mixed")
     if len(precisions) > 1:
         raise ValueError(f"shard files encoded in different precisions {precisions}: re-embed every shard "
                          "with one index.encode_precision")
+    return next(iter(precisions), "unrecorded")
+
+
+def read_shard_embeddings(path: Path) -> tuple[list[str], np.ndarray]:
+    """One shard file whole (small shards, tests)."""
+    return merge_shard_embeddings([path])
+
+
+def merge_shard_embeddings(paths: list[Path]) -> tuple[list[str], np.ndarray]:
+    """Concatenate shard files into one id list and one matrix (in memory: for small corpora and
+    tests; index builds stream with `iter_shard_embeddings`)."""
+    check_mergeable(paths)
+    ids: list[str] = []
+    blocks = []
+    for batch_ids, vectors in iter_shard_embeddings(paths):
+        ids += batch_ids
+        blocks.append(np.array(vectors))
+    if len(set(ids)) != len(ids):
+        raise ValueError("a passage id appears in two shards: shard files from different shard counts were mixed")
     return ids, (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32))
+
+
+def write_shard_embeddings(model, fingerprint: str, passage_ids: list[str], texts: list[str], cache_root: Path, target: Path,
+                           batch_size: int = DEFAULT_BATCH_SIZE, prompt: str = "", precision: str = "auto",
+                           pool=None, on_progress=None) -> ShardEmbeddings:
+    """Embed one shard given in memory (ids and texts) through the store and write `target` atomically."""
+    target = Path(target)
+    previous = set(shard_ids(target)) if target.exists() else set()
+    vectors, stats = encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False,
+                                   precision=precision, pool=pool, on_progress=on_progress)
+    _write_shard_file(target, iter([(list(passage_ids), vectors)]) if passage_ids else iter(()), stats.precision, fingerprint,
+                      model.get_embedding_dimension())
+    return ShardEmbeddings(target, len(passage_ids), stats.encoded, stats.reused, len(previous - set(passage_ids)),
+                           stats.precision)
 
 
 def embed_shards(
     model,
     fingerprint: str,
-    shards: dict[str, pd.DataFrame],
+    dataset,
+    keys: list[str],
     out_dir: Path,
     cache_root: Path,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -122,56 +173,106 @@ def embed_shards(
     on_progress: Callable[[str], None] | None = None,
     cluster=None,
 ) -> dict[str, ShardEmbeddings]:
-    """Embed each shard (key -> passages) into `out_dir/<key>.npz` with one loaded model.
+    """Embed the shards `keys` of a `CorpusDataset` into `out_dir/<key>.arrow` with one loaded model.
 
-    Passages whose text the cache already holds for this model are not re-encoded, so a shard
-    with 1 edited passage out of 1,000 costs one forward pass, not a thousand. `precision` as in
-    `encoding.encode`; `processes` > 1 encodes through one `EncodePool` shared by all the shards,
+    Passages whose content hash the store already holds for this model are not re-encoded, so a
+    shard with 1 edited passage out of 1,000 costs one forward pass, not a thousand. `precision` as
+    in `encoding.encode`; `processes` > 1 encodes through one `EncodePool` shared by all the shards,
     splitting `threads` (0 = the cores available) among its workers; with `cluster` (a
     `ray_encoding.RayEncoding`) one Ray actor pool encodes for all the shards instead.
-    `on_progress` gets one line on what is to encode over all the shards, then lines with an ETA
-    for all of them together.
+    `on_progress` gets one line on what is to encode over all the shards, then lines with an ETA.
     """
-    from embed_pipeline.lib.corpus import passage_texts
-
-    texts = {key: passage_texts(frame) for key, frame in shards.items()}
+    out_dir = Path(out_dir)
     with encode_pool(model, processes, threads, cluster) as pool:
-        line = None
-        if on_progress is not None:
-            cache = EmbeddingCache(cache_root, fingerprint, prompt, _pool_precision(pool, precision, model))
-            todo = sum(len(cache.missing([text_hash(t) for t in shard_texts])) for shard_texts in texts.values())
-            total = sum(len(shard_texts) for shard_texts in texts.values())
-            on_progress(f"embedding {len(shards)} shard(s) of {total} passages: {todo} to encode, the rest cached")
-            line = ProgressLine(on_progress, "encoding", todo) if todo else None
-        fresh = None
-        if cluster is not None:
-            # One cluster pipeline for every shard's uncached texts (each actor loads the model
-            # once, not once per shard); the shard files are then written from the cache.
-            fresh = _encode_uncached(model, fingerprint, [t for ts in texts.values() for t in ts], cache_root,
-                                     batch_size, prompt, precision, pool, line)
-        done = {
-            key: write_shard_embeddings(model, fingerprint, list(frame["passage_id"]), texts[key], cache_root,
-                                        Path(out_dir) / f"{key}{SHARD_SUFFIX}", batch_size, prompt, precision, pool, line)
-            for key, frame in shards.items()
-        }
-    if fresh is None:
-        return done
-    # Count per shard what the one pipeline encoded for it, as the per-shard encodes would have.
-    for key, shard in done.items():
-        unique = {text_hash(t) for t in texts[key]}
-        encoded = len(unique & fresh)
-        done[key] = replace(shard, encoded=encoded, reused=len(unique) - encoded)
+        label = _pool_precision(pool, precision, model)
+        store = EmbeddingCache(cache_root, fingerprint, prompt, label)
+        hashes = {key: dataset.column("content_hash", [key]) for key in keys}
+        todo = fill_store(model, dataset, keys, hashes, store, batch_size, prompt, precision, pool, on_progress,
+                          CLUSTER_CHUNK if cluster is not None else LOCAL_CHUNK)
+        dim = model.get_embedding_dimension()
+        done = {}
+        for key in keys:
+            target = out_dir / f"{key}{SHARD_SUFFIX}"
+            previous = set(shard_ids(target)) if target.exists() else set()
+            current: set[str] = set()
+
+            def batches(key=key, current=current):
+                for frame in dataset.batches(["passage_id", "content_hash"], [key], batch_rows=WRITE_BATCH):
+                    found, vectors = store.lookup(list(frame["content_hash"]))
+                    if not found.all():
+                        raise RuntimeError(f"{key}: {int((~found).sum())} vectors missing from the store after encoding")
+                    ids = list(frame["passage_id"])
+                    current.update(ids)
+                    yield ids, vectors
+
+            rows = _write_shard_file(target, batches(), label, fingerprint, dim)
+            unique = len(set(hashes[key]))
+            done[key] = ShardEmbeddings(target, rows, len(todo[key]), unique - len(todo[key]), len(previous - current), label)
     return done
 
 
-def _encode_uncached(model, fingerprint: str, texts: list[str], cache_root: Path, batch_size: int, prompt: str,
-                     precision: str, pool, on_progress=None) -> set[str]:
-    """Put every text of `texts` into the cache in one `encode_cached` call; returns the hashes it encoded."""
-    keys = list({text_hash(t) for t in texts})
-    missing = EmbeddingCache(cache_root, fingerprint, prompt, _pool_precision(pool, precision, model)).missing(keys)
-    encode_cached(model, texts, cache_root, fingerprint, batch_size, prompt, progress=False, precision=precision, pool=pool,
-                  on_progress=on_progress)
-    return set(missing)
+def fill_store(model, dataset, keys: list[str], hashes: dict[str, np.ndarray], store, batch_size: int, prompt: str,
+               precision: str, pool, on_progress: Callable[[str], None] | None, chunk: int = LOCAL_CHUNK) -> dict[str, set[str]]:
+    """Encode into `store` every passage of the shards `keys` whose content hash it lacks; returns,
+    per shard, the hashes that were missing (what this call encoded for it).
+
+    Texts are read only for shards with something missing, batch by batch, and encoded `chunk`
+    distinct texts at a time (one store segment each), so memory is a chunk, not the corpus.
+    """
+    todo = {key: set(store.missing(list(h))) for key, h in hashes.items()}
+    distinct = set().union(*todo.values()) if todo else set()
+    if on_progress is not None:
+        total = sum(len(h) for h in hashes.values())
+        on_progress(f"embedding {len(keys)} shard(s) of {total} passages: {len(distinct)} to encode, the rest cached")
+    line = ProgressLine(on_progress, "encoding", len(distinct)) if on_progress is not None and distinct else None
+    pending: dict[str, str] = {}
+    flushed: set[str] = set()
+
+    def flush():
+        if pending:
+            store.put(list(pending), encode(model, list(pending.values()), batch_size, prompt, False, precision, pool, line))
+            flushed.update(pending)
+            pending.clear()
+
+    for key in keys:
+        if not todo[key]:
+            continue
+        for frame in dataset.batches(["title", "text", "content_hash"], [key]):
+            wanted = frame["content_hash"].isin(todo[key]).to_numpy()
+            for h, title, text in zip(frame["content_hash"][wanted], frame["title"][wanted], frame["text"][wanted], strict=True):
+                if h not in flushed and h not in pending:
+                    pending[h] = f"{title}\n{text}" if title else text
+            if len(pending) >= chunk:
+                flush()
+    flush()
+    return todo
+
+
+def encode_dataset(model, fingerprint: str, dataset, cache_root: Path, batch_size: int = DEFAULT_BATCH_SIZE,
+                   prompt: str = "", precision: str = "auto", pool=None, on_progress: Callable[[str], None] | None = None,
+                   cluster: bool = False):
+    """Every passage of a `CorpusDataset` as vectors, through the store: (passage ids, vectors, `EncodeStats`).
+
+    Rows are in the dataset's order (shard after shard, as `dataset.column("passage_id")`). Only
+    passages the store lacks are encoded (their texts read in a stream); the rest is one bulk
+    lookup by content hash, so a stage that needs a corpus's vectors it already has reads no text.
+    """
+    from embed_pipeline.lib.encoding import EncodeStats
+
+    label = _pool_precision(pool, precision, model)
+    store = EmbeddingCache(cache_root, fingerprint, prompt, label)
+    keys = dataset.keys
+    hashes = {key: dataset.column("content_hash", [key]) for key in keys}
+    todo = fill_store(model, dataset, keys, hashes, store, batch_size, prompt, precision, pool, on_progress,
+                      CLUSTER_CHUNK if cluster else LOCAL_CHUNK)
+    all_hashes = np.concatenate([hashes[k] for k in keys]) if keys else np.array([], dtype=object)
+    found, vectors = store.lookup(list(all_hashes))
+    if not found.all():
+        raise RuntimeError(f"{int((~found).sum())} corpus vectors missing from the store after encoding")
+    unique = len(set(all_hashes))
+    encoded = len(set().union(*todo.values())) if todo else 0
+    stats = EncodeStats(len(all_hashes), unique, encoded, unique - encoded, label)
+    return dataset.column("passage_id"), vectors, stats
 
 
 def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:
@@ -181,3 +282,27 @@ def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"{out_dir}: no embeddings yet for shard(s) {missing}; re-embed them first")
     return paths
+
+
+def embed_dataset_and_queries(model_ref: str, dataset, queries: list[str], cache_root: Path,
+                              batch_size: int = DEFAULT_BATCH_SIZE, corpus_prompt: str = "", query_prompt: str = "",
+                              threads: int = 0, precision: str = "auto", processes: int = 1,
+                              on_progress: Callable[[str], None] | None = None, cluster=None):
+    """`encoding.embed_corpus_and_queries` for a `CorpusDataset`: load `model_ref` once, fingerprint it
+    once, fill the store with what it lacks of the corpus, then read the corpus vectors by content
+    hash (no text read for a corpus already encoded) and encode the queries here.
+
+    Corpus vectors are row-aligned with `dataset.column("passage_id")`.
+    """
+    from embed_pipeline.lib.encoding import PRECISION_OF_LABEL, CorpusAndQueries, load_model, model_fingerprint
+
+    model = load_model(model_ref, threads=threads)
+    fingerprint = model_fingerprint(model)
+    with encode_pool(model, processes, threads, cluster) as pool:
+        _, corpus_vectors, corpus_stats = encode_dataset(model, fingerprint, dataset, cache_root, batch_size, corpus_prompt,
+                                                         precision, pool, on_progress, cluster is not None)
+    # As in embed_corpus_and_queries: with a cluster, queries take the corpus side's autocast.
+    query_precision = PRECISION_OF_LABEL.get(corpus_stats.precision, precision) if cluster is not None else precision
+    query_vectors, _ = encode_cached(model, queries, cache_root, fingerprint, batch_size, query_prompt,
+                                     progress=False, precision=query_precision, on_progress=on_progress)
+    return CorpusAndQueries(fingerprint, corpus_vectors, query_vectors, corpus_stats)

@@ -1,40 +1,60 @@
-"""The embedding cache is addressed by key: a lookup reads only the entries asked for, puts from two
-processes at once leave every entry whole, and folders of the older layout are still read."""
+"""The embedding cache is a segment store: vectors keyed by content hash in a few large files,
+bulk lookups, atomic segment writes, concurrent writers, small segments merged, older layouts
+migrated or dropped with a warning."""
 
+import logging
 import multiprocessing
 
 import numpy as np
 
+from embed_pipeline.lib import vector_store
 from embed_pipeline.lib.encoding import EmbeddingCache
 
 
-def _vectors(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 8)).astype(np.float32)
+def _vectors(n: int, seed: int = 0, dim: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
-def test_get_reads_only_the_entries_of_the_keys_asked_for(tmp_path):
+def _segments(cache) -> list:
+    return sorted(cache.segments_dir.glob("seg-*.arrow"))
+
+
+def test_bulk_lookup_returns_the_vectors_put_in_order_from_one_file(tmp_path):
     cache = EmbeddingCache(tmp_path, "f" * 16, "", "fp32")
-    keys = [f"text-{i}" for i in range(300)]
-    vectors = _vectors(300)
+    keys = [f"{i:016x}" for i in range(3000)]
+    vectors = _vectors(3000)
     cache.put(keys, vectors)
-    wanted = ["text-7", "text-123", "text-299"]
-    # Every other entry is made unreadable: a lookup that touched any of them would fail.
-    for key in keys:
-        if key not in wanted:
-            cache.entry(key).write_bytes(b"not an array")
-    found = cache.get(wanted + ["never-put"])
-    assert sorted(found) == sorted(wanted)
-    for key in wanted:
-        np.testing.assert_array_equal(found[key], vectors[keys.index(key)])
-    assert len({cache.entry(k).parent for k in keys}) > 1  # entries are spread over sub-folders
+    assert len(_segments(cache)) == 1  # files per put, never per vector
+    wanted = [keys[2999], keys[7], "never-put", keys[123]]
+    found, got = cache.lookup(wanted)
+    assert found.tolist() == [True, True, False, True]
+    np.testing.assert_array_equal(got[[0, 1, 3]], vectors[[2999, 7, 123]])
+    assert not got[2].any()
+    assert cache.missing(wanted + [keys[7]]) == ["never-put"]
+    # A new store object (another process) sees the same vectors; any string works as a key.
+    again = EmbeddingCache(tmp_path, "f" * 16, "", "fp32")
+    again.put(["a key that is not a hash"], _vectors(1, 9))
+    np.testing.assert_array_equal(EmbeddingCache(tmp_path, "f" * 16, "", "fp32").get(["a key that is not a hash"])
+                                  ["a key that is not a hash"], _vectors(1, 9)[0])
 
 
-def test_a_lookup_of_absent_keys_reads_nothing(tmp_path):
+def test_spaces_are_separate_and_disk_use_is_close_to_the_raw_vectors(tmp_path):
+    fp32 = EmbeddingCache(tmp_path, "f" * 16, "", "fp32")
+    bf16 = EmbeddingCache(tmp_path, "f" * 16, "", "bf16")
+    keys = [f"{i:016x}" for i in range(2000)]
+    vectors = _vectors(2000, dim=384)
+    fp32.put(keys, vectors)
+    assert bf16.get(keys) == {}  # vectors of two precisions never share a key space
+    assert fp32.disk_bytes() <= 1.2 * vectors.nbytes
+
+
+def test_a_writer_killed_mid_segment_leaves_no_torn_entry(tmp_path):
     cache = EmbeddingCache(tmp_path, "f" * 16, "", "fp32")
-    cache.put([f"k{i}" for i in range(50)], _vectors(50))
-    for entry in cache.dir.glob("*/*.npy"):
-        entry.write_bytes(b"garbage")
-    assert cache.get(["absent-1", "absent-2"]) == {}
+    cache.put(["aaaaaaaaaaaaaaaa"], _vectors(1))
+    # What a writer killed before its rename leaves: a hidden temporary file with half a segment.
+    (cache.segments_dir / ".seg-00000000000000000001-deadbeef.arrow.tmp").write_bytes(b"ARROW1\x00\x00half")
+    reopened = EmbeddingCache(tmp_path, "f" * 16, "", "fp32")
+    assert reopened.segment_count == 1 and list(reopened.get(["aaaaaaaaaaaaaaaa"])) == ["aaaaaaaaaaaaaaaa"]
 
 
 def _put_many(root, keys, seed, barrier):
@@ -61,11 +81,28 @@ def test_two_processes_putting_at_once_leave_every_entry_whole(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
 
 
-def test_a_folder_of_the_older_layout_is_moved_into_the_key_layout(tmp_path):
+def test_many_small_puts_are_merged_into_few_segments(tmp_path, monkeypatch):
+    monkeypatch.setattr(vector_store, "MAX_SEGMENTS", 5)
+    cache = EmbeddingCache(tmp_path, "f" * 16, "", "fp32")
+    keys = [f"{i:016x}" for i in range(120)]
+    vectors = _vectors(120)
+    for start in range(0, 120, 10):  # 12 puts of 10 (query batches)
+        cache.put(keys[start:start + 10], vectors[start:start + 10])
+    assert len(_segments(cache)) <= 5
+    found, got = EmbeddingCache(tmp_path, "f" * 16, "", "fp32").lookup(keys)
+    assert found.all()
+    np.testing.assert_array_equal(got, vectors)
+
+
+def test_older_layouts_are_migrated_or_dropped_with_a_warning(tmp_path, caplog):
     space = EmbeddingCache(tmp_path, "f" * 16, "", "fp32").dir
     vectors = _vectors(5)
     np.savez(space / "shard-0123.npz", keys=np.array([f"old-{i}" for i in range(5)]), vectors=vectors)
-    cache = EmbeddingCache(tmp_path, "f" * 16, "", "fp32")
-    found = cache.get(["old-0", "old-4"])
-    np.testing.assert_array_equal(found["old-4"], vectors[4])
-    assert not list(space.glob("shard-*.npz"))
+    (space / "ab").mkdir()
+    for i in range(3):  # one .npy per vector, named by a digest of the key: not recoverable
+        np.save(space / "ab" / f"ab{i:030d}.npy", vectors[i])
+    with caplog.at_level(logging.WARNING):
+        cache = EmbeddingCache(tmp_path, "f" * 16, "", "fp32")
+    np.testing.assert_array_equal(cache.get(["old-0", "old-4"])["old-4"], vectors[4])
+    assert not list(space.glob("shard-*.npz")) and not (space / "ab").exists()
+    assert "3 vectors in the old one-file-per-vector layout" in caplog.text

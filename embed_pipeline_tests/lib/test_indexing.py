@@ -60,3 +60,42 @@ def test_reader_ignores_a_half_written_folder_from_a_killed_writer(tmp_path):
     half.mkdir()
     (half / "index.faiss").write_bytes(b"\x00" * 10)
     assert list(load_index(target).passage_ids) == ["a", "b"]
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivfpq"])
+def test_an_index_streamed_from_shard_files_equals_one_built_in_memory(tmp_path, index_type, monkeypatch):
+    """Shard files are added batch by batch (IVF-PQ trained on a sample): the flat index returns
+    what the in-memory build returns; IVF-PQ finds each vector's own passage."""
+    import pyarrow as pa
+
+    from embed_pipeline.lib import indexing
+    from embed_pipeline.lib.indexing import build_faiss_index, load_index, publish_index_from_shards, search
+
+    sampled = []
+    monkeypatch.setattr(indexing, "training_sample_size", lambda n, kind, config=None: sampled.append(n) or (1500 if kind == "ivfpq" else 0))
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"p{i}" for i in range(3000)]
+    paths = []
+    for shard, rows in enumerate(np.array_split(np.arange(3000), 3)):
+        path = tmp_path / f"shard-{shard:02d}-of-03.arrow"
+        schema = pa.schema([("passage_id", pa.string()), ("vector", pa.list_(pa.float32(), 16))], metadata={"precision": "fp32"})
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for part in np.array_split(rows, 4):  # several record batches per file
+                writer.write_batch(pa.record_batch([pa.array([ids[i] for i in part]),
+                                                    pa.FixedSizeListArray.from_arrays(pa.array(vectors[part].reshape(-1)), 16)],
+                                                   schema=schema))
+        paths.append(path)
+    config = IndexConfig(type=index_type, ivf_nlist=16, pq_m=4)
+    published, order = publish_index_from_shards(paths, config, {"model_fingerprint": "f"}, tmp_path / "dense")
+    assert order == ids and published.size == 3000
+    loaded = load_index(tmp_path / "dense", mmap=True)
+    if index_type == "flat":
+        expected = build_faiss_index(vectors, "flat", config)
+        np.testing.assert_array_equal(search(loaded.index, vectors[:50], 5)[1], search(expected, vectors[:50], 5)[1])
+    else:
+        assert sampled == [3000]  # trained on a sample of 1,500 drawn from the files, not on all 3,000
+        _, hits = loaded.search_ids(vectors[:200], 10)
+        assert np.mean([ids[i] in hit for i, hit in enumerate(hits)]) >= 0.9

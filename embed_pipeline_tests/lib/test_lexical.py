@@ -106,3 +106,21 @@ def test_saving_over_an_index_replaces_it(index, tmp_path):
     target = index.save(tmp_path / "lexical")
     LexicalIndex.build(["new"], ["protein folding"]).save(target)
     assert LexicalIndex.load(target).search(["protein"], 5)[0] == [["new"]]
+
+
+def test_a_streamed_build_scores_exactly_as_bm25s_own_build(tmp_path):
+    """`build_stream` (batches, numpy triples) against bm25s's `index` on the same texts: the same
+    vocabulary and the same score for every (query, passage), before and after a save/load."""
+    texts = TEXTS * 3 + ["Spain spain SPAIN: the running of the bulls", ""]
+    ids = [f"p{i}" for i in range(len(texts))]
+    whole = LexicalIndex.build(ids, texts)
+    batches = [(ids[i:i + 4], texts[i:i + 4]) for i in range(0, len(ids), 4)]  # five batches
+    streamed = LexicalIndex.build_stream(iter(batches))
+    assert set(streamed.retriever.vocab_dict) == set(whole.retriever.vocab_dict)
+    loaded = LexicalIndex.load(streamed.save(tmp_path / "lexical"), mmap=True)
+    for query in QUERIES + ["bulls"]:
+        expected_ids, expected = whole.search([query], len(ids))
+        for candidate in (streamed, loaded):
+            got_ids, got = candidate.search([query], len(ids))
+            score = dict(zip(got_ids[0], got[0]))
+            np.testing.assert_allclose([score[i] for i in expected_ids[0]], expected[0], rtol=1e-5, atol=1e-6)

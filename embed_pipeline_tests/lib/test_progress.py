@@ -60,15 +60,16 @@ def test_encode_cached_reports_what_it_encodes_and_ends_at_the_total(tiny_model_
 
 def test_shards_report_one_progress_over_all_of_them(tiny_model_path, tmp_path):
     from embed_pipeline.lib.shards import embed_shards
+    from embed_pipeline_tests.fixture_data import build_dataset
 
     model = load_model(tiny_model_path, device="cpu")
     fingerprint = model_fingerprint(model)
     frame = pd.DataFrame({"passage_id": [f"p{i}" for i in range(len(TEXTS))], "title": "", "text": TEXTS})
-    shards = {"shard-00-of-02": frame.iloc[:60], "shard-01-of-02": frame.iloc[60:]}
-    embed_shards(model, fingerprint, {"shard-00-of-02": frame.iloc[:30]}, tmp_path / "out", tmp_path / "cache",
-                 batch_size=8, precision="fp32")  # 30 passages already cached
+    dataset = build_dataset(frame, tmp_path / "corpus", 2)
+    encode_cached(model, TEXTS[:30], tmp_path / "cache", fingerprint, batch_size=8, progress=False,
+                  precision="fp32")  # 30 passages already cached
     lines = []
-    done = embed_shards(model, fingerprint, shards, tmp_path / "out", tmp_path / "cache", batch_size=8,
+    done = embed_shards(model, fingerprint, dataset, dataset.keys, tmp_path / "out", tmp_path / "cache", batch_size=8,
                         precision="fp32", on_progress=lines.append)
     assert lines[0] == "embedding 2 shard(s) of 100 passages: 70 to encode, the rest cached"
     assert lines[-1].startswith("encoding: 70/70 texts (100%)")

@@ -28,7 +28,7 @@ def _write_run(root, handles, run, age, fingerprint):
     (model / "model.safetensors").write_bytes(b"w")
     dense = root / "assets" / "corpus_index" / run / "dense"
     dense.mkdir(parents=True)
-    (dense / "meta.json").write_text(json.dumps({"model_dir": str(model), "model_fingerprint": fingerprint}))
+    (dense / "index.json").write_text(json.dumps({"model_dir": str(model), "model_fingerprint": fingerprint}))
     (root / "runs" / run).mkdir(parents=True)
     (root / "runs" / run / "config.json").write_text("{}")
     (handles / run).mkdir(parents=True)
@@ -39,7 +39,7 @@ def _write_run(root, handles, run, age, fingerprint):
     EmbeddingCache(root / "embedding_cache", fingerprint, "", "fp32").put(["t"], np.ones((1, 4), np.float32))
     shards = root / "embeddings" / fingerprint
     shards.mkdir(parents=True)
-    (shards / "shard-00-of-01.npz").write_bytes(b"v")
+    (shards / "shard-00-of-01.arrow").write_bytes(b"v")
     for folder in (model.parent, dense.parent, root / "runs" / run, handles / run, shards,
                    EmbeddingCache(root / "embedding_cache", fingerprint, "", "fp32").dir):
         _age(folder, OLD + age)
@@ -89,7 +89,7 @@ def test_every_kind_of_folder_keeps_what_kept_runs_serving_and_running_runs_need
     assert _left(root / "checkpoints") == {"newest-job", "busy-job"}  # the newest two (one is being written)
     assert {k: len(v) for k, v in result.removed.items()} == {
         "asset folders": 6, "run snapshots": 2, "handle folders": 2, "shard embedding folders": 2,
-        "embedding cache spaces": 2, "checkpoint folders": 3}
+        "embedding cache spaces": 2, "corpus datasets": 0, "checkpoint folders": 3}
     assert base.get(["t"])["t"].shape == (4,)  # the base model's entries, used by every run, stay readable
 
 
@@ -127,3 +127,21 @@ def test_the_logged_copy_of_a_pruned_model_goes_and_a_kept_ones_stays(tmp_path):
     assert not copies["old"].exists() and (copies["kept"] / "model.safetensors").is_file()
     assert tracker.client.get_model_version("m", versions["old"]).tags["model_artifacts"] == "pruned by retention"
     assert prune_logged_models(tracker.client, "m", root) == []  # already gone: nothing to do
+
+
+def test_corpus_datasets_stay_while_an_index_or_a_kept_run_names_them(tmp_path):
+    root, handles = tmp_path / "artifacts", tmp_path / "handles"
+    datasets = root / "corpus"
+    for i, name in enumerate(("oldest", "indexed", "handled", "newest")):
+        (datasets / name / "passages").mkdir(parents=True)
+        (datasets / name / "corpus.json").write_text("{}")
+        _age(datasets / name, OLD + i * 100)
+    dense = root / "assets" / "served_index" / "run-1" / "dense"
+    dense.mkdir(parents=True)
+    (dense / "index.json").write_text(json.dumps({"corpus_dataset": str(datasets / "indexed")}))
+    (handles / "run-1").mkdir(parents=True)
+    (handles / "run-1" / "corpus.json").write_text(json.dumps(
+        {"type": "CorpusHandle", "fields": {"path": str(datasets / "handled"), "quarantine_path": "q"}}))
+    result = apply_retention_plan(root, keep=1, protected=set(), handles_dir=handles)
+    assert _left(datasets) == {"indexed", "handled", "newest"}
+    assert [p.name for p in result.removed["corpus datasets"]] == ["oldest"]

@@ -19,8 +19,16 @@ def cache_dir(config: PipelineConfig) -> Path:
     return config.artifacts_dir / "embedding_cache"
 
 
-def read_corpus(handle: CorpusHandle) -> pd.DataFrame:
-    return pd.read_parquet(handle.path)
+def read_corpus(handle: CorpusHandle):
+    """The corpus dataset a `corpus` materialisation built (a `lib.corpus.CorpusDataset`: read by shard and column)."""
+    from embed_pipeline.lib.corpus import CorpusDataset
+
+    return CorpusDataset(Path(handle.path))
+
+
+def passage_ids(handle: CorpusHandle) -> set[str]:
+    """Every passage id of the corpus (one column read; no texts)."""
+    return set(read_corpus(handle).column("passage_id"))
 
 
 def load_eval_set(config: PipelineConfig, passage_ids: set[str], curated: PairsHandle):
@@ -44,18 +52,16 @@ def load_eval_set(config: PipelineConfig, passage_ids: set[str], curated: PairsH
     return EvalSet(queries=queries, relevant=relevance_map(loaded.pairs)), loaded
 
 
-def embed(config: PipelineConfig, model_ref: str, passages: pd.DataFrame, queries: list[str], on_progress=None,
-          cluster=None):
-    """`embed_corpus_and_queries` with the config's cache, batch size, prompts, threads and precision
+def embed(config: PipelineConfig, model_ref: str, dataset, queries: list[str], on_progress=None, cluster=None):
+    """`embed_dataset_and_queries` with the config's cache, batch size, prompts, threads and precision
     (`on_progress`: where its progress lines go, e.g. `context.log.info`; the corpus side on
-    `cluster`, a `ray_encoding(...)`, when given)."""
-    from embed_pipeline.lib.corpus import passage_texts
-    from embed_pipeline.lib.encoding import embed_corpus_and_queries
+    `cluster`, a `ray_encoding(...)`, when given). Corpus vectors are in `dataset`'s row order."""
+    from embed_pipeline.lib.shards import embed_dataset_and_queries
 
-    return embed_corpus_and_queries(model_ref, passage_texts(passages), queries, cache_dir(config),
-                                    config.encode_batch_size, config.corpus_prompt, config.query_prompt,
-                                    config.index.encode_threads, config.index.encode_precision, config.index.encode_processes,
-                                    on_progress=on_progress, cluster=cluster)
+    return embed_dataset_and_queries(model_ref, dataset, queries, cache_dir(config),
+                                     config.encode_batch_size, config.corpus_prompt, config.query_prompt,
+                                     config.index.encode_threads, config.index.encode_precision, config.index.encode_processes,
+                                     on_progress=on_progress, cluster=cluster)
 
 
 def ray_encoding(context: dg.AssetExecutionContext, config: PipelineConfig):

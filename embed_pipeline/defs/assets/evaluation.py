@@ -86,8 +86,9 @@ def eval_report(
     except RegistryError as exc:
         raise dg.Failure(f"cannot resolve the champion, refusing to judge the candidate: {exc}") from None
     champion = resolve_champion(tracker, config)
-    passages = read_corpus(corpus)
-    eval_set, loaded = load_eval_set(config, set(passages["passage_id"]), curated_pairs)
+    dataset = read_corpus(corpus)
+    corpus_ids = list(dataset.column("passage_id"))
+    eval_set, loaded = load_eval_set(config, set(corpus_ids), curated_pairs)
     context.log.info(f"eval_report: ranking {len(eval_set.queries)} eval queries with BM25, the base model, "
                      f"{'champion v' + champion['version'] if champion else 'no champion (base stands in)'} and the candidate")
     dev_queries, dev_relevant = read_dev_queries(embedding_model.dev_path)
@@ -98,7 +99,7 @@ def eval_report(
     cluster = ray_encoding(context, config)
 
     def encode(model_ref: str, queries: list[str]):
-        vectors = embed(config, model_ref, passages, queries, context.log.info, cluster)
+        vectors = embed(config, model_ref, dataset, queries, context.log.info, cluster)
         return vectors.query_vectors, vectors.corpus_vectors
 
     models = {"base": config.base_model,
@@ -110,7 +111,7 @@ def eval_report(
                             champion=champion["model_dir"] if champion else None, served_index=served_index,
                             champion_retrieval=champion["retrieval"] if champion else None)
     lexical = LexicalIndex.load(corpus_index.lexical_path) if corpus_index.lexical_path else None
-    evaluation = evaluate(eval_set, loaded.pairs, list(passages["passage_id"]), contenders, encode, config.retrieval,
+    evaluation = evaluate(eval_set, loaded.pairs, corpus_ids, contenders, encode, config.retrieval,
                           config.gate, models, precision=served_index.meta.get("encode_precision", "unrecorded"),
                           lexical=lexical, dev_queries=dev_queries or (), dev_relevant=dev_relevant)
     report = evaluation.report

@@ -5,7 +5,6 @@ import dagster as dg
 from embed_pipeline.defs.assets.common import cache_dir, output_dir, ray_encoding, ray_metadata, read_corpus, shard_dir
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle
-from embed_pipeline.lib.corpus import split_shards
 from embed_pipeline.lib.encoding import load_model, model_fingerprint
 from embed_pipeline.lib.indexing import build_index_from_shards
 from embed_pipeline.lib.shards import embed_shards
@@ -18,19 +17,18 @@ def corpus_index(context: dg.AssetExecutionContext, corpus: CorpusHandle, embedd
     config = pipeline.config
     model = load_model(embedding_model.model_dir, threads=config.index.encode_threads)
     fingerprint = model_fingerprint(model)
-    passages = read_corpus(corpus)
-    shards = split_shards(passages, config.index.shards)
-    context.log.info(f"corpus_index: embedding {len(passages)} passages in {len(shards)} shards with the candidate "
+    dataset = read_corpus(corpus)
+    context.log.info(f"corpus_index: embedding {len(dataset)} passages in {dataset.num_shards} shards with the candidate "
                      f"v{embedding_model.version} (cached passages are reused)")
     cluster = ray_encoding(context, config)
-    done = embed_shards(model, fingerprint, shards, shard_dir(config, fingerprint), cache_dir(config),
+    done = embed_shards(model, fingerprint, dataset, dataset.keys, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
                         config.index.encode_processes, config.index.encode_threads, context.log.info, cluster)
     # The precision of the corpus vectors goes into the candidate's retrieval spec: served queries are encoded alike.
     meta = {"model_dir": embedding_model.model_dir, "model_version": embedding_model.version, "model_fingerprint": fingerprint,
             "encode_precision": ", ".join(sorted({s.precision for s in done.values()}))}
     built = build_index_from_shards([s.path for s in done.values()], config.index, meta, output_dir(context, config),
-                                    passages, config.retrieval.lexical_language)
+                                    dataset, config.retrieval.lexical_language, context.log.info)
     encoded = sum(s.encoded for s in done.values())
     reused = sum(s.reused for s in done.values())
     return dg.MaterializeResult(

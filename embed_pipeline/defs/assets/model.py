@@ -24,7 +24,7 @@ def embedding_model(
     tags = {"dagster_run_id": context.run_id, "training_pairs_version": training_pairs.version,
             "config_hash": pipeline.config_hash}
     model = fine_tune(
-        read_corpus(corpus),
+        read_corpus(corpus).frame(),
         pd.read_parquet(hard_negatives.path),
         config,
         mlflow.tracker(config),

@@ -23,18 +23,19 @@ def hard_negatives(
     """Training rows with mined negatives: one row per (query, positive) with up to N hard negative passage ids."""
     config = pipeline.config
     folder = output_dir(context, config)
-    passages = read_corpus(corpus)
+    dataset = read_corpus(corpus)
     pairs = pd.read_parquet(training_pairs.path)
     query_texts = list(dict.fromkeys(pairs["query"]))
     cluster = ray_encoding(context, config)
-    base = embed(config, config.resolved_base_model, passages, query_texts, context.log.info, cluster)
+    base = embed(config, config.resolved_base_model, dataset, query_texts, context.log.info, cluster)
     fingerprint, corpus_vectors, query_vectors, corpus_stats = (base.fingerprint, base.corpus_vectors,
                                                                 base.query_vectors, base.corpus_stats)
-    context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}): {len(passages)} passages, "
+    context.log.info(f"base model {config.base_model} (fingerprint {fingerprint}): {len(dataset)} passages, "
                      f"{corpus_stats.encoded} encoded, {corpus_stats.reused} from cache")
     skip = pd.read_parquet(search_log_pairs.files["skip_above"])
     extra = skip.groupby("query")["passage_id"].agg(list).to_dict() if len(skip) else {}
-    mined = mine_hard_negatives(pairs, query_texts, query_vectors, list(passages["passage_id"]), corpus_vectors, config.mining, extra)
+    mined = mine_hard_negatives(pairs, query_texts, query_vectors, list(dataset.column("passage_id")), corpus_vectors,
+                                config.mining, extra)
     triples = mined.triples.merge(pairs[["query", "passage_id", "source", "positive_text"]], on=["query", "passage_id"], how="left")
     out = write_parquet(triples, folder / "hard_negatives.parquet")
     png = score_histogram_png(mined.positive_scores, mined.negative_scores, mined.removed_scores)
@@ -59,11 +60,18 @@ def hard_negatives(
             "score_histogram_path": md.path(plot),
             "mean_positive_score": round(float(mined.positive_scores.mean()), 4) if len(triples) else 0.0,
             "mean_negative_score": round(float(mined.negative_scores.mean()), 4) if len(mined.negative_scores) else 0.0,
-            "false_negative_audit": md.preview(mined.audit.merge(passages[["passage_id", "text"]].rename(
-                columns={"passage_id": "negative_id", "text": "negative_text"}), on="negative_id", how="left"),
-                rows=config.mining.audit_rows),
+            "false_negative_audit": md.preview(_with_negative_text(mined.audit.head(config.mining.audit_rows), dataset),
+                                               rows=config.mining.audit_rows),
             "dataset_version": version,
             "path": md.path(out),
             **ray_metadata(cluster),
         },
     )
+
+
+def _with_negative_text(audit: pd.DataFrame, dataset) -> pd.DataFrame:
+    """The audit rows with each negative's text, looked up by id (a few rows, never the corpus)."""
+    if audit.empty:
+        return audit
+    texts = dataset.lookup(list(audit["negative_id"].astype(str).unique()), ["text"])["text"]
+    return audit.assign(negative_text=audit["negative_id"].map(texts))

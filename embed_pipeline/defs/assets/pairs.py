@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import load_eval_set, output_dir, read_corpus
+from embed_pipeline.defs.assets.common import load_eval_set, output_dir, passage_ids
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, PairsHandle
 from embed_pipeline.lib.io import write_parquet
@@ -25,7 +25,7 @@ def training_pairs(
     frames = [pd.read_parquet(h.path) for h in (search_log_pairs, curated_pairs, synthetic_pairs)]
     merged = merge_pairs(frames, config.synthetic.max_share, config.synthetic.seed, config.merge.quotas)
     lk = config.leakage
-    eval_set, _ = load_eval_set(config, set(read_corpus(corpus)["passage_id"]), curated_pairs)
+    eval_set, _ = load_eval_set(config, passage_ids(corpus), curated_pairs)
     clean = decontaminate(merged.pairs, list(eval_set.queries.values()), lk.near_duplicate_jaccard, lk.shingle_words)
     leaks_path = write_parquet(clean.leaks, folder / "leaking_pairs.parquet")
     # `fail` keeps the leaking rows so the blocking check sees (and prints) them and stops the run.

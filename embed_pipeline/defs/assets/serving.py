@@ -6,7 +6,7 @@ from embed_pipeline.defs.assets.common import cache_dir, output_dir, ray_encodin
 from embed_pipeline.defs.partitions import corpus_shards
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import IndexHandle
-from embed_pipeline.lib.corpus import load_corpus, shard_keys, split_shards
+from embed_pipeline.lib.corpus import dataset_for, shard_keys
 from embed_pipeline.lib.encoding import load_model, model_fingerprint
 from embed_pipeline.lib.indexing import build_index_from_shards
 from embed_pipeline.lib.promotion import read_served, record_reindex
@@ -22,17 +22,17 @@ from embed_pipeline.lib.shards import embed_shards, shard_paths
     deps=["corpus"],  # lineage: the passages come from the configured corpus file, read as it is now
 )
 def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult[None]:
-    """Embeddings of one corpus shard (or a range of shards in one run) by the served model, one .npz per shard."""
+    """Embeddings of one corpus shard (or a range of shards in one run) by the served model, one Arrow file per shard."""
     config = pipeline.config
     model_ref = served_model_ref(config)
     model = load_model(model_ref, threads=config.index.encode_threads)
     fingerprint = model_fingerprint(model)
-    shards = split_shards(load_corpus(config.corpus).passages, config.index.shards)
-    wanted = {key: shards[key] for key in context.partition_keys if key in shards}
-    context.log.info(f"corpus_embeddings: {len(wanted)} shard(s), {sum(len(s) for s in wanted.values())} passages, "
+    dataset = dataset_for(config, context.log.info)
+    wanted = [key for key in context.partition_keys if key in set(dataset.keys)]
+    context.log.info(f"corpus_embeddings: {len(wanted)} shard(s), {sum(dataset.shard_rows(k) for k in wanted)} passages, "
                      f"model {model_ref}")
     cluster = ray_encoding(context, config)
-    done = embed_shards(model, fingerprint, wanted, shard_dir(config, fingerprint), cache_dir(config),
+    done = embed_shards(model, fingerprint, dataset, wanted, shard_dir(config, fingerprint), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
                         config.index.encode_processes, config.index.encode_threads, context.log.info, cluster)
     rows = ["| shard | passages | encoded | from cache | removed |", "|---|---|---|---|---|"]
@@ -62,10 +62,10 @@ def served_index(context: dg.AssetExecutionContext, pipeline: PipelineResource) 
     served = read_served(config.artifacts_dir)
     model_ref = served["model_dir"] if served else config.resolved_base_model
     fingerprint = model_fingerprint(load_model(model_ref))
-    passages = load_corpus(config.corpus).passages
+    dataset = dataset_for(config, context.log.info)
     built = build_index_from_shards(shard_paths(shard_dir(config, fingerprint), shard_keys(config.index.shards)), config.index,
                                     {"model_dir": model_ref, "model_fingerprint": fingerprint}, output_dir(context, config),
-                                    passages, config.retrieval.lexical_language)
+                                    dataset, config.retrieval.lexical_language, context.log.info)
     switched = served is not None and record_reindex(
         config.artifacts_dir, served["model_version"], str(built.dense.path), str(built.lexical_path), by=f"run {context.run_id}"
     ) is not None

@@ -6,12 +6,12 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import embed, output_dir, ray_encoding, ray_metadata, read_corpus
+from embed_pipeline.defs.assets.common import embed, output_dir, passage_ids, ray_encoding, ray_metadata, read_corpus
 from embed_pipeline.defs.query_generators import QueryGeneratorResource, generator_for
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, PairsHandle
 from embed_pipeline.lib.click_logs import pairs_from_search_logs
-from embed_pipeline.lib.corpus import load_corpus
+from embed_pipeline.lib.corpus import dataset_for
 from embed_pipeline.lib.io import read_table, write_parquet
 from embed_pipeline.lib.labelled import load_labelled_pairs
 from embed_pipeline.lib.leakage import split_labelled_pairs
@@ -24,27 +24,30 @@ GROUP = "sources"
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
 def corpus(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """The passage corpus, validated: one row per passage (passage_id, title, text)."""
+    """The passage corpus, validated: a Parquet dataset, one file per shard, one row per passage (passage_id, title, text, content_hash)."""
     config = pipeline.config
-    loaded = load_corpus(config.corpus)
-    folder = output_dir(context, config)
-    out = write_parquet(loaded.passages, folder / "corpus.parquet")
-    quarantine = write_parquet(loaded.quarantine, folder / "corpus_quarantine.parquet")
-    version = text_hash(loaded.passages.to_json(orient="values"))
+    dataset = dataset_for(config, context.log.info)
+    manifest = dataset.manifest
+    preview = next(dataset.batches(["passage_id", "title", "text"], batch_rows=5), None)
+    rows = ["| shard | passages | content hash |", "|---|---|---|"]
+    rows += [f"| {k} | {s['rows']} | {s['hash']} |" for k, s in manifest["shards"].items()]
     return dg.MaterializeResult(
-        value=CorpusHandle(str(out), len(loaded.passages), str(quarantine), version),
+        value=CorpusHandle(str(dataset.folder), len(dataset), str(dataset.quarantine_path), dataset.version),
         metadata={
-            "dagster/row_count": len(loaded.passages),
-            "rows_in": loaded.rows_in,
-            "quarantined": len(loaded.quarantine),
-            "quarantine_reasons": md.counts_md(loaded.quarantine["reason"].value_counts().to_dict()),
+            "dagster/row_count": len(dataset),
+            "rows_in": manifest["rows_in"],
+            "quarantined": manifest["quarantined"],
+            "quarantine_reasons": md.counts_md(manifest["quarantine_reasons"]),
             "source": md.path(config.corpus),
-            "path": md.path(out),
-            "quarantine_path": md.path(quarantine),
-            "preview": md.preview(loaded.passages),
+            "source_stamp": manifest["source_stamp"],
+            "path": md.path(dataset.folder),
+            "quarantine_path": md.path(dataset.quarantine_path),
+            "shards": dataset.num_shards,
+            "per_shard": dg.MetadataValue.md("\n".join(rows)),
+            "preview": md.preview(preview.head(5) if preview is not None else pd.DataFrame()),
             "config_hash": pipeline.config_hash,
         },
-        data_version=dg.DataVersion(version),
+        data_version=dg.DataVersion(dataset.version),
     )
 
 
@@ -61,8 +64,7 @@ def search_log_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pi
             value=PairsHandle(str(out), 0, files={"skip_above": str(skip)}),
             metadata={"dagster/row_count": 0, "note": "no search_logs in the config"},
         )
-    passages = read_corpus(corpus)
-    result = pairs_from_search_logs(read_table(config.search_logs), set(passages["passage_id"]), config.search_log_rules)
+    result = pairs_from_search_logs(read_table(config.search_logs), passage_ids(corpus), config.search_log_rules)
     out = write_parquet(result.pairs, folder / "search_log_pairs.parquet")
     skip = write_parquet(result.skip_above, folder / "skip_above.parquet")
     return dg.MaterializeResult(
@@ -93,8 +95,7 @@ def curated_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pipel
         out = write_parquet(pd.DataFrame(columns=PAIR_COLUMNS), folder / "curated_pairs.parquet")
         return dg.MaterializeResult(value=PairsHandle(str(out), 0),
                                     metadata={"dagster/row_count": 0, "note": "no curated_pairs in the config"})
-    passages = read_corpus(corpus)
-    loaded = load_labelled_pairs(config.curated_pairs, set(passages["passage_id"]))
+    loaded = load_labelled_pairs(config.curated_pairs, passage_ids(corpus))
     accepted = loaded.pairs.assign(source="curated")
     quarantine = write_parquet(loaded.quarantine, folder / "curated_quarantine.parquet")
     files = {"quarantine": str(quarantine)}
@@ -133,7 +134,8 @@ def synthetic_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pip
     """Synthetic (query, passage) pairs from the corpus (offline inverse cloze/titles or an LLM), round-trip filtered."""
     config = pipeline.config
     s = config.synthetic
-    passages = read_corpus(corpus)
+    dataset = read_corpus(corpus)
+    passages = dataset.frame()
     generator = generator_for(s, query_generator)
     context.log.info(f"synthetic_pairs: generating queries for {min(len(passages), s.max_passages or len(passages))} passages "
                      f"({type(generator).__name__})" + (f", then a round trip through the base model (top {s.round_trip_k})"
@@ -142,8 +144,8 @@ def synthetic_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pip
     pairs, round_trip_md = generated.pairs, {"round_trip": "off"}
     cluster = ray_encoding(context, config)
     if s.round_trip and len(pairs):
-        base = embed(config, config.resolved_base_model, passages, list(pairs["query"]), context.log.info, cluster)
-        kept, ranks = round_trip_filter(pairs, base.query_vectors, list(passages["passage_id"]), base.corpus_vectors,
+        base = embed(config, config.resolved_base_model, dataset, list(pairs["query"]), context.log.info, cluster)
+        kept, ranks = round_trip_filter(pairs, base.query_vectors, list(dataset.column("passage_id")), base.corpus_vectors,
                                         s.round_trip_k)
         round_trip_md = {"round_trip_k": s.round_trip_k, "generated": len(pairs), "kept_by_round_trip": len(kept),
                          "round_trip_keep_rate": round(len(kept) / len(pairs), 4),
