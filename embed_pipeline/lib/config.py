@@ -362,9 +362,12 @@ class IndexConfig:
     """The corpus index, and how the corpus is split into shards for incremental re-embedding.
 
     `type: auto` picks by corpus size: exact `flat` (IndexFlatIP) up to `flat_max_passages`,
-    `hnsw` (graph, `hnsw_m` links per node, ~(4*dim + 8*hnsw_m) bytes per passage) up to
-    `hnsw_max_passages`, `ivfpq` (`pq_m` bytes per passage, `ivf_nlist` lists, 0 = 4*sqrt(n))
-    above. `shards` is the number of hash buckets of passage ids (one Dagster partition each).
+    `ivfflat` (full vectors in `ivf_nlist` lists, 0 = sqrt(n), `ivf_nprobe` searched: a k-means on
+    a sample and one assignment pass to build, so it builds in seconds where a graph takes an
+    hour on a small CPU) up to `ivf_flat_max_passages`, `ivfpq` (`pq_m` bytes per passage,
+    `ivf_nlist` lists, 0 = 4*sqrt(n)) above. `hnsw` (graph, `hnsw_m` links per node,
+    ~(4*dim + 8*hnsw_m) bytes per passage) is there to choose: the fastest search at a high
+    recall, for teams whose build machines can afford its construction. `shards` is the number of hash buckets of passage ids (one Dagster partition each).
     `encode_threads` is the torch CPU thread count (0 = the cores this process may use).
     `encode_precision: auto` encodes in bf16 autocast where the hardware computes it natively (CPUs
     with AMX or AVX512-BF16, Ampere+ GPUs), fp16 on older GPUs, fp32 elsewhere; vectors come back
@@ -372,12 +375,12 @@ class IndexConfig:
     encodes in that many worker processes (threads split among them on a CPU, one GPU each).
     """
 
-    type: Literal["auto", "flat", "hnsw", "ivfpq"] = Field("auto", description="index type")
+    type: Literal["auto", "flat", "ivfflat", "hnsw", "ivfpq"] = Field("auto", description="index type")
     flat_max_passages: Int = Field(200_000, ge=1, description="auto: exact search up to this size")
-    hnsw_max_passages: Int = Field(5_000_000, ge=1, description="auto: HNSW up to this size, IVF-PQ above")
+    ivf_flat_max_passages: Int = Field(5_000_000, ge=1, description="auto: IVF-Flat up to this size, IVF-PQ above")
     hnsw_m: Int = Field(32, ge=4, le=256, description="HNSW links per node")
     hnsw_ef_search: Int = Field(128, ge=1, description="HNSW search breadth")
-    ivf_nlist: Int = Field(0, ge=0, description="IVF lists (0 = 4 sqrt(n))")
+    ivf_nlist: Int = Field(0, ge=0, description="IVF lists (0: sqrt(n) for ivfflat, 4 sqrt(n) for ivfpq)")
     ivf_nprobe: Int = Field(16, ge=1, description="IVF lists searched")
     pq_m: Int = Field(16, ge=1, description="PQ bytes per passage")
     shards: Int = Field(8, ge=1, le=999, description="hash buckets of passage ids (partitions)")

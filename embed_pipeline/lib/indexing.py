@@ -25,14 +25,17 @@ def choose_index_type(passages: int, config: IndexConfig) -> str:
     """The index type for a corpus of `passages`: the configured one, or by size when `auto`.
 
     Exact search is affordable up to a few hundred thousand passages (one matrix product per
-    query batch) and loses no recall; HNSW answers in sub-linear time at ~1.1-1.7x the flat
-    index's memory; IVF-PQ compresses each vector to `pq_m` bytes for corpora too large for RAM.
+    query batch) and loses no recall; IVF-Flat keeps the full vectors and scans `ivf_nprobe` of
+    its lists per query (milliseconds at millions of passages), and builds in bounded time (k-means
+    on a sample, then one assignment pass) where HNSW's graph construction took ~40 s per 20,000
+    vectors on this project's 2-core machine (over 30 minutes at a million); IVF-PQ compresses each
+    vector to `pq_m` bytes for corpora too large for RAM.
     """
     if config.type != "auto":
         return config.type
     if passages <= config.flat_max_passages:
         return "flat"
-    return "hnsw" if passages <= config.hnsw_max_passages else "ivfpq"
+    return "ivfflat" if passages <= config.ivf_flat_max_passages else "ivfpq"
 
 
 def index_bytes(passages: int, dimension: int, index_type: str, config: IndexConfig | None = None) -> int:
@@ -46,6 +49,8 @@ def index_bytes(passages: int, dimension: int, index_type: str, config: IndexCon
         return passages * dimension * 4
     if index_type == "hnsw":
         return passages * (dimension * 4 + 2 * config.hnsw_m * 4)
+    if index_type == "ivfflat":
+        return passages * (dimension * 4 + 8)
     if index_type == "ivfpq":
         return passages * (_pq_subquantizers(dimension, config.pq_m) + 8)
     raise ValueError(f"unknown index type {index_type!r}")
@@ -56,8 +61,11 @@ def _pq_subquantizers(dimension: int, wanted: int) -> int:
     return max(m for m in range(1, min(wanted, dimension) + 1) if dimension % m == 0)
 
 
-def _ivf_lists(n: int, config: IndexConfig) -> int:
-    nlist = config.ivf_nlist or int(4 * np.sqrt(n))
+def _ivf_lists(n: int, config: IndexConfig, index_type: str = "ivfpq") -> int:
+    """IVF lists: the configured count, else sqrt(n) for IVF-Flat (each list ~sqrt(n) full vectors:
+    k-means on a sample stays cheap) and 4 sqrt(n) for IVF-PQ (finer lists offset the coarse codes);
+    never more than n / 39 (k-means needs ~39 points a centroid)."""
+    nlist = config.ivf_nlist or int((1 if index_type == "ivfflat" else 4) * np.sqrt(n))
     return max(1, min(nlist, n // 39 or 1))
 
 
@@ -79,6 +87,11 @@ def empty_faiss_index(dim: int, n: int, index_type: str = "flat", config: IndexC
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = config.hnsw_ef_search
         return index
+    if index_type == "ivfflat":
+        nlist = _ivf_lists(n, config, "ivfflat")
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = min(config.ivf_nprobe, nlist)
+        return index
     if index_type == "ivfpq":
         if n < 2:
             raise ValueError("an ivfpq index needs at least 2 vectors to train on; use flat")
@@ -89,17 +102,17 @@ def empty_faiss_index(dim: int, n: int, index_type: str = "flat", config: IndexC
                                  faiss.METRIC_INNER_PRODUCT)
         index.nprobe = min(config.ivf_nprobe, nlist)
         return index
-    raise ValueError(f"unknown index type {index_type!r} (flat, hnsw, ivfpq)")
+    raise ValueError(f"unknown index type {index_type!r} (flat, ivfflat, hnsw, ivfpq)")
 
 
 def training_sample_size(n: int, index_type: str, config: IndexConfig | None = None) -> int:
     """How many vectors an index is trained on: none for flat and HNSW; for IVF-PQ 64 per list
     (k-means needs ~39 per centroid, FAISS warns below) and at least 2^14 for the PQ codebooks,
     never more than `n`. A sample, not the corpus: training cost stays flat as the corpus grows."""
-    if index_type != "ivfpq":
+    if index_type not in ("ivfflat", "ivfpq"):
         return 0
     config = config or IndexConfig()
-    return int(min(n, max(64 * _ivf_lists(n, config), 16_384)))
+    return int(min(n, max(64 * _ivf_lists(n, config, index_type), 16_384)))
 
 
 def build_faiss_index(vectors: np.ndarray, index_type: str = "flat", config: IndexConfig | None = None):
@@ -266,15 +279,22 @@ def build_index_from_shards(shard_files: list[Path], config: IndexConfig, meta: 
     dense, ids = publish_index_from_shards(shard_files, config, meta, Path(target) / "dense", on_progress)
     lexical_path = None
     if dataset is not None:
-        from embed_pipeline.lib.lexical import LexicalIndex
-
-        indexed = pd.Index(ids)
-        del ids
-
-        def batches():
-            for frame in dataset.batches(["passage_id", "title", "text"]):
-                keep = frame[indexed.get_indexer(frame["passage_id"]) >= 0]
-                yield list(keep["passage_id"]), [f"{t}\n{x}" if t else x for t, x in zip(keep["title"], keep["text"], strict=True)]
-
-        lexical_path = LexicalIndex.build_stream(batches(), language).save(Path(target) / "lexical")
+        lexical_path = build_lexical_from_dataset(dataset, Path(target) / "lexical", language, ids)
     return BuiltIndexes(dense, lexical_path)
+
+
+def build_lexical_from_dataset(dataset, target: Path, language: str = "english", passage_ids: list[str] | None = None) -> Path:
+    """BM25 over a corpus dataset's passages (those of `passage_ids` when given: the dense index's),
+    built from record batches (`LexicalIndex.build_stream`) and saved atomically at `target`."""
+    from embed_pipeline.lib.corpus import passage_text
+    from embed_pipeline.lib.lexical import LexicalIndex
+
+    indexed = pd.Index(passage_ids) if passage_ids is not None else None
+
+    def batches():
+        for frame in dataset.batches(["passage_id", "title", "text"]):
+            if indexed is not None:
+                frame = frame[indexed.get_indexer(frame["passage_id"]) >= 0]
+            yield list(frame["passage_id"]), [passage_text(t, x) for t, x in zip(frame["title"], frame["text"], strict=True)]
+
+    return LexicalIndex.build_stream(batches(), language).save(Path(target))

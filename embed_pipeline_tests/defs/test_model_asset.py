@@ -11,6 +11,7 @@ import pytest
 from embed_pipeline.defs.assets.model import embedding_model
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, NegativesHandle, PairsHandle
+from embed_pipeline_tests.fixture_data import build_dataset
 from embed_pipeline.lib.config import config_as_params, load_config
 from embed_pipeline_tests.fixture_data import CURATED, PASSAGES, write_project
 
@@ -22,12 +23,13 @@ NEGATIVES = {"chain-lube": "chain-clean", "chain-wear": "chain-lube", "chain-cle
 def upstream(root):
     root.mkdir(parents=True, exist_ok=True)
     corpus = pd.DataFrame([(pid, t, x) for pid, (t, x) in PASSAGES.items()], columns=["passage_id", "title", "text"])
-    corpus.to_parquet(root / "corpus.parquet", index=False)
+    dataset = build_dataset(corpus, root / "corpus", 2)
     triples = pd.DataFrame([(q, p, [NEGATIVES[p]], "curated", "") for q, p in CURATED],
                            columns=["query", "passage_id", "negatives", "source", "positive_text"])
     triples.to_parquet(root / "hard_negatives.parquet", index=False)
     return {
-        "corpus": CorpusHandle(path=str(root / "corpus.parquet"), passages=len(corpus), quarantine_path="", version="corpus-v1"),
+        "corpus": CorpusHandle(path=str(dataset.folder), passages=len(corpus), quarantine_path=str(dataset.quarantine_path),
+                               version=dataset.version),
         "training_pairs": PairsHandle(path="", pairs=len(triples), version="pairs-v1"),
         "hard_negatives": NegativesHandle(path=str(root / "hard_negatives.parquet"), rows=len(triples), version="neg-v1",
                                           base_model_fingerprint="fp"),

@@ -20,16 +20,17 @@ def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def test_index_type_follows_corpus_size_unless_configured():
-    auto = IndexConfig(flat_max_passages=1000, hnsw_max_passages=100_000)
-    assert [choose_index_type(n, auto) for n in (10, 1000, 1001, 100_000, 100_001)] == ["flat", "flat", "hnsw", "hnsw", "ivfpq"]
+    auto = IndexConfig(flat_max_passages=1000, ivf_flat_max_passages=100_000)
+    assert [choose_index_type(n, auto) for n in (10, 1000, 1001, 100_000, 100_001)] == ["flat", "flat", "ivfflat", "ivfflat", "ivfpq"]
     assert choose_index_type(10, IndexConfig(type="hnsw")) == "hnsw"
     # 10M MiniLM vectors: flat 15.4 GB, HNSW M=32 17.9 GB, IVF-PQ (16 bytes + id) 240 MB.
     assert index_bytes(10_000_000, 384, "flat") == 15_360_000_000
     assert index_bytes(10_000_000, 384, "hnsw") == 17_920_000_000
     assert index_bytes(10_000_000, 384, "ivfpq") == 240_000_000
+    assert index_bytes(10_000_000, 384, "ivfflat") == 15_440_000_000
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("index_type", ["flat", "ivfflat", "hnsw", "ivfpq"])
 def test_every_index_type_finds_a_near_duplicate(index_type):
     vectors = unit_vectors(400)
     queries = vectors[:20] + 0.05 * unit_vectors(20, seed=1)
@@ -62,7 +63,7 @@ def test_reader_ignores_a_half_written_folder_from_a_killed_writer(tmp_path):
     assert list(load_index(target).passage_ids) == ["a", "b"]
 
 
-@pytest.mark.parametrize("index_type", ["flat", "ivfpq"])
+@pytest.mark.parametrize("index_type", ["flat", "ivfflat", "ivfpq"])
 def test_an_index_streamed_from_shard_files_equals_one_built_in_memory(tmp_path, index_type, monkeypatch):
     """Shard files are added batch by batch (IVF-PQ trained on a sample): the flat index returns
     what the in-memory build returns; IVF-PQ finds each vector's own passage."""
@@ -72,7 +73,7 @@ def test_an_index_streamed_from_shard_files_equals_one_built_in_memory(tmp_path,
     from embed_pipeline.lib.indexing import build_faiss_index, load_index, publish_index_from_shards, search
 
     sampled = []
-    monkeypatch.setattr(indexing, "training_sample_size", lambda n, kind, config=None: sampled.append(n) or (1500 if kind == "ivfpq" else 0))
+    monkeypatch.setattr(indexing, "training_sample_size", lambda n, kind, config=None: sampled.append(n) or (1500 if kind.startswith("ivf") else 0))
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((3000, 16)).astype(np.float32)
