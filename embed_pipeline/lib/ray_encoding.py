@@ -1,10 +1,17 @@
-"""Corpus encoding on a Ray cluster: the texts the embedding cache lacks, as a Ray Data pipeline.
+"""Corpus encoding on a Ray cluster: the passages the vector store lacks, as a Ray Data pipeline.
 
 With `compute.engine: ray`, `encode_pool` (lib/encoding.py) yields a `RayEncoder` in place of a
-local `EncodePool`; `encode_cached` asks it which precision label its actors compute in (the
-cache key) and hands it only the texts the cache lacks. The vectors come back to this process,
-which writes the cache, the shard files and the index exactly as the local path does, so a
-cluster encode and a local encode land in the same files.
+local `EncodePool`, asked first which precision label its actors compute in (the store key).
+
+A corpus (`shards.fill_store`) goes through `fill_store_from_dataset`: the nodes read the
+dataset's shard files themselves (`ray.data.read_parquet`, on the shared `artifacts_dir`),
+keep the rows whose content hash the store lacks (the list of hashes travels once, through the
+object store), and the encode actors write each result batch as a segment of the same vector
+store (`vector_store.write_segment`): no text and no vector passes through this process, which
+only counts rows. Segments are atomic, so a block Ray reruns after losing a node writes a second,
+identical segment, never a torn one; afterwards this process merges the small segments.
+Other texts (a list given in memory: queries, the synthetic round trip's pool) go through
+`encode`, whose vectors come back here, as before.
 
 The pipeline: the texts are sorted by length (longest first) over the whole list and cut into
 blocks of a few batches, so every batch an actor runs pads to similar lengths;
@@ -34,9 +41,13 @@ import numpy as np
 from embed_pipeline.lib.config import ComputeConfig
 from embed_pipeline.lib.encoding import _encode_here, device_batch_size, encode_precision
 from embed_pipeline.lib.ray_runtime import RayCluster, alive_actors, connect_and_check, require_ray
+from embed_pipeline.lib.vector_store import encode_keys, write_segment
 
 log = logging.getLogger(__name__)
 
+# Rows an actor encodes and writes as one store segment (a few thousand files per 100M passages
+# before the merge; the merge afterwards makes them segment-sized).
+ROWS_PER_SEGMENT = 16_384
 # How often (seconds) a long encode reports rows done, throughput and actors alive.
 PROGRESS_EVERY_SECONDS = 30.0
 # How long the pool may take to start its first `encode_actors` actors (imports, model load, and on
@@ -197,6 +208,65 @@ class RayEncoder:
                              + (f", {repeated} rows recomputed after a lost node" if repeated else ""))
         return out
 
+    def fill_store_from_dataset(self, shard_files: list[Path], missing: list[str], store, batch_size: int, prompt: str,
+                                label: str, line=None) -> int:
+        """Encode the passages of `shard_files` whose content hash is in `missing` into `store` on the
+        cluster (see the module doc); returns the rows written. Raises when any hash is still
+        missing afterwards, so shard files are only ever written from a complete store."""
+        ray = require_ray()
+        if not missing:
+            return 0
+        started = time.monotonic()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_SECONDS
+        wanted = np.unique(encode_keys(missing))
+        wanted_box = [ray.put(wanted)]
+        if self.compute.encode_actors_max:
+            strategy = ray.data.ActorPoolStrategy(min_size=self.compute.encode_actors, max_size=self.compute.encode_actors_max)
+        else:
+            strategy = ray.data.ActorPoolStrategy(size=self.compute.encode_actors)
+        rows = (ray.data.read_parquet([str(p) for p in shard_files], columns=["content_hash", "title", "text"])
+                .map_batches(_keep_missing, fn_kwargs={"wanted_box": wanted_box}, batch_format="pandas")
+                .map_batches(StoreWriterActor,
+                             fn_constructor_kwargs={"model_box": [self._model_ref], "batch_size": batch_size, "prompt": prompt,
+                                                    "precision": self._precisions[label], "label": label,
+                                                    "threads": max(1, int(self.compute.encode_cpus_per_actor)),
+                                                    "segments_dir": str(store.segments_dir)},
+                             batch_size=ROWS_PER_SEGMENT, batch_format="pandas", compute=strategy, **self._resources()))
+        nodes: dict[str, int] = {}
+        starts: dict[str, float] = {}
+        encoding: dict[str, float] = {}
+        actor_rows: dict[str, int] = {}
+        written, last_report = 0, started
+        for batch in rows.iter_batches(batch_size=None, batch_format="numpy"):
+            count = len(batch["node"])
+            written += count
+            if line is not None:
+                line.advance(count)
+            for node, n in zip(*np.unique(batch["node"], return_counts=True), strict=True):
+                nodes[str(node)] = nodes.get(str(node), 0) + int(n)
+            for actor, start_s, encode_s in zip(batch["actor"], batch["start_s"], batch["encode_s"], strict=True):
+                starts[str(actor)] = float(start_s)
+                encoding[str(actor)] = encoding.get(str(actor), 0.0) + float(encode_s)
+                actor_rows[str(actor)] = actor_rows.get(str(actor), 0) + 1
+            if self.on_progress and time.monotonic() - last_report >= PROGRESS_EVERY_SECONDS:
+                last_report = time.monotonic()
+                self.on_progress(self._progress_line(min(written, len(wanted)), len(wanted), started))
+        store.refresh()
+        still = store.missing(missing)
+        if still:
+            raise RuntimeError(f"the Ray encode left {len(still)} of {len(wanted)} passages unencoded; no shard file was written")
+        store.compact()
+        repeated = max(0, written - len(wanted))
+        run = RayEncodeRun(len(wanted), label, nodes, repeated, time.monotonic() - started, starts, encoding, actor_rows)
+        self.runs.append(run)
+        if self.on_progress:
+            self.on_progress(f"ray encode: {len(wanted)} passages read and encoded on {len(nodes)} node(s) in "
+                             f"{run.seconds:.1f} s, written to the store by the actors"
+                             + (f", {repeated} rows recomputed after a lost node" if repeated else ""))
+        return written
+
     def _dataset(self, ray, texts: list[str], batch_size: int, prompt: str, label: str):
         import pandas as pd
 
@@ -296,3 +366,31 @@ class EncodeActor:
         rows = len(vectors)
         return {"row": batch["row"], "vector": vectors, "node": np.full(rows, self.node), "actor": np.full(rows, self.actor),
                 "start_s": np.full(rows, self.start_s), "encode_s": np.full(rows, (time.perf_counter() - started) / rows)}
+
+
+def _keep_missing(batch, wanted_box: list):
+    """Rows of a dataset batch whose content hash the store lacks (`wanted_box[0]`: sorted S16 keys)."""
+    import ray
+
+    wanted = ray.get(wanted_box[0]) if not isinstance(wanted_box[0], np.ndarray) else wanted_box[0]
+    keys = encode_keys(list(batch["content_hash"]))
+    pos = np.minimum(np.searchsorted(wanted, keys), len(wanted) - 1)
+    return batch[wanted[pos] == keys]
+
+
+class StoreWriterActor(EncodeActor):
+    """An `EncodeActor` that writes its results into the vector store (one segment per batch) and
+    returns only the bookkeeping: node, actor, start-up and encoding seconds per row."""
+
+    def __init__(self, segments_dir: str, **kwargs):
+        super().__init__(**kwargs)
+        self.segments_dir = Path(segments_dir)
+
+    def __call__(self, batch):
+        started = time.perf_counter()
+        texts = [f"{t}\n{x}" if t else str(x) for t, x in zip(batch["title"], batch["text"], strict=True)]
+        vectors = _encode_here(self.model, texts, self.batch_size, self.prompt, self.label, progress=False)
+        write_segment(self.segments_dir, encode_keys(list(batch["content_hash"])), vectors)
+        rows = len(vectors)
+        return {"node": np.full(rows, self.node), "actor": np.full(rows, self.actor), "start_s": np.full(rows, self.start_s),
+                "encode_s": np.full(rows, (time.perf_counter() - started) / rows)}

@@ -225,6 +225,11 @@ def fill_store(model, dataset, keys: list[str], hashes: dict[str, np.ndarray], s
         total = sum(len(h) for h in hashes.values())
         on_progress(f"embedding {len(keys)} shard(s) of {total} passages: {len(distinct)} to encode, the rest cached")
     line = ProgressLine(on_progress, "encoding", len(distinct)) if on_progress is not None and distinct else None
+    if hasattr(pool, "fill_store_from_dataset"):  # a Ray cluster: the nodes read the shards and write the store
+        if distinct:
+            pool.fill_store_from_dataset([dataset.shard_path(k) for k in keys if todo[k]], sorted(distinct), store,
+                                         batch_size, prompt, _pool_precision(pool, precision, model), line)
+        return todo
     pending: dict[str, str] = {}
     flushed: set[str] = set()
 

@@ -87,7 +87,7 @@ def _open_segment(path: Path) -> _Segment:
     return _Segment(path, keys, flat.reshape(n, dim) if n else np.zeros((0, dim), np.float32))
 
 
-def _write_segment(folder: Path, keys: np.ndarray, vectors: np.ndarray) -> Path:
+def write_segment(folder: Path, keys: np.ndarray, vectors: np.ndarray) -> Path:
     """Write one segment (rows sorted by key) under a temporary name and rename it into place."""
     import pyarrow as pa
 
@@ -202,32 +202,39 @@ class VectorStore:
         _, first = np.unique(encoded, return_index=True)
         encoded, vectors = encoded[first], vectors[first]
         for start in range(0, len(encoded), SEGMENT_ROWS):
-            path = _write_segment(self.segments_dir, encoded[start:start + SEGMENT_ROWS], vectors[start:start + SEGMENT_ROWS])
+            path = write_segment(self.segments_dir, encoded[start:start + SEGMENT_ROWS], vectors[start:start + SEGMENT_ROWS])
             self._segments[path] = _open_segment(path)
         if len(self._segments) > MAX_SEGMENTS:
             self.compact()
 
     def compact(self) -> None:
-        """Merge the segments smaller than a quarter of `SEGMENT_ROWS` into as few as possible.
+        """Merge the segments smaller than a quarter of `SEGMENT_ROWS` into segment-sized files.
 
-        The merged segment is renamed in before the small ones are unlinked, so a reader listing
-        at any moment finds every key (perhaps twice, which is harmless). A segment another
-        process merged away first is skipped.
+        Small segments are merged a group (up to `SEGMENT_ROWS` rows) at a time, so memory is one
+        segment's worth. Each merged file is renamed in before its small ones are unlinked, so a
+        reader listing at any moment finds every key (perhaps twice, which is harmless). A segment
+        another process merged away first is skipped.
         """
         self.refresh()
-        small = [s for s in self._segments.values() if len(s.keys) < SEGMENT_ROWS // 4]
-        if len(small) < 2:
-            return
-        keys = np.concatenate([s.keys for s in small])
-        vectors = np.concatenate([s.vectors for s in small])
-        _, first = np.unique(keys, return_index=True)
-        for start in range(0, len(first), SEGMENT_ROWS):
-            part = first[start:start + SEGMENT_ROWS]
-            path = _write_segment(self.segments_dir, keys[part], vectors[part])
-            self._segments[path] = _open_segment(path)
+        small = sorted((s for s in self._segments.values() if len(s.keys) < SEGMENT_ROWS // 4), key=lambda s: s.path.name)
+        groups, group, rows = [], [], 0
         for segment in small:
-            segment.path.unlink(missing_ok=True)
-            self._segments.pop(segment.path, None)
+            if group and rows + len(segment.keys) > SEGMENT_ROWS:
+                groups.append(group)
+                group, rows = [], 0
+            group.append(segment)
+            rows += len(segment.keys)
+        if group:
+            groups.append(group)
+        for group in (g for g in groups if len(g) > 1):
+            keys = np.concatenate([s.keys for s in group])
+            vectors = np.concatenate([s.vectors for s in group])
+            _, first = np.unique(keys, return_index=True)
+            path = write_segment(self.segments_dir, keys[first], vectors[first])
+            self._segments[path] = _open_segment(path)
+            for segment in group:
+                segment.path.unlink(missing_ok=True)
+                self._segments.pop(segment.path, None)
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.segments_dir.glob(f"seg-*{SEGMENT_SUFFIX}"))
@@ -248,7 +255,7 @@ class VectorStore:
             except FileNotFoundError:
                 continue
             if len(keys):
-                _write_segment(self.segments_dir, encode_keys(keys), vectors)
+                write_segment(self.segments_dir, encode_keys(keys), vectors)
             shard.unlink(missing_ok=True)
         legacy = [d for d in self.dir.iterdir() if d.is_dir() and len(d.name) == 2 and d.name != SEGMENTS[:2]
                   and all(c in "0123456789abcdef" for c in d.name)]
