@@ -130,8 +130,8 @@ class Session:
         self.tracker()  # opened now: an MLflow store that cannot be reached fails the command before any work
         for dead in self._recover_dead(self.instance):
             say(f"recovered dead run {dead.run_id} ({dead.job_name}, process {dead.pid} is gone): marked failed, "
-                f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; "
-                "training resumes from its last checkpoint")
+                f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; the next run reuses "
+                "its registered model if it got that far, else resumes training from its last checkpoint")
 
     def _recover_dead(self, instance) -> list:
         from embed_pipeline.defs.recovery import recover_dead_runs
@@ -139,11 +139,13 @@ class Session:
 
         return recover_dead_runs(instance, lambda run_id: close_orphaned_runs(self.tracker(), run_id))
 
-    def reconcile(self) -> None:
+    def reconcile(self, repair: str | None = None) -> None:
+        """Served pointer and registry alias brought in line with the history (lib.promotion.reconcile);
+        `PromotionError` when damaged records disagree and `repair` does not say whom to trust."""
         from embed_pipeline.defs.resources import MlflowResource
         from embed_pipeline.defs.promotion_sensor import reconcile_served
 
-        for line in reconcile_served(self.config, MlflowResource()):
+        for line in reconcile_served(self.config, MlflowResource(), repair):
             say(f"reconciled: {line}")
 
     def execute(self, job, verbose: bool = False, pool_check_seconds: float = 3.0, **kwargs):

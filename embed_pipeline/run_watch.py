@@ -35,12 +35,18 @@ SIGNAL_NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM", sig
 _INTERRUPT_ERRORS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
 
 
+_AFTER_TRAINING = ("corpus_index", "eval_report")  # steps that run once embedding_model has registered its version
+
+
 class RunInterrupted(Exception):
     """A run ended by a signal: canceled, its pool slots freed. `exit_code` is 128 + the signal number."""
 
     def __init__(self, signum: int, run_id: str, job_name: str, doing: str):
         self.signum, self.run_id, self.exit_code = signum, run_id, 128 + signum
-        resume = " (training resumes from its last checkpoint)" if job_name == "training_job" else ""
+        resume = ""
+        if job_name == "training_job":  # after training registered its model, the next run reuses that model
+            resume = (" (its registered model is reused, not trained again)" if any(step in doing for step in _AFTER_TRAINING)
+                      else " (training resumes from its last checkpoint)")
         name = SIGNAL_NAMES.get(signum, signal.Signals(signum).name)
         super().__init__(f"interrupted by {name}{' ' + doing if doing else ''}: "
                          f"run {run_id} ({job_name}) canceled, its pool slots freed; the same command again goes on{resume}")
