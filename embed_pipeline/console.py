@@ -295,6 +295,36 @@ def check_environment(config: PipelineConfig) -> None:
     llm = config.synthetic.llm
     if config.synthetic.generator == "llm" and llm.api_key_env and llm.api_key_env not in os.environ:
         raise ConfigError(f"synthetic.llm.api_key_env names {llm.api_key_env!r}, which is not set in the environment")
+    check_hub_model(config.base_model)
+
+
+def check_hub_model(name: str, timeout: float = 10.0) -> None:
+    """A `base_model` that is a hub id exists: in the local cache when HF_HUB_OFFLINE is set (a
+    fast local check), else on the hub (one bounded request). Found at start, naming the model,
+    instead of inside `synthetic_pairs` after the sources are read. A hub that cannot be reached
+    is not judged here: loading the model says why."""
+    if name.startswith("pkg:") or Path(name).expanduser().exists():
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(name, f) for f in ("modules.json", "config.json")]
+        if not any(isinstance(found, str) for found in cached):
+            raise ConfigError(f"base_model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                              "download it once online, or name a local folder")
+        return
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        model_info(name, timeout=timeout)
+    except GatedRepoError:
+        return  # it exists; access is the token's business
+    except RepositoryNotFoundError:
+        raise ConfigError(f"base_model {name!r}: no such model on the Hugging Face hub (check the id, or log in "
+                          "for a private one)") from None
+    except Exception:  # noqa: BLE001 - offline, a proxy, a timeout: loading it later says why
+        return
 
 
 def _innermost(exc: BaseException) -> str:
