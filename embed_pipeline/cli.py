@@ -89,7 +89,8 @@ def _say_quarantines(result) -> None:
     """Rows set aside by the run (never silently dropped), with where to read them."""
     import pandas as pd
 
-    corpus, curated, pairs = (output(result, n) for n in ("corpus", "curated_pairs", "training_pairs"))
+    corpus, curated, pairs, logs, report = (output(result, n) for n in ("corpus", "curated_pairs", "training_pairs",
+                                                                         "search_log_pairs", "eval_report"))
     def first(path: str) -> str:
         row = pd.read_parquet(path).iloc[0]
         return f"first: {row['file'] + ' ' if 'file' in row else ''}line {row['line']}: {row['reason']}"
@@ -101,6 +102,15 @@ def _say_quarantines(result) -> None:
     if curated is not None and curated.quarantined:
         say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s) ({first(curated.files['quarantine'])}): "
             f"{curated.files['quarantine']}")
+    if logs is not None and logs.quarantined:
+        say(f"quarantined {logs.quarantined} of {logs.rows_in} search-log impression(s) ({first(logs.files['quarantine'])}): "
+            f"{logs.files['quarantine']}")
+    if report is not None:
+        from embed_pipeline.lib.io import read_json
+
+        block = read_json(report.path).get("quarantine", {}).get("eval", {})
+        if block.get("rows"):
+            say(f"quarantined {block['rows']} eval row(s) ({first(block['path'])}): {block['path']}")
     if pairs is not None and pairs.quarantined:
         say(f"dropped {pairs.quarantined} training pair(s) leaking an eval query (decontamination): {pairs.files['leaks']}")
 

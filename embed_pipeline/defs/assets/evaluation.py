@@ -11,6 +11,7 @@ from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle, PairsHandle, ReportHandle
 from embed_pipeline.lib.evaluation import Contenders, evaluate, record_evaluation, report_markdown, write_report
 from embed_pipeline.lib.indexing import load_index
+from embed_pipeline.lib.io import write_parquet
 from embed_pipeline.lib.leakage import leakage_block
 from embed_pipeline.lib.lexical import LexicalIndex
 from embed_pipeline.lib.plots import png_markdown
@@ -116,6 +117,10 @@ def eval_report(
     report = evaluation.report
     report["leakage"] = {"mode": config.leakage.on_leak, **leakage_block(training_pairs.files.get("leaks"), training_pairs.quarantined)}
     folder = output_dir(context, config)
+    # Rows of the inputs set aside (each with its reason in a file), counted in the report beside the metrics.
+    eval_quarantine = write_parquet(loaded.quarantine, folder / "eval_quarantine.parquet")
+    report["quarantine"] = {"eval": {"rows": len(loaded.quarantine), "path": str(eval_quarantine)},
+                            "curated_pairs": {"rows": curated_pairs.quarantined, "path": curated_pairs.files.get("quarantine")}}
     path, plots = write_report(report, evaluation.per_query, folder, config.gate.min_segment_queries)
     if evaluation.weight.table is not None:
         evaluation.weight.table.to_csv(folder / "dense_weight_dev.csv", index=False)
