@@ -259,16 +259,16 @@ def test_messy_inputs_are_parsed_by_the_rules_and_every_row_set_aside_is_counted
     assert said and "quarantined 5 eval row(s)" in said[0], lines[-30:]
     artifacts = Path(yaml.safe_load(config.read_text())["artifacts_dir"])
     artifacts = artifacts if artifacts.is_absolute() else config.parent / artifacts
-    (logs_q,) = artifacts.glob("runs/*/search_logs_quarantine.parquet")
+    (logs_q,) = artifacts.glob("assets/search_log_pairs/*/search_logs_quarantine.parquet")
     assert len(pd.read_parquet(logs_q)) == 3
-    (eval_q,) = artifacts.glob("runs/*/eval_quarantine.parquet")
+    (eval_q,) = artifacts.glob("assets/eval_report/*/eval_quarantine.parquet")
     reasons = sorted(pd.read_parquet(eval_q)["reason"])
     assert reasons == sorted(["duplicate query id 'e0' (first on line 1)", "unknown passage id", "unknown query id",
                               "non-numeric score 'x'", "malformed qrels line: needs query-id<TAB>corpus-id[<TAB>score]"])
     instance = dg.DagsterInstance.from_config(str(artifacts / "dagster_home"))
     meta = instance.get_latest_materialization_event(dg.AssetKey("search_log_pairs")).asset_materialization.metadata
     assert meta["quarantined"].value == 3 and meta["impressions_read"].value == 18
-    (report,) = artifacts.glob("runs/*/eval_report.json")
+    (report,) = artifacts.glob("assets/eval_report/*/eval_report.json")
     assert json.loads(report.read_text())["quarantine"]["eval"]["rows"] == 5
 
 
@@ -302,7 +302,7 @@ def test_damaged_promotion_records_never_silently_revert_what_serves(served, cap
         assert last(lines).startswith(f"refused: promotion records disagree and one is damaged: {history} says v1 "
                                       "(its last line is torn"), lines
         assert f"{folder / SERVED_FILE} says v2; registry alias 'champion' says v2" in last(lines)
-    assert (folder / SERVED_FILE).read_bytes() == intact_pointer and tracker.alias_version(v1["model_name"]).version == "2"
+    assert (folder / SERVED_FILE).read_bytes() == intact_pointer and str(tracker.alias_version(v1["model_name"]).version) == "2"
     # told whom to trust, it repairs: the pointer's v2 is recorded in the history again
     code, lines = run_cli(capsys, "search", "chain oil", "--repair", "pointer", "--config", str(config))
     assert code == cli.EXIT_OK and any("recorded v2 from served.json" in line for line in lines), lines
@@ -348,9 +348,9 @@ def test_a_run_that_died_after_registering_is_found_with_its_model(served):
 
     config, _ = served
     settings, tracker = _state(config)
-    (v1,) = [v for v in tracker.client.search_model_versions(f"name = '{settings.registered_model_name}'") if v.version == "1"]
+    (v1,) = [v for v in tracker.client.search_model_versions(f"name = '{settings.registered_model_name}'") if str(v.version) == "1"]
     key = v1.tags["checkpoint_key"]
     found = registered_by_dead_run(tracker, settings.registered_model_name, key, died=lambda run_id: True)
-    assert found is not None and found[0].version == "1" and found[2] == v1.tags["dagster_run_id"]
+    assert found is not None and str(found[0].version) == "1" and found[2] == v1.tags["dagster_run_id"]
     assert registered_by_dead_run(tracker, settings.registered_model_name, key, died=lambda run_id: False) is None
     assert registered_by_dead_run(tracker, settings.registered_model_name, "other-key", died=lambda run_id: True) is None
