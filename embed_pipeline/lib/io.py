@@ -128,7 +128,7 @@ def read_qrels(path: Path, rejected: list[tuple[int, str]] | None = None) -> pd.
             continue
         try:
             score = int(float(fields[2])) if len(fields) > 2 and fields[2] else 1
-        except ValueError:
+        except (ValueError, OverflowError):  # "x", "nan", "inf"
             bad.append((number, f"non-numeric score {fields[2]!r}"))
             continue
         if score > 0:
