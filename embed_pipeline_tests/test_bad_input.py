@@ -1,5 +1,5 @@
 """Bad input, misuse and damaged state, replayed with the real CLI: never a hang, never a silent
-loss, never a silent revert (issue 27).
+loss, never a silent revert.
 
 Every case asserts the exit code, the one line the user reads and, where rows are set aside, the
 counts. The input cases fail at the input check (before any work), so they share one set of
