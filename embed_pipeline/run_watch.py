@@ -70,12 +70,23 @@ def _event_error(event):
 
 
 class _CutInterruptTracebacks(logging.Filter):
-    """Keep only the first line of Dagster's log line for an interrupted step or run."""
+    """One line for Dagster's log line of a failed or interrupted step or run (the console without
+    `--verbose`): an interrupt keeps its first line; any other error its first line and the
+    innermost cause's first line, with a pointer to `--verbose` for the stack."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         meta = getattr(record, "dagster_meta", None) or {}
-        if _is_interrupt(_event_error(meta.get("dagster_event"))):
-            record.msg, record.args = record.getMessage().split("\n", 1)[0], ()
+        error = _event_error(meta.get("dagster_event"))
+        if error is None:
+            return True
+        first = record.getMessage().split("\n", 1)[0]
+        if _is_interrupt(error):
+            record.msg, record.args = first, ()
+            return True
+        while getattr(error, "cause", None) is not None:
+            error = error.cause
+        cause = " ".join((getattr(error, "message", "") or "").split())[:300]
+        record.msg, record.args = f"{first} {cause} (rerun with --verbose for the traceback)", ()
         return True
 
 
