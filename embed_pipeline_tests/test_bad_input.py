@@ -172,6 +172,12 @@ def test_an_artifacts_dir_under_a_regular_file_is_one_line(inputs, capsys):
     assert code == cli.EXIT_CONFIG and "a part of that path is a regular file" in last(lines), lines
 
 
+def test_init_under_a_regular_file_is_one_line(inputs, capsys):
+    blocker = _write(inputs / "init-blocker", "x")
+    code, lines = run_cli(capsys, "init", str(blocker / "project"))
+    assert code == cli.EXIT_CONFIG and last(lines).startswith("init: ") and "regular file" in last(lines), lines
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_artifacts_dir_and_init_there_are_one_line(inputs, capsys, tmp_path):
     locked = tmp_path / "locked"
