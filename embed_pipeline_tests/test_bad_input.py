@@ -275,7 +275,8 @@ def test_messy_inputs_are_parsed_by_the_rules_and_every_row_set_aside_is_counted
     meta = instance.get_latest_materialization_event(dg.AssetKey("search_log_pairs")).asset_materialization.metadata
     assert meta["quarantined"].value == 3 and meta["impressions_read"].value == 18
     (report,) = artifacts.glob("assets/eval_report/*/eval_report.json")
-    assert json.loads(report.read_text())["quarantine"]["eval"]["rows"] == 5
+    counted = json.loads(report.read_text())["quarantine"]
+    assert counted["eval"]["rows"] == 5 and counted["search_logs"] == {"rows": 3, "path": str(logs_q)}
 
 
 def _state(config: Path):

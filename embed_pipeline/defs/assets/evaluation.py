@@ -4,6 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from embed_pipeline.defs import metadata as md
 from embed_pipeline.defs.assets.common import embed, load_eval_set, output_dir, ray_encoding, ray_metadata, read_corpus
@@ -121,6 +122,9 @@ def eval_report(
     eval_quarantine = write_parquet(loaded.quarantine, folder / "eval_quarantine.parquet")
     report["quarantine"] = {"eval": {"rows": len(loaded.quarantine), "path": str(eval_quarantine)},
                             "curated_pairs": {"rows": curated_pairs.quarantined, "path": curated_pairs.files.get("quarantine")}}
+    if logs_quarantine := training_pairs.files.get("search_logs_quarantine"):
+        report["quarantine"]["search_logs"] = {"rows": int(pq.ParquetFile(logs_quarantine).metadata.num_rows),
+                                               "path": logs_quarantine}
     path, plots = write_report(report, evaluation.per_query, folder, config.gate.min_segment_queries)
     if evaluation.weight.table is not None:
         evaluation.weight.table.to_csv(folder / "dense_weight_dev.csv", index=False)
