@@ -10,7 +10,10 @@ Exit codes:
   0  success (for `run`: the candidate passed the promotion gate)
   1  a step failed, a blocking data check failed, or `run` produced no eval report; the root cause
      is the last line printed
-  2  config or input error (a bad key or value, a missing or malformed file), found before any work
+  1  also: promotion records that disagree where one is damaged (a torn served_history.jsonl line,
+     an unreadable served.json): nothing changes until `--repair history|pointer` says whom to trust
+  2  config, input or usage error (a bad key or value, a missing or malformed file, an unwritable or
+     full artifacts_dir, an unreachable store, `search --k 0`), found before any work
   3  `run` and `demo`: everything ran and the promotion gate refused the candidate (a normal
      outcome; the run itself is green in the UI, the gate's check is a warning)
   128+N  interrupted by signal N (130 Ctrl-C, 143 SIGTERM, 129 a closed terminal): the run is
@@ -25,10 +28,12 @@ import os
 import sys
 from pathlib import Path
 
-from embed_pipeline.console import Session, check_evaluations, output, quiet_libraries, root_cause, say
+from embed_pipeline.console import (Session, StorageError, check_evaluations, os_error_in, output, quiet_libraries,
+                                    root_cause, say, storage_problem)
 from embed_pipeline.run_watch import RunInterrupted
 from embed_pipeline.lib.config import ConfigError
 from embed_pipeline.lib.io import InputError
+from embed_pipeline.lib.promotion import PromotionError
 from embed_pipeline.lib.tracking import RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GATE_REFUSED = 0, 1, 2, 3
@@ -45,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = validate_inputs(session.config)
     say("inputs checked: " + "; ".join(summary))
     session.recover()
-    session.reconcile()
+    session.reconcile(args.repair)
     result = session.execute("training_job", verbose=args.verbose)
     for event in result.all_events:
         if event.event_type_value == "STEP_SUCCESS":
@@ -84,7 +89,8 @@ def _say_quarantines(result) -> None:
     """Rows set aside by the run (never silently dropped), with where to read them."""
     import pandas as pd
 
-    corpus, curated, pairs = (output(result, n) for n in ("corpus", "curated_pairs", "training_pairs"))
+    corpus, curated, pairs, logs, report = (output(result, n) for n in ("corpus", "curated_pairs", "training_pairs",
+                                                                         "search_log_pairs", "eval_report"))
     def first(path: str) -> str:
         row = pd.read_parquet(path).iloc[0]
         return f"first: {row['file'] + ' ' if 'file' in row else ''}line {row['line']}: {row['reason']}"
@@ -96,6 +102,15 @@ def _say_quarantines(result) -> None:
     if curated is not None and curated.quarantined:
         say(f"quarantined {curated.quarantined} of {curated.rows_in} curated row(s) ({first(curated.files['quarantine'])}): "
             f"{curated.files['quarantine']}")
+    if logs is not None and logs.quarantined:
+        say(f"quarantined {logs.quarantined} of {logs.rows_in} search-log impression(s) ({first(logs.files['quarantine'])}): "
+            f"{logs.files['quarantine']}")
+    if report is not None:
+        from embed_pipeline.lib.io import read_json
+
+        block = read_json(report.path).get("quarantine", {}).get("eval", {})
+        if block.get("rows"):
+            say(f"quarantined {block['rows']} eval row(s) ({first(block['path'])}): {block['path']}")
     if pairs is not None and pairs.quarantined:
         say(f"dropped {pairs.quarantined} training pair(s) leaking an eval query (decontamination): {pairs.files['leaks']}")
 
@@ -117,7 +132,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     session = Session(args.config)
     session.recover()
-    session.reconcile()
+    session.reconcile(args.repair)
     instance = session.instance
     event = instance.get_latest_materialization_event(dg.AssetKey("eval_report"))
     if event is None:
@@ -141,9 +156,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Serve the champion before the current one again, as a `served_model` materialisation."""
     import getpass
 
+    from embed_pipeline.lib.promotion import missing_parts, served_history, served_stack
+
     session = Session(args.config)
     session.recover()
-    session.reconcile()
+    session.reconcile(args.repair)
+    # Refusals known before the job starts are one line (the job would refuse too, with Dagster's traceback).
+    stack = served_stack(served_history(session.config.artifacts_dir))
+    if len(stack) < 2:
+        say("nothing to roll back to: " + ("no model has been promoted yet" if not stack
+                                           else f"v{stack[-1]['model_version']} is the first promoted model"))
+        return EXIT_CONFIG
+    if missing := missing_parts(stack[-2]):
+        say(f"refused: cannot roll back to v{stack[-2]['model_version']}: its {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} gone; nothing changed (v{stack[-1]['model_version']} still serves)")
+        return EXIT_FAILED
     config = {"action": "rollback", "requested_by": f"{getpass.getuser()} via embed-pipeline rollback",
               "reason": args.reason or "manual rollback"}
     result = session.execute("promotion_job", run_config={"ops": {"served_model": {"config": config}}})
@@ -161,10 +188,29 @@ def _served_outcome(result) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """Query the served model and index by hand; one JSON line per hit on stdout (each with `score` and `mode`)."""
+    """Query the served model and index by hand; one JSON line per hit on stdout (each with `score` and `mode`).
+
+    It reads the state `promote` reads: the served pointer reconciled with the promotion history
+    and the registry alias first, then the pointer's model folder and indexes must exist."""
+    from embed_pipeline.lib.promotion import missing_parts, read_served
     from embed_pipeline.lib.retrieval import search_served
 
+    if args.k < 1:
+        say(f"usage error: --k must be at least 1 (got {args.k})")
+        return EXIT_CONFIG
+    if not args.query.strip():
+        say("usage error: the query is empty; give the text to search for")
+        return EXIT_CONFIG
     session = Session(args.config)
+    session.reconcile(args.repair)
+    pointer = read_served(session.config.artifacts_dir)
+    if pointer is None:
+        say("no model is served yet: run `embed-pipeline run` and promote a candidate first")
+        return EXIT_FAILED
+    if missing := missing_parts(pointer):
+        say(f"v{pointer['model_version']} serves, but its {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing: restore it, or `embed-pipeline rollback`")
+        return EXIT_CONFIG
     try:
         hits = search_served(session.config, args.query, args.k, args.mode)
     except (LookupError, ValueError) as exc:
@@ -202,6 +248,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError) as exc:
         say(f"init: {exc}")
         return EXIT_CONFIG
+    except OSError as exc:  # a read-only file system, no permission, a disk that is full
+        from embed_pipeline.console import storage_problem
+
+        say(f"init: {storage_problem(exc, f'cannot write {args.dir}')}")
+        return EXIT_CONFIG
     say(f"wrote {', '.join(p.name for p in written)} in {written[0].parent}; next: its README.md")
     return EXIT_OK
 
@@ -237,12 +288,19 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--eval", type=Path, help="held-out set: a table or a BEIR folder")
             p.add_argument("--search-logs", type=Path, help="click logs (Parquet)")
             p.add_argument("--base-model", default="BAAI/bge-small-en-v1.5", help="hub id, local folder or pkg:<module>")
+            p.add_argument("--verbose", action="store_true", help="a failure prints its Python traceback")
             p.set_defaults(func=func)
             continue
         p.add_argument("--config", help="pipeline YAML (default: the bundled demo, run in ./artifacts)")
+        p.add_argument("--verbose", action="store_true", help="also Dagster's DEBUG events (inputs, outputs, step handoffs); "
+                                                              "a failure prints its Python traceback")
         if name in ("run", "demo"):
             p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
-            p.add_argument("--verbose", action="store_true", help="also Dagster's DEBUG events (inputs, outputs, step handoffs)")
+        if name in ("run", "promote", "rollback", "search"):
+            p.add_argument("--repair", choices=["history", "pointer"], default=None,
+                           help="when the promotion records disagree and one is damaged (a torn served_history.jsonl "
+                                "line, an unreadable served.json): trust the readable history, or the served pointer "
+                                "(recorded in the history). Without it such a command refuses and changes nothing")
         if name == "rollback":
             p.add_argument("--reason", default="", help="why (kept in the promotion history and the UI)")
         if name == "search":
@@ -254,17 +312,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "verbose", False):
         quiet_libraries()
+    verbose = getattr(args, "verbose", False)
     try:
         return args.func(args)
     except (ConfigError, InputError) as exc:
         say(f"{'config' if isinstance(exc, ConfigError) else 'input'} error: {' '.join(str(exc).split())}")
         return EXIT_CONFIG
+    except StorageError as exc:
+        say(f"storage error: {exc}")
+        return EXIT_CONFIG
+    except PromotionError as exc:  # damaged promotion records that disagree: nothing changed
+        say(f"refused: {' '.join(str(exc).split())}")
+        return EXIT_FAILED
     except RegistryError as exc:  # the registry failed mid-command (an unreachable store at start is a config error, exit 2)
         say(f"MLflow error: {' '.join(str(exc).split())}")
         return EXIT_FAILED
     except RunInterrupted as exc:  # SIGINT, SIGTERM or SIGHUP during a run: it was canceled cleanly
         say(str(exc))
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback only with --verbose
+        if verbose:
+            raise
+        if (os_error := os_error_in(exc)) is not None:
+            where = getattr(os_error, "filename", None) or "a file the pipeline writes"
+            say(f"storage error: {storage_problem(os_error, str(where))}")
+            return EXIT_CONFIG
+        say(f"FAILED: {type(exc).__name__}: {' '.join(str(exc).split())[:500]} (rerun with --verbose for the traceback)")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

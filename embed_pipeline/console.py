@@ -62,13 +62,17 @@ class Session:
         self.config_path = str(Path(config_path or default_config()).expanduser().resolve())
         self.config = load_config(self.config_path)
         self._tracker = None
-        os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
-        # What libraries would write into HOME goes under artifacts_dir (a user's own setting wins):
-        # matplotlib's font cache; MLflow's telemetry file, off as dagster.yaml turns Dagster's off.
-        os.environ.setdefault("MPLCONFIGDIR", str(self.config.artifacts_dir / "cache" / "matplotlib"))
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
-        self.check_stores()
+        check_writable(self.config.artifacts_dir)
+        # Two commands started together on a new artifacts folder: the second waits here while the
+        # first seeds DAGSTER_HOME and creates the stores' tables (else: "table runs already exists").
+        with setup_lock(self.config.artifacts_dir):
+            os.environ["DAGSTER_HOME"] = str(dagster_home(self.config))  # Dagster's own instance lookup
+            # What libraries would write into HOME goes under artifacts_dir (a user's own setting wins):
+            # matplotlib's font cache; MLflow's telemetry file, off as dagster.yaml turns Dagster's off.
+            os.environ.setdefault("MPLCONFIGDIR", str(self.config.artifacts_dir / "cache" / "matplotlib"))
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            say(f"config {self.config_path}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; MLflow {self.config.tracking_uri}")
+            self.check_stores()
 
     def check_stores(self) -> None:
         """Open the Dagster instance's storage and the MLflow store now: a database that cannot be
@@ -81,6 +85,8 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - psycopg, SQLAlchemy, Dagster's config and retry errors
             raise ConfigError(f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
         uri = self.config.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            check_tracking_server(uri)
         if uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
             # One connection attempt: MLflow itself retries a database for about 100 s before it says why.
             import sqlalchemy
@@ -124,8 +130,8 @@ class Session:
         self.tracker()  # opened now: an MLflow store that cannot be reached fails the command before any work
         for dead in self._recover_dead(self.instance):
             say(f"recovered dead run {dead.run_id} ({dead.job_name}, process {dead.pid} is gone): marked failed, "
-                f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; "
-                "training resumes from its last checkpoint")
+                f"pool slots freed, {len(dead.mlflow_runs_killed)} MLflow run(s) ended as KILLED; the next run reuses "
+                "its registered model if it got that far, else resumes training from its last checkpoint")
 
     def _recover_dead(self, instance) -> list:
         from embed_pipeline.defs.recovery import recover_dead_runs
@@ -133,11 +139,13 @@ class Session:
 
         return recover_dead_runs(instance, lambda run_id: close_orphaned_runs(self.tracker(), run_id))
 
-    def reconcile(self) -> None:
+    def reconcile(self, repair: str | None = None) -> None:
+        """Served pointer and registry alias brought in line with the history (lib.promotion.reconcile);
+        `PromotionError` when damaged records disagree and `repair` does not say whom to trust."""
         from embed_pipeline.defs.resources import MlflowResource
         from embed_pipeline.defs.promotion_sensor import reconcile_served
 
-        for line in reconcile_served(self.config, MlflowResource()):
+        for line in reconcile_served(self.config, MlflowResource(), repair):
             say(f"reconciled: {line}")
 
     def execute(self, job, verbose: bool = False, pool_check_seconds: float = 3.0, **kwargs):
@@ -192,12 +200,131 @@ def _pool_errors_hidden(hidden: bool):
         pool_logger.setLevel(previous)
 
 
+TRACKING_PROBE_SECONDS = 5.0
+
+
+def check_tracking_server(uri: str, timeout: float = TRACKING_PROBE_SECONDS) -> None:
+    """One request to an MLflow tracking server, bounded by `timeout` seconds (connect and answer).
+
+    MLflow's own client retries a server that does not answer for minutes before it says why; a
+    server that is down, a wrong port or host is found here in seconds, as a config error naming
+    the URI. Any HTTP answer (even 404 or 401: credentials are the client's business) means a
+    server listens; no answer, a refused connection or a name that does not resolve does not.
+    """
+    import urllib.error
+    import urllib.request
+
+    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name=embed-pipeline"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"cannot reach the MLflow tracking server at {uri} within {timeout:.0f} s: "
+                          f"{' '.join(str(reason).split()) or type(exc).__name__} (is `mlflow server` running there?)") from None
+
+
+def check_writable(artifacts_dir: Path) -> None:
+    """`artifacts_dir` exists (created if missing) and a file can be written in it; else a
+    `StorageError` in one line (read-only, under a regular file, no permission, disk full)."""
+    artifacts_dir = Path(artifacts_dir)
+    probe = artifacts_dir / f".write-probe-{os.getpid()}"
+    try:
+        artifacts_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(b"probe")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise StorageError(storage_problem(exc, f"artifacts_dir {artifacts_dir}")) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+class StorageError(OSError):
+    """A folder the pipeline writes to cannot be written (read-only, not a folder, full): exit 2."""
+
+
+def storage_problem(exc: BaseException, where: str) -> str:
+    """One line for an OS error while writing `where`: the cause in words a user acts on."""
+    import errno
+
+    code = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if code == errno.ENOSPC or "no space left" in text or "disk is full" in text or "database or disk is full" in text:
+        return f"{where}: no space left on device"
+    if code == errno.EROFS or "read-only file system" in text:
+        return f"{where}: read-only file system"
+    if code in (errno.ENOTDIR, errno.EEXIST) or isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return f"{where}: a part of that path is a regular file, not a folder ({getattr(exc, 'filename', '') or exc})"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"{where}: permission denied ({getattr(exc, 'filename', '') or exc})"
+    return f"{where}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The first OSError (or SQLite "disk is full") in `exc`'s chain of causes, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) or "disk is full" in str(exc).lower():
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def setup_lock(artifacts_dir: Path):
+    """An exclusive lock on `<artifacts_dir>/.setup.lock` while a command sets up its stores."""
+    import fcntl
+
+    with open(Path(artifacts_dir) / ".setup.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def check_environment(config: PipelineConfig) -> None:
     """The environment variables the config names are set (read here, at the CLI's edge): an LLM key
     that is missing would otherwise fail the synthetic step after the sources are read."""
     llm = config.synthetic.llm
     if config.synthetic.generator == "llm" and llm.api_key_env and llm.api_key_env not in os.environ:
         raise ConfigError(f"synthetic.llm.api_key_env names {llm.api_key_env!r}, which is not set in the environment")
+    check_hub_model(config.base_model)
+
+
+def check_hub_model(name: str, timeout: float = 10.0) -> None:
+    """A `base_model` that is a hub id exists: in the local cache when HF_HUB_OFFLINE is set (a
+    fast local check), else on the hub (one bounded request). Found at start, naming the model,
+    instead of inside `synthetic_pairs` after the sources are read. A hub that cannot be reached
+    is not judged here: loading the model says why."""
+    if name.startswith("pkg:") or Path(name).expanduser().exists():
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(name, f) for f in ("modules.json", "config.json")]
+        if not any(isinstance(found, str) for found in cached):
+            raise ConfigError(f"base_model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                              "download it once online, or name a local folder")
+        return
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        model_info(name, timeout=timeout)
+    except GatedRepoError:
+        return  # it exists; access is the token's business
+    except RepositoryNotFoundError:
+        raise ConfigError(f"base_model {name!r}: no such model on the Hugging Face hub (check the id, or log in "
+                          "for a private one)") from None
+    except Exception:  # noqa: BLE001 - offline, a proxy, a timeout: loading it later says why
+        return
 
 
 def _innermost(exc: BaseException) -> str:

@@ -35,12 +35,18 @@ SIGNAL_NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM", sig
 _INTERRUPT_ERRORS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
 
 
+_AFTER_TRAINING = ("corpus_index", "eval_report")  # steps that run once embedding_model has registered its version
+
+
 class RunInterrupted(Exception):
     """A run ended by a signal: canceled, its pool slots freed. `exit_code` is 128 + the signal number."""
 
     def __init__(self, signum: int, run_id: str, job_name: str, doing: str):
         self.signum, self.run_id, self.exit_code = signum, run_id, 128 + signum
-        resume = " (training resumes from its last checkpoint)" if job_name == "training_job" else ""
+        resume = ""
+        if job_name == "training_job":  # after training registered its model, the next run reuses that model
+            resume = (" (its registered model is reused, not trained again)" if any(step in doing for step in _AFTER_TRAINING)
+                      else " (training resumes from its last checkpoint)")
         name = SIGNAL_NAMES.get(signum, signal.Signals(signum).name)
         super().__init__(f"interrupted by {name}{' ' + doing if doing else ''}: "
                          f"run {run_id} ({job_name}) canceled, its pool slots freed; the same command again goes on{resume}")
@@ -64,12 +70,23 @@ def _event_error(event):
 
 
 class _CutInterruptTracebacks(logging.Filter):
-    """Keep only the first line of Dagster's log line for an interrupted step or run."""
+    """One line for Dagster's log line of a failed or interrupted step or run (the console without
+    `--verbose`): an interrupt keeps its first line; any other error its first line and the
+    innermost cause's first line, with a pointer to `--verbose` for the stack."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         meta = getattr(record, "dagster_meta", None) or {}
-        if _is_interrupt(_event_error(meta.get("dagster_event"))):
-            record.msg, record.args = record.getMessage().split("\n", 1)[0], ()
+        error = _event_error(meta.get("dagster_event"))
+        if error is None:
+            return True
+        first = record.getMessage().split("\n", 1)[0]
+        if _is_interrupt(error):
+            record.msg, record.args = first, ()
+            return True
+        while getattr(error, "cause", None) is not None:
+            error = error.cause
+        cause = " ".join((getattr(error, "message", "") or "").split())[:300]
+        record.msg, record.args = f"{first} {cause} (rerun with --verbose for the traceback)", ()
         return True
 
 

@@ -116,3 +116,37 @@ def test_ctrl_c_during_training_prints_one_line_and_verbose_keeps_the_tracebacks
         assert text.strip().splitlines()[-1].startswith(f"[embed-pipeline] interrupted by SIGINT (Ctrl-C) during step embedding_model: run {run.run_id}")
     else:
         assert_one_line_cause(text, "SIGINT (Ctrl-C)", run.run_id)
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_registering_its_model_is_not_trained_again(tmp_path, tiny_model_path, monkeypatch, capsys):
+    """kill -9 once the model is registered (indexing or evaluating): the next run reuses that version and says so."""
+    config = write_project(tmp_path / "project", tiny_model_path)
+    home = dagster_home(tmp_path)
+    first = start_run(config, home, tmp_path / "first.log")
+    settings = load_config(config)
+    deadline = time.monotonic() + 300
+    registered = []
+    while not registered:
+        assert time.monotonic() < deadline and first.poll() is None, "the run ended before its model was registered"
+        time.sleep(0.2)
+        if (settings.artifacts_dir / "mlflow.db").exists():
+            try:
+                registered = MlflowClient(settings.tracking_uri).search_model_versions(f"name = '{settings.registered_model_name}'")
+            except Exception:  # noqa: BLE001 - the store is being created by the run
+                registered = []
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+
+    from embed_pipeline.cli import EXIT_OK, main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert main(["run", "--config", str(config)]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "reusing model v1" in err and "not trained again" in err, err[-3000:]
+    versions = MlflowClient(settings.tracking_uri).search_model_versions(f"name = '{settings.registered_model_name}'")
+    assert [str(v.version) for v in versions] == ["1"]  # no orphan: the same version serves the new run
+    instance = dg.DagsterInstance.get()
+    (dead,) = [r for r in instance.get_runs(dg.RunsFilter(job_name="training_job")) if r.status == dg.DagsterRunStatus.FAILURE]
+    meta = instance.get_latest_materialization_event(dg.AssetKey("embedding_model")).asset_materialization.metadata
+    assert meta["reused_from_run"].value == dead.run_id and meta["registered_model"].value.endswith("v1")

@@ -23,7 +23,7 @@ def record(message: str, err) -> logging.LogRecord:
     return line
 
 
-def test_interrupt_tracebacks_are_cut_to_their_first_line_and_other_errors_kept():
+def test_interrupt_tracebacks_are_cut_to_their_first_line_and_other_errors_to_one_line_with_their_cause():
     wall = 'STEP_FAILURE - Execution of step "embedding_model" failed.\n\nDagsterExecutionInterruptedError\n\nStack Trace:\n  File ...'
     cut = _CutInterruptTracebacks()
     interrupted = record(wall, error("DagsterExecutionInterruptedError"))
@@ -31,7 +31,9 @@ def test_interrupt_tracebacks_are_cut_to_their_first_line_and_other_errors_kept(
     wrapped = record(wall, error("DagsterUserCodeExecutionError", cause=error("KeyboardInterrupt")))
     assert cut.filter(wrapped) and "\n" not in wrapped.getMessage()
     real_bug = record(wall.replace("DagsterExecutionInterruptedError", "ValueError"), error("ValueError"))
-    assert cut.filter(real_bug) and "Stack Trace" in real_bug.getMessage()  # a real failure keeps its stack
+    assert cut.filter(real_bug) and "Stack Trace" not in real_bug.getMessage()  # the stack only with --verbose
+    assert real_bug.getMessage().startswith('STEP_FAILURE - Execution of step "embedding_model" failed. ')
+    assert real_bug.getMessage().endswith("(rerun with --verbose for the traceback)") and "\n" not in real_bug.getMessage()
     plain = logging.LogRecord("dagster", logging.INFO, __file__, 1, "step 5/60, loss 3.5", (), None)
     assert cut.filter(plain) and plain.getMessage() == "step 5/60, loss 3.5"
 

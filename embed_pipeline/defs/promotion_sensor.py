@@ -52,12 +52,12 @@ def promotion_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventL
     return promotion_decision(asset_event)
 
 
-def reconcile_served(config, mlflow: MlflowResource) -> list[str]:
-    """`lib.promotion.reconcile` with this config's registry (the CLI calls it too)."""
+def reconcile_served(config, mlflow: MlflowResource, repair: str | None = None) -> list[str]:
+    """`lib.promotion.reconcile` with this config's registry (the CLI calls it too, with its `--repair`)."""
     tracker = mlflow.tracker(config)
 
     def alias_version():
         version = tracker.alias_version(config.registered_model_name)
         return None if version is None else str(version.version)
 
-    return reconcile(config.artifacts_dir, alias_version, tracker.set_alias)
+    return reconcile(config.artifacts_dir, alias_version, tracker.set_alias, repair)

@@ -498,6 +498,17 @@ class PipelineConfig:
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @model_validator(mode="after")
+    def _negatives_mined(self):
+        """Training cannot use more hard negatives per row than mining keeps: the rest would be random
+        passages padded in, which silently turns hard-negative training into random-negative training.
+        An error, not a warning: it is a contradiction in the config, known before any work."""
+        if self.training.num_negatives > self.mining.num_negatives:
+            raise ValueError(f"training.num_negatives {self.training.num_negatives} > mining.num_negatives "
+                             f"{self.mining.num_negatives}: mine at least as many negatives per row as training uses "
+                             "(raise mining.num_negatives or lower training.num_negatives)")
+        return self
+
+    @model_validator(mode="after")
     def _has_eval(self):
         if self.eval is None and self.curated_pairs is None:
             raise ValueError("name an `eval` set, or `curated_pairs` to split one off")
@@ -589,13 +600,37 @@ def parse_config(raw: typing.Any, base: Path, name: str = "config") -> PipelineC
         raise ConfigError(f"{name}: {problems}") from None
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names one key twice (YAML keeps the last silently; we refuse)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a mapping that repeats a key (`epochs: 1` ... `epochs: 3`)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if first is not None:
+                raise DuplicateKeyError(f"duplicate key {key!r} on line {key_node.start_mark.line + 1} "
+                                        f"(first on line {first}): remove one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> PipelineConfig:
     """Load and validate the YAML config at `path` (no environment fallback: callers pass it)."""
     chosen = Path(path).expanduser().resolve()
     if not chosen.is_file():
         raise ConfigError(f"config file not found: {chosen}")
     try:
-        raw = yaml.safe_load(chosen.read_text(encoding="utf-8"))
+        raw = yaml.load(chosen.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{chosen}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{chosen}: not valid YAML: {' '.join(str(exc).split())}") from None
     config = parse_config({} if raw is None else raw, chosen.parent, chosen.name)

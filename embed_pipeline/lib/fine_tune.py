@@ -46,6 +46,7 @@ class TrainedModel:
     checkpoint_key: str  # the folder under checkpoint_root a retry resumes from
     held_out: pd.DataFrame  # the dev rows held out of training (query, passage_id): the hybrid's weight is chosen on them
     ray_job_url: str | None = None  # the Ray dashboard's page of the job that trained it (compute.engine: ray)
+    reused_from_run: str | None = None  # the Dagster run that trained and registered this version, when reused (not retrained)
 
     @property
     def precision(self) -> str:
@@ -71,6 +72,7 @@ def fine_tune(
     run_name: str = "train",
     on_progress: Callable[[str], None] | None = None,
     callbacks: Sequence[str] = (),
+    reuse_if_died: Callable[[str], bool] | None = None,
 ) -> TrainedModel:
     """Fine-tune `config.base_model` on `triples` (query, passage_id, negatives[, source, positive_text]).
 
@@ -81,6 +83,12 @@ def fine_tune(
     MLflow run and the registered version. `callbacks` are `module:factory` import paths of extra
     Trainer callbacks (built in every training process; see lib/distributed_training.py).
     Whatever fails, the MLflow run ends FAILED and nothing is registered.
+
+    A run killed after registering its model (say during indexing) left a whole registered
+    version: with `reuse_if_died(dagster_run_id) -> bool` (True when that run died), the newest
+    version registered for the same checkpoint key (same data, training settings and base model)
+    whose model folder is still on disk is returned as it is (`reused_from_run` names the run)
+    instead of training again from the base model and leaving that version an orphan.
     """
     settings = config.training
     on_ray = config.compute.engine == "ray"
@@ -92,6 +100,20 @@ def fine_tune(
     dev = dev_set(dev_rows, texts, settings.dev_max_passages, settings.seed) if len(dev_rows) else None
     job_key = checkpoint_key("-".join(data_versions.values()), settings, f"{config.base_model}:{base_fingerprint}")
     checkpoint_dir = Path(checkpoint_root) / job_key
+    if reuse_if_died is not None and (found := registered_by_dead_run(tracker, config.registered_model_name, job_key,
+                                                                     reuse_if_died)) is not None:
+        version, run_id, dagster_run = found
+        if on_progress:
+            on_progress(f"reusing model v{version.version} ({version.tags['model_path']}): registered by run {dagster_run}, "
+                        "which died afterwards; same data, settings and base model, so it is not trained again")
+        return TrainedModel(
+            model_dir=Path(version.tags["model_path"]), mlflow_run_id=run_id, name=config.registered_model_name,
+            version=str(version.version), training=_recorded_result(tracker, run_id, Path(version.tags["model_path"]), len(train_rows)),
+            training_rows=len(train_rows), dev_rows=len(dev_rows), dev_queries=len(dev.queries) if dev else 0,
+            dev_passages=len(dev.corpus) if dev else 0, negatives_per_row=settings.num_negatives, padded_negatives=padded,
+            checkpoint_key=job_key, held_out=dev_rows[["query", "passage_id"]].reset_index(drop=True),
+            reused_from_run=dagster_run,
+        )
 
     ray_job_url = None
     if on_ray:  # before the MLflow run opens: a cluster that cannot do the work fails the step before any work
@@ -138,11 +160,47 @@ def fine_tune(
         tracker.log_metrics(run_id, summary, step=result.steps)
         tracker.set_tags(run_id, {"device": result.device, "precision": result.precision, "processes": result.processes})
         tracker.log_artifacts(run_id, model_dir, "model")
-        version = tracker.register_model(config.registered_model_name, run_id, "model", tags={**tags, "model_path": str(model_dir)})
+        version = tracker.register_model(config.registered_model_name, run_id, "model",
+                                         tags={**tags, "model_path": str(model_dir), "checkpoint_key": job_key})
 
     return TrainedModel(
         model_dir=Path(model_dir), mlflow_run_id=run_id, name=config.registered_model_name, version=version, training=result,
         training_rows=len(train_rows), dev_rows=len(dev_rows), dev_queries=len(dev.queries) if dev else 0,
         dev_passages=len(dev.corpus) if dev else 0, negatives_per_row=settings.num_negatives, padded_negatives=padded,
         checkpoint_key=job_key, held_out=dev_rows[["query", "passage_id"]].reset_index(drop=True), ray_job_url=ray_job_url,
+    )
+
+
+def registered_by_dead_run(tracker: Tracker, name: str, job_key: str, died: Callable[[str], bool]):
+    """(model version, MLflow run id, Dagster run id) of the newest version of `name` registered for
+    `job_key` by a Dagster run that `died`, whose model folder is still whole on disk; else None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = tracker.client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = version.tags or {}
+        path = Path(tags.get("model_path", ""))
+        if tags.get("checkpoint_key") != job_key or not tags.get("model_path") or not (path / "config.json").exists() \
+                and not (path / "modules.json").exists():
+            continue
+        if tags.get("dagster_run_id") and died(tags["dagster_run_id"]):
+            return version, version.run_id, tags["dagster_run_id"]
+    return None
+
+
+def _recorded_result(tracker: Tracker, run_id: str, model_dir: Path, rows: int) -> TrainResult:
+    """The `TrainResult` a registered version's MLflow run recorded (its summary metrics and tags)."""
+    run = tracker.client.get_run(run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    history = tracker.client.get_metric_history(run_id, "final_loss")
+    return TrainResult(
+        model_dir=model_dir, steps=history[-1].step if history else 0, pairs=rows,
+        train_seconds=metrics.get("train_seconds", 0.0), pairs_per_second=metrics.get("pairs_per_second", 0.0),
+        final_loss=metrics.get("final_loss", float("nan")), device=tags.get("device", "unrecorded"),
+        resumed_from_step=history[-1].step if history else 0, best_dev_ndcg_at_10=metrics.get("best_dev_ndcg_at_10"),
+        dev_seconds=metrics.get("dev_eval_seconds", 0.0), bf16=tags.get("precision", "").startswith("bf16"),
+        processes=int(tags.get("processes", 1)), merged_dev_ndcg_at_10=metrics.get("merged_dev_ndcg_at_10"),
     )

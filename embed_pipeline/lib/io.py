@@ -21,13 +21,32 @@ class InputError(ValueError):
     """An input file cannot be read as the format it claims to be."""
 
 
+def require_file(path: Path, what: str = "input") -> Path:
+    """`path` is a readable regular file; else an `InputError` in one line (a folder, a missing file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: {what} is a folder, expected a file")
+    if not path.exists():
+        raise InputError(f"{path}: {what} does not exist")
+    return path
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """Parquet, CSV or JSON-lines, chosen by suffix."""
+    """Parquet, CSV or JSON-lines, chosen by suffix (a Parquet dataset may be a folder)."""
+    path = Path(path)
     suffix = path.suffix.lower()
+    if suffix != ".parquet":
+        require_file(path)
     if suffix == ".parquet":
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
+            raise InputError(f"{path}: not a readable Parquet file: {' '.join(str(exc).split())[:200]}") from None
     if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        try:
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a readable {suffix[1:].upper()} file: {' '.join(str(exc).split())[:200]}") from None
     if suffix in (".jsonl", ".json"):
         rows, bad = read_jsonl(path)
         if bad:
@@ -52,7 +71,7 @@ def decoded_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
     The one line reader behind every line-oriented input, so a bad byte anywhere costs one row,
     never the file, and every caller reports the same line numbers.
     """
-    with open(path, "rb") as handle:
+    with open(require_file(path), "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
@@ -109,7 +128,7 @@ def read_qrels(path: Path, rejected: list[tuple[int, str]] | None = None) -> pd.
             continue
         try:
             score = int(float(fields[2])) if len(fields) > 2 and fields[2] else 1
-        except ValueError:
+        except (ValueError, OverflowError):  # "x", "nan", "inf"
             bad.append((number, f"non-numeric score {fields[2]!r}"))
             continue
         if score > 0:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from embed_pipeline.lib.config import LabelledSet
-from embed_pipeline.lib.io import InputError, decoded_lines, read_jsonl, read_jsonl_numbered, read_qrels, read_table
+from embed_pipeline.lib.io import InputError, decoded_lines, read_jsonl_numbered, read_qrels, read_table
+from embed_pipeline.lib.parsing import parse_ids
 from embed_pipeline.lib.text import clean_text
 
 QUARANTINE_COLUMNS = ["file", "line", "reason", "query_id", "query", "passage_id"]
@@ -40,8 +41,8 @@ def load_labelled_pairs(labelled: LabelledSet, known_ids: set[str]) -> LabelledP
         table = _read_pairs_table(labelled.pairs, rejected)
     else:
         table = _read_beir(labelled.queries, labelled.qrels, rejected)
-    table["query"] = table["query"].map(clean_text)
-    table["passage_id"] = table["passage_id"].map(lambda v: clean_text(v))
+    table["query"] = table["query"].map(lambda v: clean_text(_text(v))).astype(object)
+    table["passage_id"] = parse_ids(table["passage_id"]).map(clean_text).astype(object)
     reasons = pd.Series("", index=table.index, dtype=object)
     reasons[~table["passage_id"].isin(known_ids)] = "unknown passage id"
     reasons[table["passage_id"] == ""] = "missing passage id"
@@ -58,6 +59,11 @@ def load_labelled_pairs(labelled: LabelledSet, known_ids: set[str]) -> LabelledP
     rows_in = len(table) + sum(1 for r in rejected if r.get("stage") == "read")
     assert rows_in == len(accepted) + len(quarantine), (rows_in, len(accepted), len(quarantine))
     return LabelledPairs(accepted, quarantine, rows_in)
+
+
+def _text(value) -> str:
+    """A cell as text: missing (None, NaN) is empty, anything else its string form."""
+    return "" if value is None or value is pd.NA or (isinstance(value, float) and value != value) else str(value)
 
 
 def _read_pairs_table(path: Path, rejected: list[dict]) -> pd.DataFrame:
@@ -78,6 +84,8 @@ def _read_pairs_table(path: Path, rejected: list[dict]) -> pd.DataFrame:
         rows, lines = _read_delimited(path, "\t" if suffix == ".tsv" else ",", rejected)
     else:
         raw = read_table(path)
+        if not {"query", "passage_id"} <= set(raw.columns):
+            raise InputError(f"{path}: a pairs table needs columns `query` and `passage_id`; found {list(raw.columns)}")
         rows, lines = raw.to_dict("records"), list(range(1, len(raw) + 1))
     # A pairs table has no query ids: a row's position names its query ("line7"; Parquet: "7").
     id_prefix = "" if suffix == ".parquet" else "line"
@@ -90,6 +98,8 @@ def _read_pairs_table(path: Path, rejected: list[dict]) -> pd.DataFrame:
         else:
             keep_rows.append(row)
             keep_lines.append(line)
+    if rows and not keep_rows and all("query" not in r and "passage_id" not in r for r in rows):
+        raise InputError(f"{path}: no row has the fields `query` and `passage_id` (line {lines[0]} has {sorted(rows[0])})")
     raw = pd.DataFrame(keep_rows)
     columns = ["query", "passage_id"] + [c for c in ("segment", "source") if c in raw.columns]
     raw = raw.reindex(columns=columns)
@@ -127,13 +137,31 @@ def _read_delimited(path: Path, sep: str, rejected: list[dict]) -> tuple[list[di
 
 
 def _read_beir(queries_path: Path, qrels_path: Path, rejected: list[dict]) -> pd.DataFrame:
-    rows, bad = read_jsonl(queries_path)
+    numbered, bad = read_jsonl_numbered(queries_path)
     rejected += [{"file": queries_path.name, "line": n, "reason": reason, "stage": "read"} for n, reason in bad]
-    queries = pd.DataFrame(rows)
-    if queries.empty or not {"_id", "text"} <= set(queries.columns):
-        raise InputError(f"{queries_path}: BEIR queries need `_id` and `text`")
-    queries["_id"] = queries["_id"].astype(str)
-    queries = queries.drop_duplicates("_id").set_index("_id")
+    rows = []
+    first_line: dict[str, int] = {}
+    for number, row in numbered:
+        if "_id" not in row or "text" not in row:
+            rejected.append({"file": queries_path.name, "line": number, "stage": "read",
+                             "reason": f"missing field(s) {[c for c in ('_id', 'text') if c not in row]}"})
+            continue
+        qid = parse_ids(pd.Series([row["_id"]], dtype=object)).iloc[0]
+        if not qid:
+            rejected.append({"file": queries_path.name, "line": number, "reason": "missing query id", "stage": "read",
+                             "query": str(row.get("text", ""))})
+            continue
+        if qid in first_line:  # the first text wins; the second is set aside, never silently dropped
+            rejected.append({"file": queries_path.name, "line": number, "stage": "read", "query_id": qid,
+                             "query": str(row.get("text", "")),
+                             "reason": f"duplicate query id {qid!r} (first on line {first_line[qid]})"})
+            continue
+        first_line[qid] = number
+        rows.append({**row, "_id": qid})
+    if not rows:
+        raise InputError(f"{queries_path}: no readable BEIR query (each line needs `_id` and `text`"
+                         + (f"; first problem: line {rejected[-1]['line']}: {rejected[-1]['reason']}" if rejected else "") + ")")
+    queries = pd.DataFrame(rows).set_index("_id")
     segments = queries["metadata"].map(lambda m: m.get("segment") if isinstance(m, dict) else None) if "metadata" in queries else None
     sources = queries["metadata"].map(lambda m: m.get("source") if isinstance(m, dict) else None) if "metadata" in queries else None
     bad_qrels: list[tuple[int, str]] = []

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from embed_pipeline.lib.config import GateConfig
 from embed_pipeline.lib.io import read_json, write_json
+from embed_pipeline.lib.tracking import CHAMPION_ALIAS
 
 SERVED_FILE = "served.json"
 HISTORY_FILE = "served_history.jsonl"
@@ -82,9 +83,44 @@ class PromotionError(RuntimeError):
 
 
 def read_served(artifacts_dir: Path) -> dict | None:
-    """The served pointer (model + index) as last written, or None before the first promotion."""
+    """The served pointer (model + index) as last written, or None before the first promotion.
+
+    An unreadable pointer (truncated, not JSON) raises `PromotionError` naming the file: `reconcile`
+    rewrites it from the history when the history and the registry alias agree."""
+    pointer, problem = _read_pointer(artifacts_dir)
+    if problem:
+        raise PromotionError(f"{Path(artifacts_dir) / SERVED_FILE}: {problem}; run `embed-pipeline promote` "
+                             "(or any command) to reconcile it from the promotion history")
+    return pointer
+
+
+def _read_pointer(artifacts_dir: Path) -> tuple[dict | None, str | None]:
+    """(pointer, None), (None, None) when there is none, or (None, why it cannot be read)."""
     path = Path(artifacts_dir) / SERVED_FILE
-    return read_json(path) if path.exists() else None
+    if not path.exists():
+        return None, None
+    try:
+        pointer = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"unreadable ({getattr(exc, 'msg', None) or exc.reason}: truncated or overwritten?)"
+    if not isinstance(pointer, dict) or "model_version" not in pointer:
+        return None, "unreadable (not a served pointer: no model_version)"
+    return pointer, None
+
+
+def missing_parts(pointer: dict) -> list[str]:
+    """What a served entry needs on disk and lacks: its model folder, its FAISS index, its BM25 index.
+
+    A rollback onto a version whose folder was deleted would serve nothing (search fails); it is
+    refused before anything moves."""
+    missing = []
+    if not pointer.get("model_dir") or not Path(pointer["model_dir"]).is_dir():
+        missing.append(f"model folder {pointer.get('model_dir')}")
+    if not pointer.get("index_path") or not Path(pointer["index_path"]).exists():
+        missing.append(f"index {pointer.get('index_path')}")
+    if pointer.get("lexical_path") and not Path(pointer["lexical_path"]).exists():
+        missing.append(f"BM25 index {pointer['lexical_path']}")
+    return missing
 
 
 def served_history(artifacts_dir: Path) -> list[dict]:
@@ -92,25 +128,34 @@ def served_history(artifacts_dir: Path) -> list[dict]:
 
     Only a torn last line (a crash mid-append) is ignored, and the next append cuts it off. Any
     other line that is not a JSON event raises `PromotionError` naming the file and the line:
-    skipping it would silently change what serves and what a rollback restores.
+    skipping it would silently change what serves and what a rollback restores. (`reconcile`
+    treats a torn line as damage: it may hide the newest event, see `read_state`.)
     """
+    return _read_history(artifacts_dir)[0]
+
+
+def _read_history(artifacts_dir: Path) -> tuple[list[dict], str | None]:
+    """(events, None) or (events before a torn last line, what the torn line starts with)."""
     path = Path(artifacts_dir) / HISTORY_FILE
     if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+        return [], None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise PromotionError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): repair it by hand") from None
     events = []
     for number, line in enumerate(lines, start=1):
         try:
             event = json.loads(line)
         except json.JSONDecodeError as exc:
             if number == len(lines):
-                break
+                return events, line[:60]
             raise PromotionError(f"{path}: line {number} of {len(lines)} is not a JSON event ({exc.msg}): repair or "
                                  "remove that line by hand; nothing is promoted or rolled back until then") from None
         if not isinstance(event, dict):
             raise PromotionError(f"{path}: line {number} of {len(lines)} is not a JSON object: repair or remove it by hand")
         events.append(event)
-    return events
+    return events, None
 
 
 def served_stack(history: list[dict]) -> list[dict]:
@@ -225,6 +270,10 @@ def rollback(artifacts_dir: Path, by: str, reason: str, set_alias=None) -> Serve
                                  f"v{stack[-1]['model_version']} is the first promoted model"))
         current = stack.pop()
         target = stack[-1]
+        missing = missing_parts(target)
+        if missing:
+            raise PromotionError(f"cannot roll back to v{target['model_version']}: its {' and '.join(missing)} "
+                                 f"{'is' if len(missing) == 1 else 'are'} gone; nothing changed (v{current['model_version']} still serves)")
         event = {"action": "rollback", **target, "at": datetime.now(UTC).isoformat(), "by": by, "reason": reason,
                  "replaced_version": current["model_version"]}
         _append(artifacts_dir, event)
@@ -254,27 +303,79 @@ def expected_served(artifacts_dir: Path) -> dict | None:
     return stack[-1] if stack else None
 
 
-def reconcile(artifacts_dir: Path, alias_version, set_alias) -> list[str]:
-    """Bring the served pointer and the registry alias back in line with the history.
+REPAIRS = ("history", "pointer")
+
+
+def reconcile(artifacts_dir: Path, alias_version, set_alias, repair: str | None = None) -> list[str]:
+    """Bring the served pointer and the registry alias back in line with the history, by evidence.
 
     `alias_version()` returns the version the alias names (None: no alias); `set_alias(name,
     version)` moves it. Returns what was repaired, one line each (empty when all agreed).
+
+    Intact records: the history is the source of truth (a crash between its append and a view
+    leaves the view behind; the view is repaired). Damaged records (a torn last history line that
+    may hide the newest event, an unreadable `served.json`, a pointer with no history behind it)
+    never overrule intact ones: when every intact record agrees with the history, the damaged
+    one is repaired from it; when they disagree, `PromotionError` names each file and what it
+    says, and nothing changes, unless `repair` says whom to trust: "history" (serve what the
+    readable history says) or "pointer" (record what `served.json` says in the history, as a
+    `repair` event, and move the alias to it).
     """
+    if repair is not None and repair not in REPAIRS:
+        raise ValueError(f"repair must be one of {REPAIRS}, got {repair!r}")
     repaired = []
+    folder = Path(artifacts_dir)
     with _history_lock(artifacts_dir):
-        history = served_history(artifacts_dir)
+        history, torn = _read_history(artifacts_dir)
         stack = served_stack(history)
-        if not stack:
+        pointer, pointer_problem = _read_pointer(artifacts_dir)
+        if not stack and pointer is None and not torn:
+            return repaired  # nothing promoted yet (an unreadable pointer with no history is handled below)
+        truth = stack[-1] if stack else None
+        current_alias = alias_version()
+        current_alias = None if current_alias is None else str(current_alias)
+        says_history = f"v{truth['model_version']}" if truth else "nothing served"
+        damaged = bool(torn or pointer_problem or (pointer is not None and not stack))
+        disagree = []
+        if pointer is not None and (truth is None or str(pointer.get("model_version")) != str(truth["model_version"])):
+            disagree.append(f"{folder / SERVED_FILE} says v{pointer.get('model_version')}")
+        if damaged and current_alias is not None and (truth is None or current_alias != str(truth["model_version"])):
+            disagree.append(f"registry alias {CHAMPION_ALIAS!r} says v{current_alias}")
+        if damaged and disagree and repair is None:
+            raise PromotionError(
+                f"promotion records disagree and one is damaged: {folder / HISTORY_FILE} says {says_history}"
+                + (f" (its last line is torn: {torn!r}...)" if torn else "")
+                + (f"; {folder / SERVED_FILE} is {pointer_problem}" if pointer_problem else "")
+                + "; " + "; ".join(disagree)
+                + ". Nothing changed. Rerun with --repair pointer to trust served.json (recorded in the history), "
+                  "or --repair history to serve what the readable history says")
+        if torn:
+            _cut_torn_tail(folder / HISTORY_FILE)
+            repaired.append(f"cut the torn last line of {HISTORY_FILE} ({torn!r}...)")
+        if damaged and disagree and repair == "pointer":
+            if pointer is None:
+                raise PromotionError(f"--repair pointer: {folder / SERVED_FILE} is {pointer_problem or 'missing'}; "
+                                     "nothing to trust there (use --repair history)")
+            event = {"action": "repair", **{k: pointer.get(k) for k in SERVED_KEYS}, "at": datetime.now(UTC).isoformat(),
+                     "by": "reconcile --repair pointer", "reason": f"history said {says_history}; served.json says "
+                     f"v{pointer['model_version']}", "replaced_version": truth["model_version"] if truth else None}
+            _append(artifacts_dir, event)
+            history.append(event)
+            stack = served_stack(history)
+            truth = stack[-1]
+            repaired.append(f"recorded v{truth['model_version']} from served.json in {HISTORY_FILE} (--repair pointer)")
+        if truth is None:  # --repair history with no promotion left in it: nothing serves
+            if pointer is not None or pointer_problem:
+                (folder / SERVED_FILE).unlink()
+                repaired.append(f"removed {SERVED_FILE}: the history serves nothing")
             return repaired
-        truth = stack[-1]
-        pointer = read_served(artifacts_dir)
         if pointer is None or any(pointer.get(k) != truth.get(k) for k in SERVED_KEYS):
             _write_pointer(artifacts_dir, stack, history[-1])
-            repaired.append(f"served pointer rewritten to v{truth['model_version']} from the promotion history")
-        current_alias = alias_version()
-        if current_alias is None or str(current_alias) != str(truth["model_version"]):
+            why = f" (it was {pointer_problem})" if pointer_problem else ""
+            repaired.append(f"served pointer rewritten to v{truth['model_version']} from the promotion history{why}")
+        if current_alias is None or current_alias != str(truth["model_version"]):
             set_alias(truth["model_name"], str(truth["model_version"]))
-            repaired.append(f"registry alias moved from {current_alias and 'v' + str(current_alias)} to v{truth['model_version']}")
+            repaired.append(f"registry alias moved from {current_alias and 'v' + current_alias} to v{truth['model_version']}")
     return repaired
 
 

@@ -75,6 +75,8 @@ def promotable(tmp_path, monkeypatch):
     for n in (1, 2):
         with tracker.open_run(f"train-{n}", {}) as run_id:
             model_dir = str(tmp_path / "models" / str(n))
+            (tmp_path / "models" / str(n)).mkdir(parents=True)  # a rollback target must exist on disk
+            (tmp_path / "indexes" / str(n)).mkdir(parents=True)
             version = tracker.register_model(config.registered_model_name, run_id, "model", {"model_path": model_dir})
         candidates.append({"name": config.registered_model_name, "version": version, "run_id": run_id, "model_dir": model_dir})
     return config_path, config, tracker, candidates
@@ -117,8 +119,8 @@ def test_sensor_decision_promotes_then_rollback_restores_alias_and_pointer(tmp_p
     rolled_back, restored = (tracker.client.get_run(c["run_id"]).data.tags for c in reversed(candidates))
     assert rolled_back["promotion"] == "rolled back" and rolled_back["promotion_decision"] == "rolled back from v2 to v1"
     assert restored["promotion"] == "serves again" and restored["promotion_decision"] == "rolled back from v2 to v1"
-    # Nothing before the first promotion: refused clearly, nothing changes.
-    assert main(["rollback", "--config", str(config_path)]) == 1
+    # Nothing before the first promotion: refused in one line as a usage error (exit 2), nothing changes.
+    assert main(["rollback", "--config", str(config_path)]) == 2
     assert read_served(config.artifacts_dir)["model_version"] == candidates[0]["version"]
 
 

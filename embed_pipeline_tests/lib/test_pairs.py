@@ -90,7 +90,8 @@ def test_unknown_passages_and_unparseable_rows_are_dropped_and_counted():
     result = run(rows)
     assert positives(result) == {("oil chain", "chain-lube")}
     assert result.counts.dropped["unknown_passage_id"] == 1
-    assert result.counts.dropped["unparseable_position_or_time"] == 1
+    assert result.counts.dropped["unparseable_rows"] == 1
+    assert list(result.quarantine["reason"]) == ["unknown passage id (not in the corpus)", "timestamp 'not a time' is not ISO 8601 or epoch seconds"]
 
 
 def test_skip_above_keeps_skipped_results_above_a_satisfied_click_only():

@@ -4,6 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from embed_pipeline.defs import metadata as md
 from embed_pipeline.defs.assets.common import embed, load_eval_set, output_dir, ray_encoding, ray_metadata, read_corpus
@@ -11,6 +12,7 @@ from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle, PairsHandle, ReportHandle
 from embed_pipeline.lib.evaluation import Contenders, evaluate, record_evaluation, report_markdown, write_report
 from embed_pipeline.lib.indexing import load_index
+from embed_pipeline.lib.io import write_parquet
 from embed_pipeline.lib.leakage import leakage_block
 from embed_pipeline.lib.lexical import LexicalIndex
 from embed_pipeline.lib.plots import png_markdown
@@ -117,6 +119,13 @@ def eval_report(
     report = evaluation.report
     report["leakage"] = {"mode": config.leakage.on_leak, **leakage_block(training_pairs.files.get("leaks"), training_pairs.quarantined)}
     folder = output_dir(context, config)
+    # Rows of the inputs set aside (each with its reason in a file), counted in the report beside the metrics.
+    eval_quarantine = write_parquet(loaded.quarantine, folder / "eval_quarantine.parquet")
+    report["quarantine"] = {"eval": {"rows": len(loaded.quarantine), "path": str(eval_quarantine)},
+                            "curated_pairs": {"rows": curated_pairs.quarantined, "path": curated_pairs.files.get("quarantine")}}
+    if logs_quarantine := training_pairs.files.get("search_logs_quarantine"):
+        report["quarantine"]["search_logs"] = {"rows": int(pq.ParquetFile(logs_quarantine).metadata.num_rows),
+                                               "path": logs_quarantine}
     path, plots = write_report(report, evaluation.per_query, folder, config.gate.min_segment_queries)
     if evaluation.weight.table is not None:
         evaluation.weight.table.to_csv(folder / "dense_weight_dev.csv", index=False)

@@ -35,6 +35,7 @@ def embedding_model(
         tags=tags,
         run_name=f"train-{context.run_id[:8]}",
         on_progress=context.log.info,
+        reuse_if_died=lambda run_id: _died(context.instance, run_id, context.run_id),
     )
     result = model.training
     dev_path = write_parquet(model.held_out, output_dir(context, config) / "dev_queries.parquet")
@@ -49,6 +50,7 @@ def embedding_model(
             "processes": result.processes,
             "steps": result.steps,
             "resumed_from_step": result.resumed_from_step,
+            "reused_from_run": model.reused_from_run or "no (trained in this run)",
             "training_rows": result.pairs,
             "dev_queries": model.dev_queries,
             "best_dev_ndcg@10": round(result.best_dev_ndcg_at_10, 4) if result.best_dev_ndcg_at_10 is not None else "n/a",
@@ -64,3 +66,11 @@ def embedding_model(
             **({"ray_dashboard": dg.MetadataValue.url(model.ray_job_url)} if model.ray_job_url else {}),
         },
     )
+
+
+def _died(instance: dg.DagsterInstance, run_id: str, this_run: str) -> bool:
+    """Whether the Dagster run `run_id` (not this one) ended without success (killed, failed, canceled)."""
+    if run_id == this_run:
+        return False
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)

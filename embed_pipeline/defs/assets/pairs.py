@@ -39,7 +39,10 @@ def training_pairs(
     leak_kinds = clean.leaks.drop_duplicates("query")["kind"].value_counts().to_dict() if len(clean.leaks) else {}
     return dg.MaterializeResult(
         value=PairsHandle(str(out), len(pairs), version=version, rows_in=merged.counts.rows_in,
-                          quarantined=clean.dropped_pairs if lk.on_leak == "drop" else 0, files={"leaks": str(leaks_path)}),
+                          quarantined=clean.dropped_pairs if lk.on_leak == "drop" else 0, files={"leaks": str(leaks_path),
+                                 # carried to the eval report, which counts every input's quarantine
+                                 **({"search_logs_quarantine": search_log_pairs.files["quarantine"]}
+                                    if "quarantine" in search_log_pairs.files else {})}),
         metadata={
             "dagster/row_count": len(pairs),
             "dataset_version": version,

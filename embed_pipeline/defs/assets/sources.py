@@ -10,9 +10,9 @@ from embed_pipeline.defs.assets.common import embed, output_dir, passage_ids, ra
 from embed_pipeline.defs.query_generators import QueryGeneratorResource, generator_for
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, PairsHandle
-from embed_pipeline.lib.click_logs import pairs_from_search_logs
+from embed_pipeline.lib.click_logs import pairs_from_search_logs, read_search_logs
 from embed_pipeline.lib.corpus import dataset_for
-from embed_pipeline.lib.io import read_table, write_parquet
+from embed_pipeline.lib.io import write_parquet
 from embed_pipeline.lib.labelled import load_labelled_pairs
 from embed_pipeline.lib.leakage import split_labelled_pairs
 from embed_pipeline.lib.pairs import PAIR_COLUMNS
@@ -64,14 +64,21 @@ def search_log_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pi
             value=PairsHandle(str(out), 0, files={"skip_above": str(skip)}),
             metadata={"dagster/row_count": 0, "note": "no search_logs in the config"},
         )
-    result = pairs_from_search_logs(read_table(config.search_logs), passage_ids(corpus), config.search_log_rules)
+    result = pairs_from_search_logs(read_search_logs(config.search_logs), passage_ids(corpus), config.search_log_rules,
+                                    source=str(config.search_logs))
     out = write_parquet(result.pairs, folder / "search_log_pairs.parquet")
     skip = write_parquet(result.skip_above, folder / "skip_above.parquet")
+    quarantine = write_parquet(result.quarantine, folder / "search_logs_quarantine.parquet")
     return dg.MaterializeResult(
-        value=PairsHandle(str(out), len(result.pairs), rows_in=result.counts.rows_in, files={"skip_above": str(skip)}),
+        value=PairsHandle(str(out), len(result.pairs), rows_in=result.counts.rows_in, quarantined=len(result.quarantine),
+                          files={"skip_above": str(skip), "quarantine": str(quarantine)}),
         metadata={
             "dagster/row_count": len(result.pairs),
             "impressions_read": result.counts.rows_in,
+            "impressions_kept": result.impressions_kept,
+            "quarantined": len(result.quarantine),
+            "quarantine_reasons": md.counts_md(_reason_kinds(result.quarantine)),
+            "quarantine_path": md.path(quarantine),
             "sessions": result.sessions,
             "clicks": result.clicks,
             "pairs_out": len(result.pairs),
@@ -82,6 +89,11 @@ def search_log_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pi
             "preview": md.preview(result.pairs),
         },
     )
+
+
+def _reason_kinds(quarantine: pd.DataFrame) -> dict[str, int]:
+    """Quarantine reasons counted by kind (the text before a quoted value or a parenthesis)."""
+    return quarantine["reason"].str.replace(r"\s*[('\"].*$", "", regex=True).value_counts().to_dict() if len(quarantine) else {}
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
