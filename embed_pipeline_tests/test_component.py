@@ -1,0 +1,137 @@
+"""The pipeline as a Dagster Component, driven by the real `dg` CLI in a fresh `create-dagster` project:
+two instances on two corpora in one code location, each with its own keys, names and artifacts.
+
+The project lives in a throwaway venv that sees this venv's packages (a `.pth` line naming its
+site-packages) and holds editable installs of this package and of the project, with no dependency
+downloaded: nothing is installed into, or left in, the shared venv.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embed_pipeline_tests.fixture_data import write_project
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPE = "embed_pipeline.EmbeddingPipeline"
+INSTANCES = {"support": "support", "contracts": "legal/contracts"}  # defs folder -> key prefix
+IN_PROCESS = json.dumps({"execution": {"config": {"in_process": {}}}})  # one process: no per-step imports of torch
+
+
+def _script_shim(venv: Path, name: str) -> None:
+    """`venv/bin/NAME`: this venv's console script run by the throwaway venv's python (what installing it there makes)."""
+    source = Path(shutil.which(name, path=str(Path(sys.executable).parent)) or "")
+    assert source.is_file(), f"{name} is not installed beside {sys.executable}: pip install -e '.[dev]'"
+    body = source.read_text().split("\n", 1)[1]
+    target = venv / "bin" / name
+    target.write_text(f"#!{venv / 'bin' / 'python'}\n{body}")
+    target.chmod(0o755)
+
+
+class DgProject:
+    """A fresh `create-dagster` project in a throwaway venv; `dg(...)` runs the real CLI in it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.venv = root / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(self.venv)], check=True)
+        site = Path(sysconfig.get_paths(vars={"base": str(self.venv), "platbase": str(self.venv)})["purelib"])
+        parents = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+        (site / "zz_parent_site_packages.pth").write_text("".join(f"{p}\n" for p in parents))
+        for name in ("dg", "dagster", "create-dagster"):
+            _script_shim(self.venv, name)
+        self.home = root / "dagster_home"
+        self.home.mkdir()
+        self.env = {**os.environ, "VIRTUAL_ENV": str(self.venv), "DAGSTER_HOME": str(self.home), "HF_HUB_OFFLINE": "1",
+                    "PATH": f"{self.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "200",
+                    "DAGSTER_DISABLE_TELEMETRY": "1"}
+        self.env.pop("PYTHONPATH", None)  # the package under test comes from its editable install
+        self.pip_install(ROOT)
+        self.run(["create-dagster", "project", "teamproj", "--no-uv-sync"], cwd=root)
+        self.project = root / "teamproj"
+        self.pip_install(self.project)
+
+    def pip_install(self, path: Path) -> None:
+        self.run([str(self.venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                  "--no-index", "-e", str(path)], cwd=self.root)
+
+    def run(self, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run(args, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        return result
+
+    def dg(self, *args: str, timeout: int = 300) -> str:
+        return self.run(["dg", *args], cwd=self.project, timeout=timeout).stdout
+
+
+@pytest.fixture(scope="module")
+def dg_project(tmp_path_factory, tiny_model_path) -> tuple[DgProject, dict[str, Path]]:
+    """The project with one EmbeddingPipeline instance per corpus, scaffolded by `dg scaffold defs`."""
+    root = tmp_path_factory.mktemp("dg")
+    project = DgProject(root)
+    configs = {name: write_project(root / "corpora" / name, tiny_model_path) for name in INSTANCES}
+    for name, prefix in INSTANCES.items():
+        project.dg("scaffold", "defs", TYPE, name, "--config-path", str(configs[name]), "--key-prefix", prefix)
+    return project, configs
+
+
+def listed_defs(project: DgProject) -> dict:
+    return json.loads(project.dg("list", "defs", "--json"))
+
+
+def test_dg_lists_scaffolds_checks_and_lists_two_instances_apart(dg_project):
+    project, configs = dg_project
+    components = json.loads(project.dg("list", "components", "--json"))
+    assert TYPE in {item["key"] for item in components["items"]}
+
+    defs_dir = project.project / "src" / "teamproj" / "defs"
+    for name, prefix in INSTANCES.items():
+        written = yaml.safe_load((defs_dir / name / "defs.yaml").read_text())
+        assert written == {"type": TYPE, "attributes": {"config_path": str(configs[name]), "key_prefix": prefix}}
+
+    assert "All component YAML validated successfully" in project.dg("check", "defs") + project.dg("check", "yaml")
+
+    listed = listed_defs(project)
+    per_instance = {}
+    for name, prefix in INSTANCES.items():
+        suffix = "_" + prefix.replace("/", "_")
+        per_instance[name] = {
+            "assets": {a["key"] for a in listed["assets"] if a["key"].startswith(prefix + "/")},
+            "jobs": {j["name"] for j in listed["jobs"] if j["name"].endswith(suffix)},
+            "sensors": {s["name"] for s in listed["sensors"] if s["name"].endswith(suffix)},
+            "schedules": {s["name"] for s in listed["schedules"] if s["name"].endswith(suffix)},
+        }
+        assert f"{prefix}/eval_report" in per_instance[name]["assets"] and len(per_instance[name]["assets"]) == 12
+        assert per_instance[name]["jobs"] == {f"{j}{suffix}" for j in ("training_job", "promotion_job", "reembed_job", "served_index_job")}
+        assert len(per_instance[name]["sensors"]) == 5 and per_instance[name]["schedules"] == {f"nightly_retraining{suffix}"}
+    # Everything listed belongs to exactly one instance: nothing shared, nothing left over.
+    for kind, key in (("assets", "key"), ("jobs", "name"), ("sensors", "name"), ("schedules", "name")):
+        support, contracts = per_instance["support"][kind], per_instance["contracts"][kind]
+        assert not support & contracts
+        assert {d[key] for d in listed[kind] if not d[key].startswith("__")} == support | contracts, kind
+
+
+def artifacts(config: Path) -> dict[str, int]:
+    folder = config.parent / "artifacts"
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.exists() else {}
+
+
+@pytest.mark.slow
+def test_one_instances_training_job_writes_its_own_report_only(dg_project):
+    project, configs = dg_project
+    before = artifacts(configs["contracts"])
+
+    project.dg("launch", "--job", "training_job_support", "--config-json", IN_PROCESS, timeout=600)
+
+    reports = sorted((configs["support"].parent / "artifacts" / "assets" / "eval_report").glob("*/eval_report.json"))
+    assert len(reports) == 1, reports
+    report = json.loads(reports[0].read_text())
+    assert report["models"]["candidate"]["model_dir"].startswith(str(configs["support"].parent / "artifacts"))
+    assert artifacts(configs["contracts"]) == before
