@@ -82,10 +82,6 @@ def dg_project(tmp_path_factory, tiny_model_path) -> tuple[DgProject, dict[str, 
     return project, configs
 
 
-def listed_defs(project: DgProject) -> dict:
-    return json.loads(project.dg("list", "defs", "--json"))
-
-
 def test_dg_lists_scaffolds_checks_and_lists_two_instances_apart(dg_project):
     project, configs = dg_project
     components = json.loads(project.dg("list", "components", "--json"))
@@ -96,26 +92,28 @@ def test_dg_lists_scaffolds_checks_and_lists_two_instances_apart(dg_project):
         written = yaml.safe_load((defs_dir / name / "defs.yaml").read_text())
         assert written == {"type": TYPE, "attributes": {"config_path": str(configs[name]), "key_prefix": prefix}}
 
-    assert "All component YAML validated successfully" in project.dg("check", "defs") + project.dg("check", "yaml")
+    checked = project.dg("check", "defs")
+    assert "All component YAML validated successfully" in checked and "All definitions loaded successfully" in checked
 
-    listed = listed_defs(project)
-    per_instance = {}
+    listed = json.loads(project.dg("list", "defs", "--json"))
+    mine = {name: {kind: [d for d in listed[kind] if d["source"] == f"src/teamproj/defs/{name}/defs.yaml:1"]
+                   for kind in ("assets", "asset_checks", "jobs", "sensors", "schedules")} for name in INSTANCES}
+    for kind in mine["support"]:  # every definition comes from one of the two defs.yaml
+        assert len(mine["support"][kind]) + len(mine["contracts"][kind]) == len(listed[kind]), kind
     for name, prefix in INSTANCES.items():
         suffix = "_" + prefix.replace("/", "_")
-        per_instance[name] = {
-            "assets": {a["key"] for a in listed["assets"] if a["key"].startswith(prefix + "/")},
-            "jobs": {j["name"] for j in listed["jobs"] if j["name"].endswith(suffix)},
-            "sensors": {s["name"] for s in listed["sensors"] if s["name"].endswith(suffix)},
-            "schedules": {s["name"] for s in listed["schedules"] if s["name"].endswith(suffix)},
-        }
-        assert f"{prefix}/eval_report" in per_instance[name]["assets"] and len(per_instance[name]["assets"]) == 12
-        assert per_instance[name]["jobs"] == {f"{j}{suffix}" for j in ("training_job", "promotion_job", "reembed_job", "served_index_job")}
-        assert len(per_instance[name]["sensors"]) == 5 and per_instance[name]["schedules"] == {f"nightly_retraining{suffix}"}
-    # Everything listed belongs to exactly one instance: nothing shared, nothing left over.
-    for kind, key in (("assets", "key"), ("jobs", "name"), ("sensors", "name"), ("schedules", "name")):
-        support, contracts = per_instance["support"][kind], per_instance["contracts"][kind]
-        assert not support & contracts
-        assert {d[key] for d in listed[kind] if not d[key].startswith("__")} == support | contracts, kind
+        defs = mine[name]
+        assert len(defs["assets"]) == 12 and all(a["asset_key"].startswith(prefix + "/") for a in defs["assets"])
+        assert all(d.startswith(prefix + "/") for a in defs["assets"] for d in a["dependency_keys"])
+        assert len(defs["asset_checks"]) == 4 and all(c["asset_key"].startswith(prefix + "/") for c in defs["asset_checks"])
+        assert {j["name"] for j in defs["jobs"]} == {f"{j}{suffix}" for j in ("training_job", "promotion_job", "reembed_job",
+                                                                             "served_index_job")}
+        assert {s["name"] for s in defs["sensors"]} == {f"{s}{suffix}" for s in (
+            "promotion_sensor", "corpus_change_sensor", "served_index_sensor", "retention_sensor", "orphaned_mlflow_runs_sensor")}
+        assert [s["name"] for s in defs["schedules"]] == [f"nightly_retraining{suffix}"]
+    # The stateless IO manager is one object for both; every other resource is an instance's own.
+    assert sorted(r["name"] for r in listed["resources"]) == ["io_manager"] + sorted(
+        f"{r}_{s}" for r in ("mlflow", "pipeline", "query_generator") for s in ("legal_contracts", "support"))
 
 
 def artifacts(config: Path) -> dict[str, int]:
@@ -124,7 +122,9 @@ def artifacts(config: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_one_instances_training_job_writes_its_own_report_only(dg_project):
+def test_one_instances_training_job_writes_its_own_report_only(dg_project, monkeypatch):
+    import dagster as dg
+
     project, configs = dg_project
     before = artifacts(configs["contracts"])
 
@@ -135,3 +135,11 @@ def test_one_instances_training_job_writes_its_own_report_only(dg_project):
     report = json.loads(reports[0].read_text())
     assert report["models"]["candidate"]["model_dir"].startswith(str(configs["support"].parent / "artifacts"))
     assert artifacts(configs["contracts"]) == before
+
+    monkeypatch.setenv("DAGSTER_HOME", str(project.home))
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs()
+        assert run.job_name == "training_job_support"
+        assert instance.get_latest_materialization_event(dg.AssetKey(["support", "eval_report"])) is not None
+        assert instance.get_latest_materialization_event(dg.AssetKey(["legal", "contracts", "eval_report"])) is None
+        assert instance.get_latest_materialization_event(dg.AssetKey("eval_report")) is None
