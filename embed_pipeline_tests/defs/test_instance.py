@@ -62,6 +62,13 @@ def test_the_promotion_sensor_promotes_its_own_report_through_its_own_op(two, tm
     assert dg.validate_run_config(promotion_job, request.run_config)
     assert not tick("contracts", "_legal_contracts", configs["contracts"]).run_requests  # not its asset
 
+    # The renamed op reads its config and its instance's resources: a rollback with nothing promoted says so.
+    run = promotion_job.execute_in_process(run_config={"ops": {"support__served_model": {"config": {"action": "rollback"}}}},
+                                           instance=instance, raise_on_error=False)
+    (failure,) = [e for e in run.all_events if e.is_step_failure]
+    assert "nothing to roll back to: no model has been promoted yet" in failure.event_specific_data.error.message
+    assert (configs["support"].parent / "artifacts").is_dir() and not (configs["contracts"].parent / "artifacts").exists()
+
 
 def test_the_corpus_sensor_adds_shards_to_its_own_partitions(two):
     defs, configs = two
