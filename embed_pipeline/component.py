@@ -12,6 +12,7 @@ Each instance is `build_definitions(config_path)` with its asset keys under `key
 `dg` finds the type through the `dagster_dg_cli.registry_modules` entry point (pyproject.toml).
 """
 
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +20,11 @@ from pydantic import BaseModel, Field
 
 from embed_pipeline.defs.instance import instance_definitions
 from embed_pipeline.defs.schedules import NIGHTLY_CRON
+
+
+def folder_prefix(folder: Path) -> str:
+    """The default key prefix: the defs folder's name with anything but letters, digits and _ made `_`."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", folder.name)
 
 
 class EmbeddingPipelineScaffoldParams(BaseModel):
@@ -38,7 +44,7 @@ class EmbeddingPipelineScaffolder(dg.Scaffolder[EmbeddingPipelineScaffoldParams]
     def scaffold(self, request: dg.ScaffoldRequest[EmbeddingPipelineScaffoldParams]) -> None:
         params = request.params or EmbeddingPipelineScaffoldParams()
         dg.scaffold_component(request, {"config_path": params.config_path,
-                                        "key_prefix": params.key_prefix or request.target_path.name})
+                                        "key_prefix": params.key_prefix or folder_prefix(request.target_path)})
 
 
 @dg.scaffold_with(EmbeddingPipelineScaffolder)
@@ -60,5 +66,5 @@ class EmbeddingPipeline(dg.Component, dg.Model, dg.Resolvable):
         config = Path(self.config_path)
         if not config.is_absolute():
             config = context.path / config
-        return instance_definitions(str(config.resolve()), self.key_prefix or context.path.name, self.name_suffix,
+        return instance_definitions(str(config.resolve()), self.key_prefix or folder_prefix(context.path), self.name_suffix,
                                     pool=self.pool, cron=self.cron)

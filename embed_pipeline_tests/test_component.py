@@ -19,6 +19,8 @@ import yaml
 
 from embed_pipeline_tests.fixture_data import write_project
 
+pytestmark = pytest.mark.slow  # starts `dg` processes, and one test trains
+
 ROOT = Path(__file__).resolve().parent.parent
 TYPE = "embed_pipeline.EmbeddingPipeline"
 INSTANCES = {"support": "support", "contracts": "legal/contracts"}  # defs folder -> key prefix
@@ -121,7 +123,6 @@ def artifacts(config: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.exists() else {}
 
 
-@pytest.mark.slow
 def test_one_instances_training_job_writes_its_own_report_only(dg_project, monkeypatch):
     import dagster as dg
 

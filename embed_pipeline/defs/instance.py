@@ -29,8 +29,13 @@ import typing
 from collections.abc import Mapping
 
 import dagster as dg
+
+# Dagster internals (as `with_replaced_properties` and `load_assets_from_modules` use them): an op
+# is rebuilt with a compute function whose resource parameters carry the instance's keys. Dagster
+# is pinned (pyproject's postgres extra); embed_pipeline_tests/defs/test_instance.py runs the result.
 from dagster._core.definitions.decorators.op_decorator import DecoratedOpFunction
 
+from embed_pipeline.definitions import build_definitions
 from embed_pipeline.defs.corpus_sensor import corpus_change_result, corpus_change_sensor, served_index_sensor
 from embed_pipeline.defs.handles import HandleIOManager
 from embed_pipeline.defs.promotion_sensor import promotion_decision, promotion_sensor, reconcile_served
@@ -43,11 +48,13 @@ from embed_pipeline.lib.tracking import close_orphaned_runs
 
 # One object for every instance: Definitions.merge accepts a key shared by two instances only for the same object.
 SHARED_IO_MANAGER = HandleIOManager()
+KEY_PREFIX = re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*")
+NAME_SUFFIX = re.compile(r"[A-Za-z0-9_]+")
 
 
 def name_suffix_for(key_prefix: str) -> str:
     """`support` -> `_support`, `legal/contracts` -> `_legal_contracts`: a suffix valid in Dagster names."""
-    return "_" + re.sub(r"[^A-Za-z0-9_]+", "_", key_prefix).strip("_")
+    return "_" + key_prefix.replace("/", "_")
 
 
 def _renamed_params(fn, names: Mapping[str, str]):
@@ -103,13 +110,19 @@ def _rebound(definition, op_prefix: str, keys: Mapping[str, str], replacements: 
 
 def instance_definitions(config_path: str, key_prefix: str, name_suffix: str | None = None, pool: str = "gpu",
                          cron: str = NIGHTLY_CRON) -> dg.Definitions:
-    """`build_definitions(config_path)` as one instance among others in a code location (module docstring)."""
-    from embed_pipeline.definitions import build_definitions
+    """`build_definitions(config_path)` as one instance among others in a code location (module docstring).
 
+    `key_prefix`: one or more parts joined by `/` (`support`, `legal/contracts`); `name_suffix`
+    (default `_` + the prefix's parts joined by `_`) ends every job, sensor, schedule, partitions
+    and resource name. Several instances: `dg.Definitions.merge(instance_definitions(...), ...)`."""
+    if not KEY_PREFIX.fullmatch(key_prefix):
+        raise ValueError(f"key_prefix {key_prefix!r}: letters, digits and _ in one or more parts joined by / (support, legal/contracts)")
     suffix = name_suffix_for(key_prefix) if name_suffix is None else name_suffix
+    if not NAME_SUFFIX.fullmatch(suffix):
+        raise ValueError(f"name_suffix {suffix!r}: one or more letters, digits or _ (_support)")
     base = build_definitions(config_path)
     graph = base.resolve_asset_graph()
-    prefix = [part for part in key_prefix.split("/") if part]
+    prefix = key_prefix.split("/")
     replacements = {key: key.with_prefix(prefix) for key in graph.get_all_asset_keys()}
     keys = {key: f"{key}{suffix}" for key in base.resources if key != "io_manager"}
     resources = {keys[k]: v for k, v in base.resources.items() if k in keys}

@@ -81,3 +81,9 @@ def test_the_corpus_sensor_adds_shards_to_its_own_partitions(two):
     reembed = defs.resolve_job_def("reembed_job_support")
     assert reembed.partitions_def.name == "corpus_shards_support"
     assert defs.resolve_job_def("reembed_job_legal_contracts").partitions_def.name == "corpus_shards_legal_contracts"
+
+
+@pytest.mark.parametrize("prefix, suffix", [("", None), ("legal//contracts", None), ("support-articles", None), ("support", "")])
+def test_a_prefix_or_suffix_dagster_cannot_name_is_refused_in_one_line(prefix, suffix):
+    with pytest.raises(ValueError, match=r"^(key_prefix|name_suffix) '.*': .*[^\n]$"):
+        instance_definitions("unused.yaml", prefix, suffix)
