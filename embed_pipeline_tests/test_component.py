@@ -2,8 +2,10 @@
 two instances on two corpora in one code location, each with its own keys, names and artifacts.
 
 The project lives in a throwaway venv that sees this venv's packages (a `.pth` line naming its
-site-packages) and holds editable installs of this package and of the project, with no dependency
-downloaded: nothing is installed into, or left in, the shared venv.
+site-packages: `--system-site-packages` would give the base interpreter's, not this venv's) and
+holds editable installs of this package and of the project, with no dependency downloaded: nothing
+is installed into, or left in, the test's venv. `dg` lists the component types of the interpreter
+that runs it, so `dg`, `dagster` and `create-dagster` run on the throwaway venv's python.
 """
 
 import json
@@ -54,8 +56,12 @@ class DgProject:
         self.env = {**os.environ, "VIRTUAL_ENV": str(self.venv), "DAGSTER_HOME": str(self.home), "HF_HUB_OFFLINE": "1",
                     "PATH": f"{self.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "200",
                     "DAGSTER_DISABLE_TELEMETRY": "1"}
-        self.env.pop("PYTHONPATH", None)  # the package under test comes from its editable install
+        # The package under test first on the path, before any copy installed in this venv; its
+        # editable install in the throwaway venv registers its entry points (`dg` reads them there).
+        self.env["PYTHONPATH"] = str(ROOT)
         self.pip_install(ROOT)
+        imported = self.run([str(self.venv / "bin" / "python"), "-c", "import embed_pipeline; print(embed_pipeline.__file__)"], cwd=root)
+        assert imported.stdout.strip() == str(ROOT / "embed_pipeline" / "__init__.py")
         self.run(["create-dagster", "project", "teamproj", "--no-uv-sync"], cwd=root)
         self.project = root / "teamproj"
         self.pip_install(self.project)
