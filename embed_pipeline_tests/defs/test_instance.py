@@ -7,7 +7,6 @@ import pytest
 from embed_pipeline.definitions import build_definitions
 from embed_pipeline.defs.assets.evaluation import report_metadata
 from embed_pipeline.defs.instance import instance_definitions
-from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.config import GateConfig
 from embed_pipeline.lib.corpus import shard_keys
 from embed_pipeline.lib.io import write_json
@@ -21,10 +20,6 @@ def two(tmp_path):
     defs = dg.Definitions.merge(instance_definitions(str(configs["support"]), "support"),
                                 instance_definitions(str(configs["contracts"]), "legal/contracts"))
     return defs, configs
-
-
-def resources(config, suffix: str) -> dict:
-    return {f"pipeline{suffix}": PipelineResource(config_path=str(config)), f"mlflow{suffix}": MlflowResource()}
 
 
 def test_an_instance_has_every_definition_of_build_definitions_under_its_own_names(two):
@@ -51,16 +46,16 @@ def test_the_promotion_sensor_promotes_its_own_report_through_its_own_op(two, tm
 
     run_id = dg.materialize([stand_in], instance=instance).run_id
 
-    def tick(name, suffix, config):
-        context = dg.build_sensor_context(instance=instance, resources=resources(config, suffix))
+    def tick(suffix):  # the Definitions' own resources, as the daemon passes them
+        context = dg.build_sensor_context(instance=instance, resources=defs.resources)
         return defs.resolve_sensor_def(f"promotion_sensor{suffix}").evaluate_tick(context)
 
-    (request,) = tick("support", "_support", configs["support"]).run_requests
+    (request,) = tick("_support").run_requests
     assert request.run_key == f"promote-{run_id}" and request.job_name in (None, "promotion_job_support")
     assert request.run_config["ops"]["support__served_model"]["config"]["report_path"] == str(path)
     promotion_job = defs.resolve_job_def("promotion_job_support")
     assert dg.validate_run_config(promotion_job, request.run_config)
-    assert not tick("contracts", "_legal_contracts", configs["contracts"]).run_requests  # not its asset
+    assert not tick("_legal_contracts").run_requests  # not its asset
 
     # The renamed op reads its config and its instance's resources: a rollback with nothing promoted says so.
     run = promotion_job.execute_in_process(run_config={"ops": {"support__served_model": {"config": {"action": "rollback"}}}},
@@ -73,7 +68,7 @@ def test_the_promotion_sensor_promotes_its_own_report_through_its_own_op(two, tm
 def test_the_corpus_sensor_adds_shards_to_its_own_partitions(two):
     defs, configs = two
     instance = dg.DagsterInstance.ephemeral()
-    context = dg.build_sensor_context(instance=instance, resources=resources(configs["support"], "_support"))
+    context = dg.build_sensor_context(instance=instance, resources=defs.resources)
     result = defs.resolve_sensor_def("corpus_change_sensor_support").evaluate_tick(context)
     (added,) = result.dynamic_partitions_requests
     assert added.partitions_def_name == "corpus_shards_support" and sorted(added.partition_keys) == shard_keys(3)
