@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embed_pipeline.definitions import build_definitions
 from embed_pipeline_tests.fixture_data import write_project
 
 pytestmark = pytest.mark.slow  # starts `dg` processes, and one test trains
@@ -108,17 +109,17 @@ def test_dg_lists_scaffolds_checks_and_lists_two_instances_apart(dg_project):
                    for kind in ("assets", "asset_checks", "jobs", "sensors", "schedules")} for name in INSTANCES}
     for kind in mine["support"]:  # every definition comes from one of the two defs.yaml
         assert len(mine["support"][kind]) + len(mine["contracts"][kind]) == len(listed[kind]), kind
+    base = build_definitions("unused.yaml")  # each instance holds all of it, under its own keys and names
+    base_assets = {k.to_user_string() for k in base.resolve_asset_graph().get_all_asset_keys()}
     for name, prefix in INSTANCES.items():
         suffix = "_" + prefix.replace("/", "_")
         defs = mine[name]
-        assert len(defs["assets"]) == 12 and all(a["asset_key"].startswith(prefix + "/") for a in defs["assets"])
+        assert {a["asset_key"] for a in defs["assets"]} == {f"{prefix}/{a}" for a in base_assets}
         assert all(d.startswith(prefix + "/") for a in defs["assets"] for d in a["dependency_keys"])
-        assert len(defs["asset_checks"]) == 4 and all(c["asset_key"].startswith(prefix + "/") for c in defs["asset_checks"])
-        assert {j["name"] for j in defs["jobs"]} == {f"{j}{suffix}" for j in ("training_job", "promotion_job", "reembed_job",
-                                                                             "served_index_job")}
-        assert {s["name"] for s in defs["sensors"]} == {f"{s}{suffix}" for s in (
-            "promotion_sensor", "corpus_change_sensor", "served_index_sensor", "retention_sensor", "orphaned_mlflow_runs_sensor")}
-        assert [s["name"] for s in defs["schedules"]] == [f"nightly_retraining{suffix}"]
+        assert len(defs["asset_checks"]) == sum(len(c.check_keys) for c in base.asset_checks)
+        assert all(c["asset_key"].startswith(prefix + "/") for c in defs["asset_checks"])
+        for kind in ("jobs", "sensors", "schedules"):
+            assert {d["name"] for d in defs[kind]} == {d.name + suffix for d in getattr(base, kind)}, kind
     # The stateless IO manager is one object for both; every other resource is an instance's own.
     assert sorted(r["name"] for r in listed["resources"]) == ["io_manager"] + sorted(
         f"{r}_{s}" for r in ("mlflow", "pipeline", "query_generator") for s in ("legal_contracts", "support"))
