@@ -6,12 +6,13 @@ NIGHTLY_CRON = "0 2 * * *"
 
 
 def nightly_schedule(cron: str = NIGHTLY_CRON, status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.RUNNING,
-                     should_execute=None) -> dg.ScheduleDefinition:
+                     should_execute=None, job=training_job, name: str = "nightly_retraining") -> dg.ScheduleDefinition:
     """The nightly retraining schedule. The lifecycle test runs the same definition on a one-minute
-    cron with `should_execute` (a tick's gate) deciding when "night" comes."""
+    cron with `should_execute` (a tick's gate) deciding when "night" comes; each EmbeddingPipeline
+    component instance gets one with its own `job` and `name` (defs/instance.py)."""
     return dg.ScheduleDefinition(
-        name="nightly_retraining",
-        job=training_job,
+        name=name,
+        job=job,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=status,

@@ -10,8 +10,9 @@ from embed_pipeline.lib.config import PipelineConfig
 
 
 def output_dir(context: dg.AssetExecutionContext, config: PipelineConfig) -> Path:
-    """This asset's folder for this run: `<artifacts_dir>/assets/<asset>/<run id>/` (never shared)."""
-    return run_folder(config.artifacts_dir, context.asset_key.to_user_string(), context.run_id)
+    """This asset's folder for this run: `<artifacts_dir>/assets/<asset>/<run id>/` (never shared).
+    `<asset>` is the key's last part: a component instance's prefix (`support/corpus`) is already its own artifacts_dir."""
+    return run_folder(config.artifacts_dir, context.asset_key.path[-1], context.run_id)
 
 
 def cache_dir(config: PipelineConfig) -> Path:
