@@ -90,11 +90,19 @@ def shard_of(passage_id: str, num_shards: int) -> int:
 
 @dataclass(frozen=True)
 class Block:
-    """Up to `BLOCK_ROWS` source rows: the ones that passed the row checks (`passages`, with
-    `line` and `file`) and the ones that did not (`rejected`: file, line, reason, passage_id)."""
+    """Up to `BLOCK_ROWS` source rows of one file: the ones that passed the row checks (`rows`:
+    (passage_id, title, text, line) tuples) and the ones that did not (`rejected`: file, line,
+    reason, passage_id). Plain lists, not a frame: a block goes straight into Arrow columns."""
 
-    passages: pd.DataFrame
+    file: str
+    rows: list[tuple[str, str, str, int]]
     rejected: list[dict]
+
+    @property
+    def passages(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.rows, columns=["passage_id", "title", "text", "line"])
+        frame["file"] = self.file
+        return frame
 
 
 def source_files(source: Path) -> list[Path]:
@@ -147,8 +155,8 @@ def _id_field(value) -> str:
     return str(value).strip()
 
 
-def _check_row(row: dict, id_key: str) -> tuple[dict | None, str, str]:
-    """(passage fields, "", id) for a good row, or (None, reason, id) for a rejected one."""
+def _check_row(row: dict, id_key: str) -> tuple[tuple[str, str, str] | None, str, str]:
+    """((id, title, text), "", id) for a good row, or (None, reason, id) for a rejected one."""
     pid = _id_field(row.get(id_key))
     text, problem = _string_field(row.get("text"), "text")
     title, title_problem = _string_field(row.get("title"), "title")
@@ -158,7 +166,7 @@ def _check_row(row: dict, id_key: str) -> tuple[dict | None, str, str]:
         return None, problem or title_problem, pid
     if not text:
         return None, "empty text", pid
-    return {"passage_id": pid, "title": title, "text": text}, "", pid
+    return (pid, title, text), "", pid
 
 
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str]]:
@@ -208,7 +216,7 @@ def scan_corpus(source: Path, block_rows: int = BLOCK_ROWS) -> Iterator[Block]:
     for path in source_files(source):
         name = str(path)
         rows = _rows_parquet(path, block_rows) if path.suffix.lower() == ".parquet" else _rows_jsonl(path)
-        good: list[dict] = []
+        good: list[tuple[str, str, str, int]] = []
         rejected: list[dict] = []
         first_block = path.suffix.lower() != ".parquet"  # Parquet's columns are checked from its schema
         seen_columns: set[str] = set()
@@ -223,24 +231,17 @@ def scan_corpus(source: Path, block_rows: int = BLOCK_ROWS) -> Iterator[Block]:
                 if fields is None:
                     rejected.append({"file": name, "line": number, "reason": reason, "passage_id": pid})
                 else:
-                    fields["line"] = number
-                    good.append(fields)
+                    good.append((*fields, number))
             if len(good) + len(rejected) >= block_rows:
                 if first_block and not good and seen_columns:
                     _require_columns(path, seen_columns)
                 first_block = False
-                yield _block(good, rejected, name)
+                yield Block(name, good, rejected)
                 good, rejected = [], []
         if first_block and not good and seen_columns:
             _require_columns(path, seen_columns)
         if good or rejected:
-            yield _block(good, rejected, name)
-
-
-def _block(good: list[dict], rejected: list[dict], name: str) -> Block:
-    frame = pd.DataFrame(good, columns=["passage_id", "title", "text", "line"])
-    frame["file"] = name
-    return Block(frame, rejected)
+            yield Block(name, good, rejected)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,15 +289,17 @@ def build_corpus_dataset(source: Path, target: Path, num_shards: int, block_rows
         writers = {key: pq.ParquetWriter(tmp / PASSAGES / f"{key}.parquet", schema) for key in keys}
         try:
             for block in scan_corpus(source, block_rows):
-                frame = block.passages
-                rows_in += len(frame) + len(block.rejected)
+                rows_in += len(block.rows) + len(block.rejected)
                 rejected += block.rejected
-                if frame.empty:
+                if not block.rows:
                     continue
-                frame["content_hash"] = [text_hash(passage_text(t, x)) for t, x in zip(frame["title"], frame["text"], strict=True)]
-                buckets = np.fromiter((shard_of(pid, num_shards) for pid in frame["passage_id"]), dtype=np.int64,
-                                      count=len(frame))
-                table = pa.Table.from_pandas(frame[DATASET_COLUMNS], schema=schema, preserve_index=False)
+                ids, titles, texts, lines = zip(*block.rows)
+                hashes = [text_hash(passage_text(t, x)) for t, x in zip(titles, texts, strict=True)]
+                buckets = np.fromiter((shard_of(pid, num_shards) for pid in ids), dtype=np.int64, count=len(ids))
+                files = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(ids), np.int32)), pa.array([block.file]))
+                table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(titles, pa.string()),
+                                              pa.array(texts, pa.string()), pa.array(hashes, pa.string()),
+                                              pa.array(lines, pa.int64()), files], schema=schema)
                 for shard in np.unique(buckets):
                     writers[keys[shard]].write_table(table.take(np.flatnonzero(buckets == shard)))
                 if on_progress is not None:
@@ -369,15 +372,31 @@ def corpus_dataset(source: Path, datasets_dir: Path, num_shards: int, on_progres
     """The dataset of `source` as it is now, under `datasets_dir/<dataset_key>`: built once, then reused.
 
     Every process asking for an unchanged source gets the same folder without reading the source;
-    two processes building it at once each write a whole folder and the last rename wins (the
-    two are identical).
+    two processes building it at once each build a whole folder and the first rename wins (the
+    two are identical; the other is discarded).
     """
+    import os
+    import shutil
+    import uuid
+
     folder = Path(datasets_dir) / dataset_key(source, num_shards)
     if (folder / MANIFEST).exists():
         return CorpusDataset(folder)
     if on_progress is not None:
         on_progress(f"corpus: reading {source} into {folder} ({num_shards} shards)")
-    return build_corpus_dataset(source, folder, num_shards, block_rows, on_progress)
+    # Built under a name of its own, then renamed in only if no other process got there first:
+    # a reader of the first one never sees its folder swapped under it.
+    build = folder.parent / f".{folder.name}.build-{uuid.uuid4().hex[:8]}"
+    try:
+        build_corpus_dataset(source, build, num_shards, block_rows, on_progress)
+        try:
+            os.rename(build, folder)
+        except OSError:
+            if not (folder / MANIFEST).exists():
+                raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return CorpusDataset(folder)
 
 
 class CorpusDataset:

@@ -89,7 +89,8 @@ def apply_retention_plan(
         p for p in _subfolders(root / CACHE_FOLDER) if _space_fingerprint(p) not in fingerprints and not fresh(p))
     datasets = kept_datasets(root, protected, handles_dir, kept_runs, keep)
     removed["corpus datasets"] = _remove(
-        p for p in _subfolders(root / DATASETS_FOLDER) if p.resolve() not in datasets and not fresh(p))
+        p for p in _subfolders(root / DATASETS_FOLDER)
+        if p.resolve() not in datasets and not fresh(p) and not p.name.startswith("."))  # ".<key>.build-*": being built
     checkpoints = sorted(_subfolders(root / CHECKPOINTS_FOLDER), key=_mtime, reverse=True)
     removed["checkpoint folders"] = _remove(p for p in checkpoints[keep:] if not fresh(p))
     return RetentionResult(removed, frozenset(fingerprints))

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 
-_SPACE = re.compile(r"\s+")
 
 
 def clean_text(value: object) -> str:
     """Unicode NFC and collapsed whitespace; None/NaN become ''. Case is kept (models see it)."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
-    return _SPACE.sub(" ", unicodedata.normalize("NFC", str(value))).strip()
+    # str.split() splits on exactly the characters `\s` matches (str.isspace), at several times the
+    # speed of a regex substitution: it is called twice per passage of a million-passage corpus.
+    return " ".join(unicodedata.normalize("NFC", str(value)).split())
 
 
 def query_key(value: object) -> str:
