@@ -72,10 +72,13 @@ def _write_shard_file(target: Path, batches: Iterator[tuple[list[str], np.ndarra
     return rows
 
 
-def _open(path: Path):
+def _open(path: Path, mapped: bool = True):
+    """An Arrow file reader: memory-mapped (reading a batch's row count or id column touches only
+    those pages), or with `mapped=False` one that reads each record batch when asked (a stream
+    over a million vectors through a map would keep every page it read resident)."""
     import pyarrow as pa
 
-    return pa.ipc.open_file(pa.memory_map(str(path), "r"))
+    return pa.ipc.open_file(pa.memory_map(str(path), "r") if mapped else pa.OSFile(str(path), "rb"))
 
 
 def shard_precision(path: Path) -> str:
@@ -96,9 +99,9 @@ def shard_ids(path: Path) -> list[str]:
 
 def iter_shard_embeddings(paths: list[Path]) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, float32 vectors) record batch after record batch over the shard files, in order
-    (vectors are views of the mapped files: copy what you keep)."""
+    (each batch read when reached; memory is one batch)."""
     for path in paths:
-        reader = _open(path)
+        reader = _open(path, mapped=False)
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             vec = batch.column(1)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -69,22 +70,34 @@ def encode_keys(keys) -> np.ndarray:
 @dataclass
 class _Segment:
     path: Path
-    keys: np.ndarray  # S16, sorted (a view of the mapped file)
+    keys: np.ndarray  # S16, sorted (a copy in memory: 16 bytes a row)
     vectors: np.ndarray  # float32 (rows, dim), a view of the mapped file
+    mapping: mmap.mmap | None = None
+
+    def release(self) -> None:
+        """Drop the mapped pages this process touched (they stay in the OS page cache): a lookup
+        reads its rows through the map, and without this every vector ever looked up would count
+        in the process's resident memory until the store is closed."""
+        if self.mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self.mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _open_segment(path: Path) -> _Segment:
     import pyarrow as pa
 
-    table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    with open(path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else None
+    if mapping is None:
+        raise FileNotFoundError(f"{path}: empty segment file")
+    table = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapping))).read_all()
     keys_col = table.column("key").combine_chunks()
     vec_col = table.column("vector").combine_chunks()
     n = len(keys_col)
-    keys = np.frombuffer(keys_col.buffers()[1], dtype=f"S{KEY_BYTES}", count=n, offset=keys_col.offset * KEY_BYTES)
+    keys = np.frombuffer(keys_col.buffers()[1], dtype=f"S{KEY_BYTES}", count=n, offset=keys_col.offset * KEY_BYTES).copy()
     dim = vec_col.type.list_size
     values = vec_col.values
     flat = np.frombuffer(values.buffers()[1], dtype=np.float32, count=values.offset + n * dim)[values.offset:]
-    return _Segment(path, keys, flat.reshape(n, dim) if n else np.zeros((0, dim), np.float32))
+    return _Segment(path, keys, flat.reshape(n, dim) if n else np.zeros((0, dim), np.float32), mapping)
 
 
 def write_segment(folder: Path, keys: np.ndarray, vectors: np.ndarray) -> Path:
@@ -175,6 +188,7 @@ class VectorStore:
             rows = np.flatnonzero(seg_of == number)
             if len(rows):
                 out[rows] = segment.vectors[row_of[rows]]
+                segment.release()
         return seg_of >= 0, out
 
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
