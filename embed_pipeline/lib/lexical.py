@@ -110,64 +110,74 @@ class LexicalIndex:
     @classmethod
     def build_stream(cls, batches, language: str = "english", k1: float = DEFAULT_K1,
                      b: float = DEFAULT_B) -> LexicalIndex:
-        """The same index as `build`, from (passage ids, texts) batches, without the corpus's tokens in memory.
+        """The same index as `build`, from (passage ids, texts) batches, in memory the size of the index.
 
         `build` hands bm25s every document's token list at once (Python lists of ints: gigabytes
-        at a million passages). Here each batch is analysed and reduced at once to its distinct
-        (passage, stem, count) triples in numpy arrays, stems numbered in one growing vocabulary;
-        the Lucene BM25 weights are then computed over the triples, as bm25s computes them
-        (idf = ln(1 + (N - df + 0.5) / (df + 0.5)); tf part = tf / (tf + k1 (1 - b + b dl / avgdl))),
-        and laid out as bm25s's column-per-stem score matrix. Peak memory is the score matrix
-        (the index itself) plus one batch.
+        at a million passages). Here, pass 1 analyses each batch and reduces it to its distinct
+        (passage, stem, count) triples, numbered in one growing vocabulary, and spills them to a
+        temporary file; only the document frequency of each stem and the length of each passage
+        stay in memory. Pass 2 reads the batches back and writes each triple's Lucene BM25 weight
+        straight into its place in bm25s's column-per-stem score matrix (allocated once, at its
+        final size), as bm25s computes it: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), tf part =
+        tf / (tf + k1 (1 - b + b dl / avgdl)). Peak memory: the score matrix plus one batch.
         """
         import itertools
+        import tempfile
 
         import bm25s
 
         vocab: dict[str, int] = {}
-        docs, terms, counts, lengths, ids = [], [], [], [], []
+        df = np.zeros(0, dtype=np.int64)
+        lengths, ids, spilled = [], [], []
         offset = 0
-        for batch_ids, texts in batches:
-            if not len(batch_ids):
-                continue
-            tokens = analyze(texts, language, return_ids=True)
-            local = np.empty(len(tokens.vocab), dtype=np.int64)
-            for stem, local_id in tokens.vocab.items():
-                local[local_id] = vocab.setdefault(stem, len(vocab))
-            lens = np.fromiter((len(doc) for doc in tokens.ids), dtype=np.int64, count=len(tokens.ids))
-            flat = np.fromiter(itertools.chain.from_iterable(tokens.ids), dtype=np.int64, count=int(lens.sum()))
-            pairs = (np.repeat(np.arange(offset, offset + len(lens), dtype=np.int64), lens) << 32) | local[flat]
-            unique, tf = np.unique(pairs, return_counts=True)
-            docs.append((unique >> 32).astype(np.int32))
-            terms.append((unique & 0xFFFFFFFF).astype(np.int32))
-            counts.append(tf.astype(np.float32))
-            lengths.append(lens)
-            ids += list(batch_ids)
-            offset += len(lens)
-        if not ids:
-            raise ValueError("cannot build a lexical index over an empty corpus")
-        doc = np.concatenate(docs)
-        del docs
-        term = np.concatenate(terms)
-        del terms
-        tf = np.concatenate(counts)
-        del counts
-        dl = np.concatenate(lengths).astype(np.float32)
-        n_docs, n_vocab = len(dl), len(vocab)
-        df = np.bincount(term, minlength=n_vocab)
-        idf = np.log(1 + (n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
-        norm = (k1 * (1 - b + b * dl / max(float(dl.mean()), 1e-9))).astype(np.float32)
-        data = idf[term] * tf / (tf + norm[doc])
-        del tf
-        order = np.argsort(term, kind="stable")
-        del term
+        with tempfile.TemporaryDirectory(prefix="bm25-build-") as scratch:
+            for batch_ids, texts in batches:
+                if not len(batch_ids):
+                    continue
+                tokens = analyze(texts, language, return_ids=True)
+                local = np.empty(len(tokens.vocab), dtype=np.int64)
+                for stem, local_id in tokens.vocab.items():
+                    local[local_id] = vocab.setdefault(stem, len(vocab))
+                lens = np.fromiter((len(doc) for doc in tokens.ids), dtype=np.int64, count=len(tokens.ids))
+                flat = np.fromiter(itertools.chain.from_iterable(tokens.ids), dtype=np.int64, count=int(lens.sum()))
+                pairs = (np.repeat(np.arange(offset, offset + len(lens), dtype=np.int64), lens) << 32) | local[flat]
+                unique, tf = np.unique(pairs, return_counts=True)  # sorted by passage, then stem
+                term = (unique & 0xFFFFFFFF).astype(np.int32)
+                if len(vocab) > len(df):
+                    df = np.concatenate([df, np.zeros(len(vocab) - len(df), np.int64)])
+                df += np.bincount(term, minlength=len(df))
+                path = Path(scratch) / f"{len(spilled):06d}.npz"
+                np.savez(path, doc=(unique >> 32).astype(np.int32), term=term, tf=tf.astype(np.float32))
+                spilled.append(path)
+                lengths.append(lens.astype(np.float32))
+                ids += list(batch_ids)
+                offset += len(lens)
+            if not ids:
+                raise ValueError("cannot build a lexical index over an empty corpus")
+            dl = np.concatenate(lengths)
+            n_docs, n_vocab = len(dl), len(vocab)
+            idf = np.log(1 + (n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
+            norm = (k1 * (1 - b + b * dl / max(float(dl.mean()), 1e-9))).astype(np.float32)
+            indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
+            data = np.empty(int(indptr[-1]), dtype=np.float32)
+            indices = np.empty(int(indptr[-1]), dtype=np.int32)
+            cursor = indptr[:-1].copy()  # where each stem's next passage goes
+            for path in spilled:  # passages in increasing order, so each column ends up sorted
+                with np.load(path) as part:
+                    doc, term, tf = part["doc"], part["term"], part["tf"]
+                order = np.argsort(term, kind="stable")
+                term_sorted = term[order]
+                stems, first, count = np.unique(term_sorted, return_index=True, return_counts=True)
+                within = np.arange(len(term_sorted)) - np.repeat(first, count)
+                where = cursor[term_sorted] + within
+                data[where] = (idf[term] * tf / (tf + norm[doc]))[order]
+                indices[where] = doc[order]
+                cursor[stems] += count
         # bm25s's index() gives the empty token a column of its own (no passage has it): the same here.
-        empty_token = vocab.setdefault("", len(vocab)) == n_vocab
-        indptr = np.concatenate([[0], np.cumsum(df), [len(data)] if empty_token else []]).astype(np.int64)
+        if vocab.setdefault("", len(vocab)) == n_vocab:
+            indptr = np.append(indptr, indptr[-1])
         retriever = bm25s.BM25(k1=k1, b=b)
-        retriever.scores = {"data": data[order].astype(np.float32), "indices": doc[order].astype(np.int32),
-                            "indptr": indptr, "num_docs": n_docs}
-        del order, data, doc
+        retriever.scores = {"data": data, "indices": indices, "indptr": indptr, "num_docs": n_docs}
         retriever.vocab_dict = vocab
         retriever.unique_token_ids_set = set(vocab.values())
         retriever.nonoccurrence_array = None  # Lucene BM25 scores nothing for absent terms (BM25L/BM25+ would)
