@@ -44,11 +44,14 @@ DATASET_COLUMNS = ["passage_id", "title", "text", "content_hash", "line", "file"
 QUARANTINE_COLUMNS = ["line", "reason", "passage_id"]
 DATASET_QUARANTINE_COLUMNS = ["file", "line", "reason", "passage_id"]
 BLOCK_ROWS = 65_536  # rows parsed and written at a time: the unit memory is bounded by
+ROW_GROUP_ROWS = 8_192  # rows per Parquet row group at most: what a lookup by id reads
 FORMAT_VERSION = 1
 MANIFEST = "corpus.json"
 PASSAGES = "passages"
 QUARANTINE_FILE = "quarantine.parquet"
 SOURCE_SUFFIXES = (".jsonl", ".json", ".parquet")
+ID_INDEX_SUFFIX = ".ids.npy"  # beside each shard file: (64-bit id hash, row) sorted by hash, for lookups by id
+_ID_INDEX_DTYPE = np.dtype([("h", "<u8"), ("row", "<u4")])
 
 
 def passage_text(title: str, text: str) -> str:
@@ -258,6 +261,22 @@ def _shard_hash(ids: np.ndarray, hashes: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def _id_hashes(ids) -> np.ndarray:
+    """64 bits of BLAKE2b per passage id (a lookup key; equal hashes of two ids are resolved by
+    comparing the ids themselves)."""
+    return np.frombuffer(b"".join(hashlib.blake2b(str(i).encode("utf-8"), digest_size=8).digest() for i in ids),
+                         dtype="<u8", count=len(ids))
+
+
+def _id_index(ids) -> np.ndarray:
+    """A shard's id index: (id hash, row in the shard file), sorted by hash (12 bytes a passage)."""
+    index = np.empty(len(ids), dtype=_ID_INDEX_DTYPE)
+    index["h"] = _id_hashes(ids)
+    index["row"] = np.arange(len(ids), dtype=np.uint32)
+    index.sort(order="h", kind="stable")
+    return index
+
+
 def _schema():
     import pyarrow as pa
 
@@ -301,7 +320,7 @@ def build_corpus_dataset(source: Path, target: Path, num_shards: int, block_rows
                                               pa.array(texts, pa.string()), pa.array(hashes, pa.string()),
                                               pa.array(lines, pa.int64()), files], schema=schema)
                 for shard in np.unique(buckets):
-                    writers[keys[shard]].write_table(table.take(np.flatnonzero(buckets == shard)))
+                    writers[keys[shard]].write_table(table.take(np.flatnonzero(buckets == shard)), row_group_size=ROW_GROUP_ROWS)
                 if on_progress is not None:
                     on_progress(f"corpus: {rows_in:,} rows read")
         finally:
@@ -316,6 +335,7 @@ def build_corpus_dataset(source: Path, target: Path, num_shards: int, block_rows
             ids = cols.column("passage_id").to_numpy(zero_copy_only=False).astype(object)
             hashes = cols.column("content_hash").to_numpy(zero_copy_only=False).astype(object)
             shards[key] = {"rows": len(ids), "hash": _shard_hash(ids, hashes)}
+            np.save(tmp / PASSAGES / f"{key}{ID_INDEX_SUFFIX}", _id_index(ids))
         quarantine = pd.DataFrame(rejected, columns=DATASET_QUARANTINE_COLUMNS)
         quarantine = quarantine.astype({"file": str, "line": "int64", "reason": str, "passage_id": str})
         file_order = {name: i for i, name in enumerate(str(p) for p in source_files(source))}
@@ -354,7 +374,7 @@ def _drop_duplicates(path: Path, schema) -> list[dict]:
         return []
     table = pq.read_table(path)
     dropped = table.filter(repeated).select(["file", "line", "passage_id"]).to_pylist()
-    pq.write_table(table.filter(~repeated), path.with_suffix(".dedup"))
+    pq.write_table(table.filter(~repeated), path.with_suffix(".dedup"), row_group_size=ROW_GROUP_ROWS)
     path.with_suffix(".dedup").replace(path)
     return [{"file": str(r["file"]), "line": r["line"], "reason": "duplicate id", "passage_id": r["passage_id"]}
             for r in dropped]
@@ -470,30 +490,48 @@ class CorpusDataset:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
     def lookup(self, ids: list[str], columns: list[str] | None = None) -> pd.DataFrame:
-        """Rows of the given passage ids (index `passage_id`; unknown ids are absent), reading per
-        shard the id column and then only the row groups that hold a wanted id."""
+        """Rows of the given passage ids (index `passage_id`; unknown ids are absent).
+
+        Per shard holding one of the ids: a binary search in the shard's id index (memory-mapped,
+        `ID_INDEX_SUFFIX`) finds the rows, then only the row groups holding them are read. A few
+        milliseconds for a page of search hits, whatever the corpus size.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         columns = [c for c in (columns or ["title", "text"]) if c != "passage_id"]
-        by_shard: dict[str, set[str]] = {}
-        for pid in ids:
-            by_shard.setdefault(shard_key(shard_of(pid, self.num_shards), self.num_shards), set()).add(pid)
+        by_shard: dict[str, list[str]] = {}
+        for pid in dict.fromkeys(ids):
+            by_shard.setdefault(shard_key(shard_of(pid, self.num_shards), self.num_shards), []).append(pid)
         tables = []
         for key, wanted in by_shard.items():
-            handle = pq.ParquetFile(self.shard_path(key))
-            id_col = handle.read(columns=["passage_id"]).column("passage_id").to_pylist()
-            rows = [i for i, pid in enumerate(id_col) if pid in wanted]
-            if not rows:
+            rows = self._rows_of(key, wanted)
+            if not len(rows):
                 continue
+            handle = pq.ParquetFile(self.shard_path(key))
             starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
             groups = sorted({int(np.searchsorted(starts, r, side="right") - 1) for r in rows})
             table = handle.read_row_groups(groups, columns=["passage_id", *columns])
-            mask = pa.array([pid in wanted for pid in table.column("passage_id").to_pylist()])
-            tables.append(table.filter(mask))
+            wanted_set = set(wanted)
+            tables.append(table.filter(pa.array([pid in wanted_set for pid in table.column("passage_id").to_pylist()])))
         if not tables:
             return pd.DataFrame(columns=columns, index=pd.Index([], name="passage_id"))
         return _to_frame(pa.concat_tables(tables)).drop_duplicates("passage_id").set_index("passage_id")
+
+    def _rows_of(self, key: str, wanted: list[str]) -> np.ndarray:
+        """Candidate rows of `wanted` ids in a shard file (hash matches: the caller compares ids)."""
+        path = self.folder / PASSAGES / f"{key}{ID_INDEX_SUFFIX}"
+        if not path.exists():  # a dataset written before id indexes: every row is a candidate
+            return np.arange(self.shard_rows(key))
+        index = np.load(path, mmap_mode="r")
+        hashes = index["h"]
+        rows = []
+        for h in _id_hashes(wanted):
+            pos = int(np.searchsorted(hashes, h))
+            while pos < len(hashes) and hashes[pos] == h:
+                rows.append(int(index["row"][pos]))
+                pos += 1
+        return np.asarray(sorted(rows), dtype=np.int64)
 
 
 def _to_frame(batch) -> pd.DataFrame:
