@@ -22,8 +22,12 @@ def cache_dir(config: PipelineConfig) -> Path:
 
 def read_corpus(handle: CorpusHandle):
     """The corpus dataset a `corpus` materialisation built (a `lib.corpus.CorpusDataset`: read by shard and column)."""
-    from embed_pipeline.lib.corpus import CorpusDataset
+    from embed_pipeline.lib.corpus import MANIFEST, CorpusDataset
 
+    if not (Path(handle.path) / MANIFEST).exists():
+        raise dg.Failure(f"the corpus materialisation this step loaded ({handle.path}) is not a corpus dataset: it was "
+                         "written by an older version (one Parquet file) or its folder was removed; materialise "
+                         "`corpus` again (or select it in this run)")
     return CorpusDataset(Path(handle.path))
 
 
