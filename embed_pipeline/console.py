@@ -78,8 +78,12 @@ class Session:
         home = os.environ["DAGSTER_HOME"]
         try:
             self.instance.get_runs(limit=1)
+        except ModuleNotFoundError as exc:  # SQLAlchemy picked a driver that is not installed
+            raise ConfigError(postgres_driver_problem(home, exc.name or str(exc)) if _is_postgres_driver(exc.name)
+                              else f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
         except Exception as exc:  # noqa: BLE001 - psycopg, SQLAlchemy, Dagster's config and retry errors
             raise ConfigError(f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
+        check_postgres_driver(self.instance, home)
         uri = self.config.tracking_uri
         if uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
             # One connection attempt: MLflow itself retries a database for about 100 s before it says why.
@@ -198,6 +202,39 @@ def check_environment(config: PipelineConfig) -> None:
     llm = config.synthetic.llm
     if config.synthetic.generator == "llm" and llm.api_key_env and llm.api_key_env not in os.environ:
         raise ConfigError(f"synthetic.llm.api_key_env names {llm.api_key_env!r}, which is not set in the environment")
+
+
+def _is_postgres_driver(module: str | None) -> bool:
+    return (module or "").split(".")[0] in ("psycopg", "psycopg2")
+
+
+def postgres_driver_problem(home: str, driver: str) -> str:
+    """The one-line reason and fix when Dagster's PostgreSQL storage would not run on `driver`."""
+    import sqlalchemy
+
+    return (f"the Dagster instance in {home} (dagster.yaml) uses PostgreSQL through {driver}, but dagster-postgres "
+            f"needs psycopg2 (its event log's NOTIFY uses psycopg2's client-side parameters; SQLAlchemy "
+            f"{sqlalchemy.__version__} resolves a plain postgresql:// to its default driver): "
+            "pip install 'embed-pipeline[postgres]' (SQLAlchemy<2.1 + psycopg2-binary), or add "
+            "`scheme: postgresql+psycopg2` under postgres_db (postgres_url: postgresql+psycopg2://...)")
+
+
+def check_postgres_driver(instance, home: str) -> None:
+    """Refuse, before any work, a Dagster instance whose PostgreSQL storage is bound to a driver
+    other than psycopg2.
+
+    dagster-postgres builds a plain `postgresql://` URL from Dagster's documented `postgres_db`
+    block and notifies listeners with `NOTIFY run_events, %(notify_id)s`, which only psycopg2's
+    client-side parameter binding accepts. SQLAlchemy 2.1 made psycopg 3 the default driver of a
+    plain `postgresql://`: the instance then creates its tables fine and fails the first event
+    write of a run (`syntax error at or near "$1"`). Each storage's engine says which driver it got.
+    """
+    storages = (instance.run_storage, instance.event_log_storage, instance._schedule_storage)  # no public accessor
+    for storage in storages:
+        engine = getattr(storage, "_engine", None)
+        if type(storage).__module__.startswith("dagster_postgres") and engine is not None:
+            if engine.dialect.driver != "psycopg2":
+                raise ConfigError(postgres_driver_problem(home, engine.dialect.driver))
 
 
 def _innermost(exc: BaseException) -> str:

@@ -78,10 +78,26 @@ class Postgres:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{db}"
 
     def query(self, db: str, sql: str, *params) -> list[tuple]:
-        import psycopg
+        import psycopg2
 
-        with psycopg.connect(self.url(db)) as connection:
-            return connection.execute(sql, params).fetchall()
+        connection = psycopg2.connect(self.url(db))
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall()
+        finally:
+            connection.close()
+
+    def create_database(self, name: str) -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(self.url("postgres"))
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f'create database "{name}"')
+        finally:
+            connection.close()
 
     def close(self) -> None:
         self._run(pg_tool("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
@@ -279,10 +295,7 @@ def test_an_unreachable_database_is_a_clear_error_at_start_never_sqlite(tmp_path
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    import psycopg
-
-    with psycopg.connect(postgres.url("postgres"), autocommit=True) as connection:
-        connection.execute("create database cli_check")
+    postgres.create_database("cli_check")
     closed = free_port()
     monkeypatch.chdir(tmp_path)
     for name, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(closed),
