@@ -193,8 +193,9 @@ class Walkthrough:
             tracker = self.session.tracker()
             base = resolve_model_name(self.config.base_model)
             with tracker.open_run("stock-model", {"role": "the stock model, served before any fine-tuning"}) as run_id:
-                tracker.log_artifacts(run_id, Path(base), "model")
-                version = tracker.register_model(self.config.registered_model_name, run_id, "model", {"model_path": base})
+                version = tracker.register_embedding_model(self.config.registered_model_name, run_id, Path(base),
+                                                           query_prompt=self.config.query_prompt,
+                                                           passage_prompt=self.config.corpus_prompt, tags={"model_path": base})
             promote(self.config.artifacts_dir, {"model_name": self.config.registered_model_name, "model_version": version,
                                                 "model_dir": base, "mlflow_run_id": run_id, "index_path": "",
                                                 "retrieval": RetrievalSpec(
