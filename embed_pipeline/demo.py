@@ -225,10 +225,10 @@ class Walkthrough:
     def train(self) -> dict:
         from embed_pipeline.console import output
         from embed_pipeline.lib.evaluation import report_markdown
-        from embed_pipeline.lib.io import read_json
+        from embed_pipeline.lib.contracts import read_eval_report
 
         result = self._execute("training_job")
-        report = read_json(output(result, "eval_report").path)
+        report = read_eval_report(output(result, "eval_report").path)
         self.say("eval report:\n" + report_markdown(report))
         judged = report["judged"]["candidate"]
         ci = report["ci"]["recall@10"]

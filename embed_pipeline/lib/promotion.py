@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from embed_pipeline.lib.config import GateConfig
+from embed_pipeline.lib.contracts import ContractError, HistoryEvent, ServedPointer, dump, load
 from embed_pipeline.lib.io import read_json, write_json
 
 SERVED_FILE = "served.json"
@@ -82,9 +83,10 @@ class PromotionError(RuntimeError):
 
 
 def read_served(artifacts_dir: Path) -> dict | None:
-    """The served pointer (model + index) as last written, or None before the first promotion."""
+    """The served pointer (model + index) as last written, or None before the first promotion.
+    Validated (`contracts.ServedPointer`): a pointer that does not match raises `ContractError`."""
     path = Path(artifacts_dir) / SERVED_FILE
-    return read_json(path) if path.exists() else None
+    return load(ServedPointer, read_json(path), str(path)) if path.exists() else None
 
 
 def served_history(artifacts_dir: Path) -> list[dict]:
@@ -92,7 +94,8 @@ def served_history(artifacts_dir: Path) -> list[dict]:
 
     Only a torn last line (a crash mid-append) is ignored, and the next append cuts it off. Any
     other line that is not a JSON event raises `PromotionError` naming the file and the line:
-    skipping it would silently change what serves and what a rollback restores.
+    skipping it would silently change what serves and what a rollback restores. Each event is
+    validated (`contracts.HistoryEvent`); one that does not match raises `PromotionError` the same way.
     """
     path = Path(artifacts_dir) / HISTORY_FILE
     if not path.exists():
@@ -109,7 +112,10 @@ def served_history(artifacts_dir: Path) -> list[dict]:
                                  "remove that line by hand; nothing is promoted or rolled back until then") from None
         if not isinstance(event, dict):
             raise PromotionError(f"{path}: line {number} of {len(lines)} is not a JSON object: repair or remove it by hand")
-        events.append(event)
+        try:
+            events.append(load(HistoryEvent, event, f"{path}: line {number} of {len(lines)}"))
+        except ContractError as exc:
+            raise PromotionError(f"{exc}: repair or remove that line by hand") from None
     return events
 
 
@@ -161,9 +167,10 @@ def _cut_torn_tail(path: Path) -> None:
 
 
 def _append(artifacts_dir: Path, event: dict) -> None:
+    line = json.dumps(dump(HistoryEvent, event))  # validated before anything is written
     _cut_torn_tail(Path(artifacts_dir) / HISTORY_FILE)
     with open(Path(artifacts_dir) / HISTORY_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(event) + "\n")
+        handle.write(line + "\n")
         handle.flush()
         import os
 
@@ -176,7 +183,7 @@ def _write_pointer(artifacts_dir: Path, stack: list[dict], event: dict) -> dict 
         if path.exists():
             path.unlink()
         return None
-    pointer = {**stack[-1], "served_since": event["at"], "last_event": event["action"]}
+    pointer = dump(ServedPointer, {**stack[-1], "served_since": event["at"], "last_event": event["action"]})
     write_json(pointer, Path(artifacts_dir) / SERVED_FILE)
     return pointer
 
