@@ -47,6 +47,12 @@ def test_a_report_the_pipeline_builds_is_written_validated_and_read_back_unchang
     path, _ = write_report(built, pd.DataFrame({"query_id": ["q1"], "model": ["candidate"]}), tmp_path, 1)
     written = json.loads(path.read_text())
     assert read_eval_report(path) == written
+    # The shipped schema, used as another program would (a JSON Schema validator), accepts it.
+    import jsonschema
+
+    jsonschema.validate(written, json.loads((contracts.SCHEMA_DIR / "eval_report.schema.json").read_text()))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**written, "gate": {"passed": "yes"}}, json.loads((contracts.SCHEMA_DIR / "eval_report.schema.json").read_text()))
     assert len(written["gate"]["clauses"]) == 4 and written["segments"][0]["ndcg@10_lift"] > 0
     assert written["retrieval"]["champion"]["as"] == "served" and written["leakage"]["dropped_pairs"] == 0
 
@@ -68,6 +74,11 @@ def test_the_pointer_and_the_history_are_validated_where_they_are_written_and_re
     promote(tmp_path, {**pointer, "model_version": "2"}, "test", "second")
     rollback(tmp_path, "test", "back")
     assert read_served(tmp_path) == json.loads((tmp_path / SERVED_FILE).read_text())
+    import jsonschema
+
+    jsonschema.validate(read_served(tmp_path), json.loads((contracts.SCHEMA_DIR / "served_pointer.schema.json").read_text()))
+    for event in served_history(tmp_path):
+        jsonschema.validate(event, json.loads((contracts.SCHEMA_DIR / "history_event.schema.json").read_text()))
     assert [e["action"] for e in served_history(tmp_path)] == ["promote", "promote", "rollback"]
     with pytest.raises(ContractError, match=r"HistoryEvent not written: retrieval\.rrf_k: Field required"):
         promote(tmp_path, {**pointer, "model_version": "3", "retrieval": {k: v for k, v in SPEC.items() if k != "rrf_k"}},
