@@ -38,16 +38,21 @@ class _Closed(BaseModel):
 
 
 class RetrievalRecord(_Closed):
-    """How one model's index answers a query: what the gate judged and, after a promotion, what serves."""
+    """How one model's index answers a query: what the gate judged and, after a promotion, what serves.
+
+    Every field is written now; records from before retrieval specs were kept have only `mode`,
+    `fusion` and `dense_weight` (`RetrievalSpec.from_record` derives the rest and says so), and
+    they still read.
+    """
 
     mode: Literal["dense", "hybrid"]
     fusion: str | None = Field(None, description="hybrid only: convex or rrf")
     dense_weight: float | None = Field(None, description="hybrid, convex fusion: the dense score's weight in [0, 1]")
-    dense_weight_source: str = Field("", description="where the weight came from (config, dev split, ...)")
-    rrf_k: int
-    depth: int = Field(description="hits taken from each retriever before fusing")
-    precision: str = Field(description="what the corpus vectors were encoded in (bf16, fp16, fp32, tf32)")
-    derived: str = ""
+    dense_weight_source: str | None = Field(None, description="where the weight came from (config, dev split, ...)")
+    rrf_k: int | None = Field(None, description="reciprocal-rank fusion's k")
+    depth: int | None = Field(None, description="hits taken from each retriever before fusing")
+    precision: str | None = Field(None, description="what the corpus vectors were encoded in (bf16, fp16, fp32, tf32)")
+    derived: str = Field("", description="non-empty: the fields above were assumed, and why")
 
 
 class ChampionRetrieval(RetrievalRecord):
@@ -114,23 +119,24 @@ class EvalReport(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
+    # Optional: rows that only some runs have, and sections reports of earlier versions lack (they still read).
     eval: EvalCounts
     bm25: Metrics | None = None
     base: Metrics
     champion: Metrics
     champion_hybrid: Metrics | None = None
     candidate: Metrics
-    candidate_exact: Metrics
+    candidate_exact: Metrics | None = None
     candidate_hybrid: Metrics | None = None
-    judged: Judged
+    judged: Judged | None = None
     lift: Metrics = Field(description="judged candidate minus base")
     lift_over_champion: Metrics = Field(description="judged candidate minus judged champion: what the gate judges")
-    approximate_search_loss: Metrics = Field(description="exact search minus the index")
-    ci: dict[str, Interval]
-    segments: list[Segment]
-    recall_curves: dict[str, dict[str, float]] = Field(description="row -> {k: mean recall@k}")
+    approximate_search_loss: Metrics | None = Field(None, description="exact search minus the index")
+    ci: dict[str, Interval] | None = None
+    segments: list[Segment] | None = None
+    recall_curves: dict[str, dict[str, float]] | None = Field(None, description="row -> {k: mean recall@k}")
     models: dict[str, Any] = Field(description="what was compared: base name, champion and candidate versions, the index")
-    retrieval: ReportRetrieval
+    retrieval: ReportRetrieval | None = None
     gate: Gate
 
 

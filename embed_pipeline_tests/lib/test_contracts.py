@@ -66,6 +66,9 @@ def test_a_report_that_drifts_is_refused_naming_the_field(tmp_path):
     (tmp_path / "eval_report.json").write_text(json.dumps({**report(tmp_path), "retrieval": {**SPEC, "mode": "sparse"}}))
     with pytest.raises(ContractError, match=r"eval_report.json is not a valid EvalReport: retrieval\.mode"):
         read_eval_report(tmp_path / "eval_report.json")
+    (tmp_path / "eval_report.json").write_text(json.dumps({**report(tmp_path), "retrieval": {**SPEC, "rrf_k": "sixty"}}))
+    with pytest.raises(ContractError, match=r"eval_report.json is not a valid EvalReport: retrieval\.rrf_k: Input should be a valid integer"):
+        read_eval_report(tmp_path / "eval_report.json")
 
 
 def test_the_pointer_and_the_history_are_validated_where_they_are_written_and_read(tmp_path):
@@ -80,10 +83,14 @@ def test_the_pointer_and_the_history_are_validated_where_they_are_written_and_re
     for event in served_history(tmp_path):
         jsonschema.validate(event, json.loads((contracts.SCHEMA_DIR / "history_event.schema.json").read_text()))
     assert [e["action"] for e in served_history(tmp_path)] == ["promote", "promote", "rollback"]
-    with pytest.raises(ContractError, match=r"HistoryEvent not written: retrieval\.rrf_k: Field required"):
-        promote(tmp_path, {**pointer, "model_version": "3", "retrieval": {k: v for k, v in SPEC.items() if k != "rrf_k"}},
-                "test", "bad spec")
+    with pytest.raises(ContractError, match=r"HistoryEvent not written: retrieval\.mode: Input should be 'dense' or 'hybrid'"):
+        promote(tmp_path, {**pointer, "model_version": "3", "retrieval": {**SPEC, "mode": "sparse"}}, "test", "bad spec")
     assert len(served_history(tmp_path)) == 3, "nothing written"
+
+    # Records from before retrieval specs were kept (mode, fusion, dense_weight only) still read.
+    old = {"action": "promote", "model_name": "m", "model_version": "0", "retrieval": {"mode": "hybrid", "fusion": "convex",
+                                                                                      "dense_weight": 0.5}, "at": "then", "by": "old"}
+    assert contracts.load(contracts.HistoryEvent, old, "old line") == old
 
     # A history line that is JSON but not an event: refused by line and field, as a damaged line is.
     with open(tmp_path / HISTORY_FILE, "a") as handle:
