@@ -78,10 +78,10 @@ class Session:
         home = os.environ["DAGSTER_HOME"]
         try:
             self.instance.get_runs(limit=1)
-        except ModuleNotFoundError as exc:  # SQLAlchemy picked a driver that is not installed
-            raise ConfigError(postgres_driver_problem(home, exc.name or str(exc)) if _is_postgres_driver(exc.name)
-                              else f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
         except Exception as exc:  # noqa: BLE001 - psycopg, SQLAlchemy, Dagster's config and retry errors
+            missing = _missing_postgres_driver(exc)  # SQLAlchemy picked a PostgreSQL driver that is not installed
+            if missing:
+                raise ConfigError(postgres_driver_problem(home, missing, installed=False)) from exc
             raise ConfigError(f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
         check_postgres_driver(self.instance, home)
         uri = self.config.tracking_uri
@@ -204,18 +204,25 @@ def check_environment(config: PipelineConfig) -> None:
         raise ConfigError(f"synthetic.llm.api_key_env names {llm.api_key_env!r}, which is not set in the environment")
 
 
-def _is_postgres_driver(module: str | None) -> bool:
-    return (module or "").split(".")[0] in ("psycopg", "psycopg2")
+def _missing_postgres_driver(exc: BaseException) -> str | None:
+    """The PostgreSQL driver module whose import failed somewhere in `exc`'s chain, if one did."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and (seen.name or "").split(".")[0] in ("psycopg", "psycopg2"):
+            return seen.name.split(".")[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
-def postgres_driver_problem(home: str, driver: str) -> str:
+def postgres_driver_problem(home: str, driver: str, installed: bool = True) -> str:
     """The one-line reason and fix when Dagster's PostgreSQL storage would not run on `driver`."""
     import sqlalchemy
 
-    return (f"the Dagster instance in {home} (dagster.yaml) uses PostgreSQL through {driver}, but dagster-postgres "
-            f"needs psycopg2 (its event log's NOTIFY uses psycopg2's client-side parameters; SQLAlchemy "
-            f"{sqlalchemy.__version__} resolves a plain postgresql:// to its default driver): "
-            "pip install 'embed-pipeline[postgres]' (SQLAlchemy<2.1 + psycopg2-binary), or add "
+    problem = (f"uses PostgreSQL through {driver}, but dagster-postgres needs psycopg2" if installed and driver != "psycopg2"
+               else f"needs the PostgreSQL driver {driver}, which is not installed (dagster-postgres needs psycopg2)")
+    return (f"the Dagster instance in {home} (dagster.yaml) {problem}; its event log's NOTIFY works only with psycopg2's "
+            f"client-side parameters, and SQLAlchemy {sqlalchemy.__version__} maps a plain postgresql:// to its default "
+            "driver (psycopg 3 from 2.1 on): pip install 'embed-pipeline[postgres]' (SQLAlchemy<2.1 + psycopg2-binary), or add "
             "`scheme: postgresql+psycopg2` under postgres_db (postgres_url: postgresql+psycopg2://...)")
 
 

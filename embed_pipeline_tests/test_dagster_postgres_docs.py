@@ -6,6 +6,7 @@ at or near "$1"); the `postgres` extra's pins make a plain postgresql:// mean ps
 that cannot work is refused by the CLI at start, in one line with the fix.
 """
 
+import sys
 import time
 
 import dagster as dg
@@ -123,3 +124,10 @@ def test_a_driver_dagster_postgres_cannot_use_is_refused_at_start(tmp_path, post
     assert "uses PostgreSQL through psycopg, but dagster-postgres needs psycopg2" in line
     assert "pip install 'embed-pipeline[postgres]'" in line and "scheme: postgresql+psycopg2" in line
     assert postgres.query("psycopg3", "select count(*) from runs") == [(0,)], "refused before any run"
+
+    # The driver SQLAlchemy picks is not installed at all (SQLAlchemy 2.1 without psycopg 3): the same one line.
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` now fails as if it were not installed
+    assert cli.main(["run", "--config", str(config)]) == cli.EXIT_CONFIG
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "needs the PostgreSQL driver psycopg, which is not installed (dagster-postgres needs psycopg2)" in line
+    assert "scheme: postgresql+psycopg2" in line

@@ -94,17 +94,24 @@ class Tracker:
         pinned requirements, the query and passage prompts in its metadata and in the model's own
         `prompts`), so `mlflow.sentence_transformers.load_model`, `mlflow.pyfunc.load_model` and
         `mlflow models serve` work on `models:/<name>@champion`. The pipeline itself keeps reading
-        `model_dir` (the `model_path` tag). The version's source is the logged model's artifact
-        folder, not `models:/<model_id>`: MLflow loads it the same way, and retention
-        (`prune_logged_models`) finds a local copy to prune exactly as it did for the earlier
-        folder-only versions (a `models:/` source would hide the copy from it).
+        `model_dir` (the `model_path` tag).
+
+        The version's source: with a local artifact store (`file:`), the logged model's folder, so
+        retention (`prune_logged_models`, which prunes only local copies under artifacts_dir) finds
+        it exactly as it found the earlier folder-only versions; otherwise `models:/<model_id>`,
+        MLflow 3's own form, which a tracking server requires (it refuses a source outside the
+        run's artifacts). MLflow loads both the same way; the id is also the `mlflow_model_id` tag.
         """
+        from urllib.parse import urlparse
+
         model_id = log_embedding_model(self, run_id, model_dir, query_prompt=query_prompt, passage_prompt=passage_prompt,
                                        tags=tags)
-        logged = self.client.get_logged_model(model_id)
-        return self._create_version(name, logged.artifact_location, run_id, {**tags, "mlflow_model_id": model_id})
+        location = self.client.get_logged_model(model_id).artifact_location
+        source = location if urlparse(location).scheme == "file" else f"models:/{model_id}"
+        with _tracking_uri(self.tracking_uri):  # a models:/ source is resolved through MLflow's process-wide client
+            return self._create_version(name, source, run_id, {**tags, "mlflow_model_id": model_id}, model_id)
 
-    def _create_version(self, name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+    def _create_version(self, name: str, source: str, run_id: str, tags: dict[str, str], model_id: str | None = None) -> str:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -112,7 +119,7 @@ class Tracker:
         except MlflowException as exc:
             if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
                 raise
-        version = self.client.create_model_version(name, source, run_id=run_id, tags=tags)
+        version = self.client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
         return str(version.version)
 
     def alias_version(self, name: str, alias: str = CHAMPION_ALIAS):
