@@ -54,14 +54,12 @@ def pipeline_vectors(tiny_model_path):
 
 @pytest.fixture
 def tracking_uri(registry, monkeypatch):
-    import mlflow
+    """The store as MLflow's process-wide tracking URI (the registry follows it) for `models:/` URIs,
+    put back afterwards: `mlflow.set_*_uri` would leave globals and environment variables behind."""
+    from mlflow.tracking._tracking_service import utils
 
-    tracking, registry_uri = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(registry[1])
-    mlflow.set_registry_uri(registry[1])
-    yield registry[1]
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry_uri)
+    monkeypatch.setattr(utils, "_tracking_uri", registry[1])
+    return registry[1]
 
 
 def test_the_champion_is_an_mlflow_model_with_signature_requirements_and_prompts(registry, tracking_uri):

@@ -197,25 +197,19 @@ def embedding_signature(dimension: int):
 
 @contextlib.contextmanager
 def _tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's `log_model` reads the process-wide tracking URI: point it at `uri` for the block, then
-    put back exactly what was there, MLflow's global (None: unset) and the MLFLOW_TRACKING_URI
-    variable that `set_tracking_uri` writes, so later clients in this process resolve as before
-    (the tracker itself never relies on them). The registry URI is left alone: nothing here registers."""
-    import os
-
-    import mlflow
+    """MLflow's `log_model` (and a `models:/` source's resolution in a local registry) use the
+    process-wide tracking URI: point it at `uri` for the block, then put back exactly what was
+    there. MLflow's module global is swapped directly, because `mlflow.set_tracking_uri` also
+    writes MLFLOW_TRACKING_URI into the environment, which would outlive the block; the tracker's
+    own client never relies on either."""
     from mlflow.tracking._tracking_service import utils
 
-    saved, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
+    saved = utils._tracking_uri
+    utils._tracking_uri = uri
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved)
-        if variable is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = variable
+        utils._tracking_uri = saved
 
 
 def log_embedding_model(tracker: Tracker, run_id: str, model_dir: Path, *, query_prompt: str, passage_prompt: str,
