@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from embed_pipeline.lib.evaluation import report_markdown
     from embed_pipeline.console import check_environment
     from embed_pipeline.lib.inputs import validate_inputs
-    from embed_pipeline.lib.io import read_json
+    from embed_pipeline.lib.contracts import read_eval_report
 
     session = Session(args.config)
     check_environment(session.config)
@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for key, value in check.metadata.items():
             say(f"  {key}: {getattr(value, 'value', value)}")
     handle = output(result, "eval_report")
-    report = read_json(handle.path) if handle is not None else None
+    report = read_eval_report(handle.path) if handle is not None else None
     if report is not None:
         say(f"eval report (run {result.run_id}):\n{report_markdown(report)}")
         gate = report["gate"]

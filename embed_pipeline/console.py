@@ -83,7 +83,11 @@ class Session:
         try:
             self.instance.get_runs(limit=1)
         except Exception as exc:  # noqa: BLE001 - psycopg, SQLAlchemy, Dagster's config and retry errors
+            missing = _missing_postgres_driver(exc)  # SQLAlchemy picked a PostgreSQL driver that is not installed
+            if missing:
+                raise ConfigError(postgres_driver_problem(home, missing, installed=False)) from exc
             raise ConfigError(f"the Dagster instance in {home} (dagster.yaml) cannot open its storage: {_innermost(exc)}") from exc
+        check_postgres_driver(self.instance, home)
         uri = self.config.tracking_uri
         if uri.startswith(("http://", "https://")):
             check_tracking_server(uri)
@@ -325,6 +329,46 @@ def check_hub_model(name: str, timeout: float = 10.0) -> None:
                           "for a private one)") from None
     except Exception:  # noqa: BLE001 - offline, a proxy, a timeout: loading it later says why
         return
+
+
+def _missing_postgres_driver(exc: BaseException) -> str | None:
+    """The PostgreSQL driver module whose import failed somewhere in `exc`'s chain, if one did."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and (seen.name or "").split(".")[0] in ("psycopg", "psycopg2"):
+            return seen.name.split(".")[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def postgres_driver_problem(home: str, driver: str, installed: bool = True) -> str:
+    """The one-line reason and fix when Dagster's PostgreSQL storage would not run on `driver`."""
+    import sqlalchemy
+
+    problem = (f"uses PostgreSQL through {driver}, but dagster-postgres needs psycopg2" if installed and driver != "psycopg2"
+               else f"needs the PostgreSQL driver {driver}, which is not installed (dagster-postgres needs psycopg2)")
+    return (f"the Dagster instance in {home} (dagster.yaml) {problem}; its event log's NOTIFY works only with psycopg2's "
+            f"client-side parameters, and SQLAlchemy {sqlalchemy.__version__} maps a plain postgresql:// to its default "
+            "driver (psycopg 3 from 2.1 on): pip install 'embed-pipeline[postgres]' (SQLAlchemy<2.1 + psycopg2-binary), or add "
+            "`scheme: postgresql+psycopg2` under postgres_db (postgres_url: postgresql+psycopg2://...)")
+
+
+def check_postgres_driver(instance, home: str) -> None:
+    """Refuse, before any work, a Dagster instance whose PostgreSQL storage is bound to a driver
+    other than psycopg2.
+
+    dagster-postgres builds a plain `postgresql://` URL from Dagster's documented `postgres_db`
+    block and notifies listeners with `NOTIFY run_events, %(notify_id)s`, which only psycopg2's
+    client-side parameter binding accepts. SQLAlchemy 2.1 made psycopg 3 the default driver of a
+    plain `postgresql://`: the instance then creates its tables fine and fails the first event
+    write of a run (`syntax error at or near "$1"`). Each storage's engine says which driver it got.
+    """
+    storages = (instance.run_storage, instance.event_log_storage, instance._schedule_storage)  # no public accessor
+    for storage in storages:
+        engine = getattr(storage, "_engine", None)
+        if type(storage).__module__.startswith("dagster_postgres") and engine is not None:
+            if engine.dialect.driver != "psycopg2":
+                raise ConfigError(postgres_driver_problem(home, engine.dialect.driver))
 
 
 def _innermost(exc: BaseException) -> str:

@@ -193,8 +193,9 @@ class Walkthrough:
             tracker = self.session.tracker()
             base = resolve_model_name(self.config.base_model)
             with tracker.open_run("stock-model", {"role": "the stock model, served before any fine-tuning"}) as run_id:
-                tracker.log_artifacts(run_id, Path(base), "model")
-                version = tracker.register_model(self.config.registered_model_name, run_id, "model", {"model_path": base})
+                version = tracker.register_embedding_model(self.config.registered_model_name, run_id, Path(base),
+                                                           query_prompt=self.config.query_prompt,
+                                                           passage_prompt=self.config.corpus_prompt, tags={"model_path": base})
             promote(self.config.artifacts_dir, {"model_name": self.config.registered_model_name, "model_version": version,
                                                 "model_dir": base, "mlflow_run_id": run_id, "index_path": "",
                                                 "retrieval": RetrievalSpec(
@@ -224,10 +225,10 @@ class Walkthrough:
     def train(self) -> dict:
         from embed_pipeline.console import output
         from embed_pipeline.lib.evaluation import report_markdown
-        from embed_pipeline.lib.io import read_json
+        from embed_pipeline.lib.contracts import read_eval_report
 
         result = self._execute("training_job")
-        report = read_json(output(result, "eval_report").path)
+        report = read_eval_report(output(result, "eval_report").path)
         self.say("eval report:\n" + report_markdown(report))
         judged = report["judged"]["candidate"]
         ci = report["ci"]["recall@10"]

@@ -8,6 +8,10 @@ from embed_pipeline.lib.metrics import METRICS
 from embed_pipeline.lib.promotion import evaluate_gate
 
 
+DENSE = {"mode": "dense", "fusion": None, "dense_weight": None, "dense_weight_source": "config", "rrf_k": 60,
+         "depth": 100, "precision": "fp32", "derived": ""}
+
+
 def frame(hits: list[float]) -> pd.DataFrame:
     """Per-query table where every metric equals the query's hit (1.0) or miss (0.0)."""
     return pd.DataFrame({m: hits for m in METRICS}, index=[f"q{i}" for i in range(len(hits))])
@@ -26,6 +30,7 @@ def make_report(champion: list[float], candidate: list[float], segments: dict[st
     per_query = {"base": frame(champion), "champion": frame(champion), "candidate": frame(candidate),
                  "candidate_exact": frame(candidate)}
     report = build_report(per_query, models or {"candidate": {"version": "2"}}, groups, resamples=1000, seed=0)
+    report["retrieval"] = {**DENSE, "champion": {**DENSE, "as": "the candidate's mode"}}  # as assemble_report records it
     if gate is not None:
         report["gate"] = evaluate_gate(report, gate)
     return report

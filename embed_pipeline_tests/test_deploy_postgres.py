@@ -78,10 +78,26 @@ class Postgres:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{db}"
 
     def query(self, db: str, sql: str, *params) -> list[tuple]:
-        import psycopg
+        import psycopg2
 
-        with psycopg.connect(self.url(db)) as connection:
-            return connection.execute(sql, params).fetchall()
+        connection = psycopg2.connect(self.url(db))
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall()
+        finally:
+            connection.close()
+
+    def create_database(self, name: str) -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(self.url("postgres"))
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f'create database "{name}"')
+        finally:
+            connection.close()
 
     def close(self) -> None:
         self._run(pg_tool("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
@@ -243,9 +259,12 @@ def test_training_promotion_schedule_and_a_daemon_restart_on_postgres_and_an_mlf
                                 "group by run_uuid", mlflow_runs)
         assert len(losses) == len(mlflow_runs) and all(n > 0 for _, n in losses)
         name = deployment.settings.registered_model_name
-        versions = postgres.query("mlflow", "select version, run_id, source from model_versions where name = %s", name)
-        assert {str(v) for v, _, _ in versions} == {"1", "2", "3"}
-        assert all(source.startswith("mlflow-artifacts:") for _, _, source in versions), versions
+        versions = postgres.query("mlflow", "select version, run_id, source, storage_location from model_versions where name = %s",
+                                  name)
+        assert {str(v) for v, _, _, _ in versions} == {"1", "2", "3"}
+        # Each version is the run's flavour-logged MLflow model (models:/<model id>), kept in the server's artifact store.
+        assert all(source.startswith("models:/m-") and stored.startswith("mlflow-artifacts:") and run_id in mlflow_runs
+                   for _, run_id, source, stored in versions), versions
         (artifact_location,) = postgres.query("mlflow", "select artifact_location from experiments where name = 'embed-pipeline'")
         assert artifact_location[0].startswith("mlflow-artifacts:")
         assert postgres.query("mlflow", "select version from registered_model_aliases where name = %s and alias = 'champion'",
@@ -263,7 +282,7 @@ def test_training_promotion_schedule_and_a_daemon_restart_on_postgres_and_an_mlf
         mlflow_url = deployment.settings.tracking_uri
         with urllib.request.urlopen(f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion") as reply:
             by_alias = json.loads(reply.read())["model_version"]
-        assert by_alias["version"] == champion and by_alias["source"].startswith("mlflow-artifacts:")
+        assert by_alias["version"] == champion and by_alias["source"].startswith("models:/m-")
         print(json.dumps({"dagster_run": {"id": night.run_id, **shown, "assetMaterializations": len(shown["assetMaterializations"])},
                           "dagster_runs_table": sorted(postgres.query("dagster", "select pipeline_name, status, count(*) from runs "
                                                                       "group by pipeline_name, status")),
@@ -279,10 +298,7 @@ def test_an_unreachable_database_is_a_clear_error_at_start_never_sqlite(tmp_path
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    import psycopg
-
-    with psycopg.connect(postgres.url("postgres"), autocommit=True) as connection:
-        connection.execute("create database cli_check")
+    postgres.create_database("cli_check")
     closed = free_port()
     monkeypatch.chdir(tmp_path)
     for name, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(closed),

@@ -47,6 +47,8 @@ def installed(tmp_path_factory) -> Path:
     assert not [n for n in names if n.startswith("embed_pipeline_tests")]
     for bundled in ("data/demo_config.yaml", "data/corpus.jsonl", "data/eval/qrels/test.tsv", "dagster.yaml", "workspace.yaml"):
         assert f"embed_pipeline/bundled/{bundled}" in names
+    for contract in ("eval_report", "served_pointer", "history_event"):  # the --json and file contracts' JSON Schemas
+        assert f"embed_pipeline/schemas/{contract}.schema.json" in names
 
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)

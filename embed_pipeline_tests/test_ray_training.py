@@ -177,6 +177,7 @@ def pipeline_runs_on_ray(cluster, root: str, model_path: str) -> dict:
             raise RuntimeError(f"embed-pipeline run exited {done.returncode}:\n{done.stderr[-4000:]}")
         report = json.loads(done.stdout)
         client = mlflow.tracking.MlflowClient(uri)
+        mlflow.set_tracking_uri(uri)  # for models:/ URIs (this scenario runs in a process of its own)
         run = client.get_run(report["models"]["candidate"]["run_id"])
         ray.init(address=cluster.address)
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
@@ -191,6 +192,8 @@ def pipeline_runs_on_ray(cluster, root: str, model_path: str) -> dict:
             "run": {"status": run.info.status, "engine": run.data.params["compute.engine"], "processes": run.data.tags["processes"],
                     "loss_steps": sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))},
             "version_run": client.get_model_version(report["models"]["candidate"]["name"], report["models"]["candidate"]["version"]).run_id,
+            "flavors": sorted(mlflow.models.get_model_info(
+                f"models:/{report['models']['candidate']['name']}/{report['models']['candidate']['version']}").flavors),
             "train_worker_nodes": sorted(a.node_id for a in workers),
             "nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
             "output": done.stderr,
@@ -212,6 +215,7 @@ def test_embed_pipeline_run_trains_on_the_ray_cluster_end_to_end(tmp_path, tiny_
     assert steps and steps == list(range(1, len(steps) + 1)), "rank 0 logged every step into the step's run"
     assert out["run"] == {"status": "FINISHED", "engine": "ray", "processes": "2"}
     assert out["version_run"] is not None
+    assert "sentence_transformers" in out["flavors"] and "python_function" in out["flavors"], "registered as an MLflow model"
     assert out["train_worker_nodes"] == out["nodes"], "the two training workers ran one on each node"
     assert "promotion gate: PASSED" in out["output"]
     assert out["model_metadata"]["processes"] == 2 and out["model_metadata"]["ray_dashboard"].startswith("http://127.0.0.1:")

@@ -6,7 +6,7 @@ import pandas as pd
 from embed_pipeline.defs.assets.common import load_eval_set, passage_ids
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, PairsHandle, ReportHandle
-from embed_pipeline.lib.io import read_json
+from embed_pipeline.lib.contracts import read_eval_report
 from embed_pipeline.lib.leakage import find_leaks
 
 LEAKAGE_CHECK = "training_pairs_no_eval_leakage"
@@ -61,7 +61,7 @@ def eval_report_promotion_gate(eval_report: ReportHandle) -> dg.AssetCheckResult
     A refusal is a normal outcome of a nightly run, not a crash: the check fails with WARN
     severity (the run stays green, the verdict is visible) and the promotion sensor promotes only
     reports whose gate passed. A red run always means something broke."""
-    gate = read_json(eval_report.path)["gate"]
+    gate = read_eval_report(eval_report.path)["gate"]
     metadata: dict = {"summary": gate["summary"]}
     for clause in gate["clauses"]:
         metadata[clause["name"]] = "n/a" if clause["value"] is None else clause["value"]
@@ -73,7 +73,7 @@ def eval_report_promotion_gate(eval_report: ReportHandle) -> dg.AssetCheckResult
 @dg.asset_check(asset="eval_report", name=EVAL_SIZE_CHECK)
 def eval_report_eval_set_size(eval_report: ReportHandle) -> dg.AssetCheckResult:
     """Warns when the eval set is too small to judge a lift (the gate then refuses unless `gate.allow_small_eval`)."""
-    report = read_json(eval_report.path)
+    report = read_eval_report(eval_report.path)
     size = next(c for c in report["gate"]["clauses"] if c["name"] == "eval queries")
     return dg.AssetCheckResult(
         passed=report["eval"]["queries"] >= size["threshold"],

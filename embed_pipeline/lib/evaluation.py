@@ -348,11 +348,15 @@ def record_evaluation(tracker, run_id: str, evaluation: Evaluation, folder: Path
 def write_report(report: dict, per_query: pd.DataFrame, folder: Path, min_segment_queries: int) -> tuple[Path, dict[str, bytes]]:
     """Write `eval_report.json`, `per_query.parquet` and the two plots (PNG) into `folder`.
 
-    Returns the report's path and the plots' bytes (for the asset's metadata).
+    Returns the report's path and the plots' bytes (for the asset's metadata). The report is
+    validated against `contracts.EvalReport` first (as JSON: what `write_json` would write).
     """
+    import json
+
+    from embed_pipeline.lib.contracts import EvalReport, dump
     from embed_pipeline.lib.plots import recall_curves_png, segment_lifts_png
 
-    path = write_json(report, Path(folder) / "eval_report.json")
+    path = write_json(dump(EvalReport, json.loads(json.dumps(report, default=str))), Path(folder) / "eval_report.json")
     write_parquet(per_query, Path(folder) / "per_query.parquet")
     plots = {"recall_at_k": recall_curves_png(report["recall_curves"]),
              "segment_lift": segment_lifts_png(report["segments"], min_segment_queries)}

@@ -4,8 +4,8 @@ Reads like a sentence-transformers training script: hold out a dev split, shape 
 (one process, `training.processes` DDP ranks through torchrun, or with `compute.engine: ray`
 `compute.train_workers` Ray Train workers across a cluster's nodes), save, log, register. Around
 it, one MLflow run: every config value and data count as params, per-step loss and dev nDCG@10 as
-metrics, library versions, device and precision as tags, the model folder as an artifact, and one
-new registered version whose source is that artifact.
+metrics, library versions, device and precision as tags, the model logged with MLflow's
+sentence-transformers flavour, and one new registered version whose source is that logged model.
 """
 
 from __future__ import annotations
@@ -159,9 +159,9 @@ def fine_tune(
             summary["merged_dev_ndcg_at_10"] = result.merged_dev_ndcg_at_10
         tracker.log_metrics(run_id, summary, step=result.steps)
         tracker.set_tags(run_id, {"device": result.device, "precision": result.precision, "processes": result.processes})
-        tracker.log_artifacts(run_id, model_dir, "model")
-        version = tracker.register_model(config.registered_model_name, run_id, "model",
-                                         tags={**tags, "model_path": str(model_dir), "checkpoint_key": job_key})
+        version = tracker.register_embedding_model(config.registered_model_name, run_id, model_dir,
+                                                   query_prompt=config.query_prompt, passage_prompt=config.corpus_prompt,
+                                                   tags={**tags, "model_path": str(model_dir), "checkpoint_key": job_key})
 
     return TrainedModel(
         model_dir=Path(model_dir), mlflow_run_id=run_id, name=config.registered_model_name, version=version, training=result,

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from embed_pipeline.lib.config import GateConfig
+from embed_pipeline.lib.contracts import ContractError, HistoryEvent, ServedPointer, dump, load
 from embed_pipeline.lib.io import read_json, write_json
 from embed_pipeline.lib.tracking import CHAMPION_ALIAS
 
@@ -85,8 +86,9 @@ class PromotionError(RuntimeError):
 def read_served(artifacts_dir: Path) -> dict | None:
     """The served pointer (model + index) as last written, or None before the first promotion.
 
-    An unreadable pointer (truncated, not JSON) raises `PromotionError` naming the file: `reconcile`
-    rewrites it from the history when the history and the registry alias agree."""
+    Validated (`contracts.ServedPointer`). An unreadable pointer (truncated, not JSON, not a served
+    pointer) raises `PromotionError` naming the file: `reconcile` rewrites it from the history when
+    the history and the registry alias agree."""
     pointer, problem = _read_pointer(artifacts_dir)
     if problem:
         raise PromotionError(f"{Path(artifacts_dir) / SERVED_FILE}: {problem}; run `embed-pipeline promote` "
@@ -105,7 +107,10 @@ def _read_pointer(artifacts_dir: Path) -> tuple[dict | None, str | None]:
         return None, f"unreadable ({getattr(exc, 'msg', None) or exc.reason}: truncated or overwritten?)"
     if not isinstance(pointer, dict) or "model_version" not in pointer:
         return None, "unreadable (not a served pointer: no model_version)"
-    return pointer, None
+    try:
+        return load(ServedPointer, pointer, str(path)), None
+    except ContractError as exc:
+        return None, f"unreadable ({exc})"
 
 
 def missing_parts(pointer: dict) -> list[str]:
@@ -128,8 +133,9 @@ def served_history(artifacts_dir: Path) -> list[dict]:
 
     Only a torn last line (a crash mid-append) is ignored, and the next append cuts it off. Any
     other line that is not a JSON event raises `PromotionError` naming the file and the line:
-    skipping it would silently change what serves and what a rollback restores. (`reconcile`
-    treats a torn line as damage: it may hide the newest event, see `read_state`.)
+    skipping it would silently change what serves and what a rollback restores. Each event is
+    validated (`contracts.HistoryEvent`); one that does not match raises `PromotionError` the same way.
+    (`reconcile` treats a torn line as damage: it may hide the newest event, see `read_state`.)
     """
     return _read_history(artifacts_dir)[0]
 
@@ -154,7 +160,10 @@ def _read_history(artifacts_dir: Path) -> tuple[list[dict], str | None]:
                                  "remove that line by hand; nothing is promoted or rolled back until then") from None
         if not isinstance(event, dict):
             raise PromotionError(f"{path}: line {number} of {len(lines)} is not a JSON object: repair or remove it by hand")
-        events.append(event)
+        try:
+            events.append(load(HistoryEvent, event, f"{path}: line {number} of {len(lines)}"))
+        except ContractError as exc:
+            raise PromotionError(f"{exc}: repair or remove that line by hand") from None
     return events, None
 
 
@@ -206,9 +215,10 @@ def _cut_torn_tail(path: Path) -> None:
 
 
 def _append(artifacts_dir: Path, event: dict) -> None:
+    line = json.dumps(dump(HistoryEvent, event))  # validated before anything is written
     _cut_torn_tail(Path(artifacts_dir) / HISTORY_FILE)
     with open(Path(artifacts_dir) / HISTORY_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(event) + "\n")
+        handle.write(line + "\n")
         handle.flush()
         import os
 
@@ -221,7 +231,7 @@ def _write_pointer(artifacts_dir: Path, stack: list[dict], event: dict) -> dict 
         if path.exists():
             path.unlink()
         return None
-    pointer = {**stack[-1], "served_since": event["at"], "last_event": event["action"]}
+    pointer = dump(ServedPointer, {**stack[-1], "served_since": event["at"], "last_event": event["action"]})
     write_json(pointer, Path(artifacts_dir) / SERVED_FILE)
     return pointer
 

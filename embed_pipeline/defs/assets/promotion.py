@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
-from embed_pipeline.lib.io import read_json
+from embed_pipeline.lib.contracts import read_eval_report
 from embed_pipeline.lib.promotion import PromotionError, promote, rollback
 from embed_pipeline.lib.retrieval import RetrievalSpec
 
@@ -45,7 +45,7 @@ def served_model(context: dg.AssetExecutionContext, config: ServedModelConfig, p
             tracker.set_tags(pointer["mlflow_run_id"], {"promotion": "serves again", "promotion_decision": decision,
                                                         "promoted_at": change.event["at"]})
     else:
-        report = read_json(config.report_path)
+        report = read_eval_report(config.report_path)
         if not report["gate"]["passed"]:
             raise dg.Failure(f"refusing to promote: the gate did not pass for {config.report_path}: {report['gate']['summary']}",
                              metadata={"gate": report["gate"]["summary"]})
