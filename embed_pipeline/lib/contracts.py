@@ -160,14 +160,15 @@ class ServedPointer(ServedFields):
     """`served.json`: the top of the replayed promotion history, replaced atomically."""
 
     served_since: str = Field(description="ISO 8601 time of the event that made it serve")
-    last_event: Literal["promote", "rollback", "reindex"]
+    last_event: Literal["promote", "rollback", "reindex", "repair"]
 
 
 class HistoryEvent(_Closed):
     """One line of `served_history.jsonl`. promote: serve these fields (pushed on the stack); rollback:
-    pop the top, these fields are what serves again; reindex: the served model's index rebuilt."""
+    pop the top, these fields are what serves again; reindex: the served model's index rebuilt; repair: what
+    `served.json` said, recorded by `--repair pointer` (pushed like a promotion)."""
 
-    action: Literal["promote", "rollback", "reindex"] = "promote"
+    action: Literal["promote", "rollback", "reindex", "repair"] = "promote"
     model_name: str | None = None
     model_version: str
     model_dir: str | None = None

@@ -72,7 +72,10 @@ def test_a_report_that_drifts_is_refused_naming_the_field(tmp_path):
 
 
 def test_the_pointer_and_the_history_are_validated_where_they_are_written_and_read(tmp_path):
-    pointer = {"model_name": "m", "model_version": "1", "model_dir": "/models/1", "index_path": "/indexes/1", "retrieval": SPEC}
+    for part in ("models/1", "indexes/1"):  # a rollback target must exist whole
+        (tmp_path / part).mkdir(parents=True)
+    pointer = {"model_name": "m", "model_version": "1", "model_dir": str(tmp_path / "models/1"),
+               "index_path": str(tmp_path / "indexes/1"), "retrieval": SPEC}
     promote(tmp_path, pointer, "test", "first")
     promote(tmp_path, {**pointer, "model_version": "2"}, "test", "second")
     rollback(tmp_path, "test", "back")
@@ -101,5 +104,5 @@ def test_the_pointer_and_the_history_are_validated_where_they_are_written_and_re
 
     served = json.loads((tmp_path / SERVED_FILE).read_text())
     (tmp_path / SERVED_FILE).write_text(json.dumps({**served, "served_since": None}))
-    with pytest.raises(ContractError, match=r"served.json is not a valid ServedPointer: served_since"):
+    with pytest.raises(PromotionError, match=r"served.json is not a valid ServedPointer: served_since"):
         read_served(tmp_path)
