@@ -87,7 +87,8 @@ def fine_tune(
     if on_ray:  # N Ray Train workers are N DDP processes: same batches, same per-rank checkpoint state
         settings = dataclasses.replace(settings, processes=config.compute.train_workers)
     texts = dict(zip(passages["passage_id"], passage_texts(passages), strict=True))
-    train_rows, dev_rows = split_dev(triples, settings.dev_share, settings.dev_max_queries, settings.seed)
+    train_rows, dev_rows = split_dev(triples, settings.dev_share, settings.dev_max_queries, settings.seed,
+                                     config.leakage.near_duplicate_jaccard, config.leakage.shingle_words)
     columns, padded = training_columns(train_rows, texts, settings.num_negatives, settings.seed)
     dev = dev_set(dev_rows, texts, settings.dev_max_passages, settings.seed) if len(dev_rows) else None
     job_key = checkpoint_key("-".join(data_versions.values()), settings, f"{config.base_model}:{base_fingerprint}")
