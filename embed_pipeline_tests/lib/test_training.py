@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from embed_pipeline.lib.config import TrainingConfig
-from embed_pipeline.lib.training import DEV_METRIC, last_complete_checkpoint, merge_with_base, set_attention_dropout, train_model
+from embed_pipeline.lib.training import DEV_METRIC, SELECTION_METRIC, last_complete_checkpoint, merge_with_base, set_attention_dropout, train_model
 from embed_pipeline.lib.training_data import checkpoint_key, dev_set, split_dev, training_columns
 from embed_pipeline_tests.fixture_data import CURATED, PASSAGES
 
@@ -134,7 +134,7 @@ def small_config(**overrides) -> TrainingConfig:
     return TrainingConfig(**{**values, **overrides})
 
 
-def test_train_model_selects_best_dev_checkpoint_and_restores_serving_length(tiny_model_path, tmp_path):
+def test_train_model_keeps_the_noise_aware_dev_checkpoint_and_restores_serving_length(tiny_model_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     # cached + every interaction term + hardness weighting here; the plain defaults run in test_model_asset.py
@@ -156,7 +156,10 @@ def test_train_model_selects_best_dev_checkpoint_and_restores_serving_length(tin
     dev_scores = [entry[DEV_METRIC] for entry in seen if DEV_METRIC in entry]
     assert len(dev_scores) >= 2, seen
     assert max(e["step"] for e in seen if DEV_METRIC in e) == result.steps, "the final step is a candidate too"
-    assert result.best_dev_ndcg_at_10 == pytest.approx(max(dev_scores))
+    # The noise-aware rule (lib/dev_selection.py): the kept checkpoint is the latest not worse than the best.
+    kept = max(int(e[SELECTION_METRIC]) for e in seen if SELECTION_METRIC in e)
+    assert kept > 0
+    assert result.best_dev_ndcg_at_10 == pytest.approx(next(e[DEV_METRIC] for e in seen if e["step"] == kept and DEV_METRIC in e))
     assert result.resumed_from_step == 0 and result.steps > 0
     assert result.merged_dev_ndcg_at_10 is None, "no base_merge, no averaged model"
     assert not (tmp_path / "ckpt").exists(), "a finished job leaves nothing to resume"
