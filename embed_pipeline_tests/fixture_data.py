@@ -99,7 +99,9 @@ def write_project(root: Path, model_path: str, **overrides) -> Path:
         "mining": {"num_negatives": 2, "range_max": 10},
         # 12 eval queries: a permissive gate so the end-to-end run promotes; test_null_model and
         # test_gate use the real thresholds.
-        "gate": {"min_recall_at_10_lift": -1.0, "min_ci_lower_bound": -1.0, "allow_small_eval": True},
+        # The tiny random-weight model drifts on the general set whatever it learns: the guard is
+        # wired (report `general`, gate clause) but permissive here; test_general judges the clause.
+        "gate": {"min_recall_at_10_lift": -1.0, "min_ci_lower_bound": -1.0, "allow_small_eval": True, "max_general_drop": 2.0},
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value

@@ -299,8 +299,8 @@ class TrainingConfig:
     checkpoint. They are ranked against a pool of `dev_max_passages` passages: their positives,
     all their mined negatives, and a seeded sample of the corpus filling the rest of that budget
     (the whole corpus when it is smaller); each dev evaluation encodes the pool once, so the
-    budget is seconds per evaluation (2000 passages: about 5 s at 64 tokens, 30 s at 256 on two
-    CPU cores). A checkpoint counts as worse than the best only when the paired-bootstrap
+    budget is time per evaluation (at `max_seq_length` tokens), traded for a rank measured
+    among realistic distractors. A checkpoint counts as worse than the best only when the paired-bootstrap
     interval (at `dev_confidence`) of its per-query dev nDCG@10 minus the best's lies wholly
     below zero; the kept checkpoint is the latest one not worse than the best so far, and
     training stops after `early_stopping_patience` worse evaluations in a row (0 = never stop
