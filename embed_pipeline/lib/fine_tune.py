@@ -104,6 +104,7 @@ def fine_tune(
         tracker.log_params(run_id, {
             **config_as_params(config),
             "data.training_rows": len(train_rows), "data.dev_rows": len(dev_rows),
+            "data.dev_group_synthetic_rows": len(triples) - len(train_rows) - len(dev_rows),  # in a dev group: trained on by neither side
             "data.dev_queries": len(dev.queries) if dev else 0, "data.dev_passages": len(dev.corpus) if dev else 0,
             "data.padded_negatives": padded, "data.corpus_passages": len(passages),
             **{f"data.{name}_version": version for name, version in data_versions.items()},

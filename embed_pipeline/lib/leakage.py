@@ -16,6 +16,10 @@ bigrams shared); "chain needs lube" and "chain needs cleaning" do not (1 of 3). 
 exact Jaccard through an inverted index of shingles (candidates share at least one shingle),
 which is what MinHash would estimate, without its sampling error, at the sizes we see (thousands
 of queries against hundreds).
+
+Splits (the automatic eval split here, the training dev split in lib/training_data.py) share one
+grouping, `group_queries`: near duplicates by the test above, and queries sharing a positive
+passage, joined transitively; whole groups go to one side (`choose_groups`).
 """
 
 from __future__ import annotations
