@@ -158,7 +158,7 @@ class Study:
         start = time.perf_counter()
         self.lexical = LexicalIndex.build(self.ids, self.texts)
         say(f"bm25: {self.lexical.size} passages indexed in {time.perf_counter() - start:.1f} s")
-        sts = SHARED / "stsb" / "sts-dev.csv"
+        sts = args.shared / "stsb" / "sts-dev.csv"
         self.sts = read_sts(sts) if sts.is_file() and not args.no_sts else None
         if self.sts is not None and args.limit_sts:
             self.sts = type(self.sts)(self.sts.path, self.sts.pairs.head(args.limit_sts))
@@ -291,7 +291,8 @@ def markdown(records: list[dict], agreement: dict, stock: dict, cv: dict | None)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED / "scifact")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared datasets folder (scifact/, stsb/)")
+    parser.add_argument("--data", type=Path, default=None, help="SciFact's folder (default: <shared>/scifact)")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "yardstick")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
                         help=f"which of: {', '.join(VARIANTS)}")
@@ -309,6 +310,7 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a training/mining default in every variant, e.g. training.epochs=1")
     args = parser.parse_args()
+    args.data = args.data or args.shared / "scifact"
     if not (args.data / "corpus.jsonl").is_file():
         print(f"yardstick: skipped: SciFact not found at {args.data} (the study needs ../shared/datasets/scifact)", file=sys.stderr)
         return 0
