@@ -236,7 +236,8 @@ class LeakageConfig:
     `shingle_words`-word shingles is >= `near_duplicate_jaccard`. `on_leak: drop` removes leaking
     training pairs before mining (kept in a quarantine file with the eval query they match);
     `fail` stops the run instead. When the config names no `eval` set, `eval_fraction` of the
-    curated queries (seeded by `split_seed`, near-duplicates kept on one side) become the eval set.
+    curated queries (seeded by `split_seed`; near duplicates, and queries sharing a positive passage,
+    kept on one side: the grouping the training dev split uses too) become the eval set.
     """
 
     on_leak: Literal["drop", "fail"] = Field("drop", description="drop leaking training pairs (quarantined) or fail the run")
