@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent
 BUNDLED = [
     "data/demo_config.yaml", "data/README.md", "data/corpus.jsonl", "data/search_logs.parquet",
     "data/curated/queries.jsonl", "data/curated/qrels/train.tsv", "data/eval/queries.jsonl", "data/eval/qrels/test.tsv",
+    "data/general/sts_reference.tsv",
     "dagster.yaml", "workspace.yaml",
 ]
 

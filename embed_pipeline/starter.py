@@ -28,7 +28,7 @@ def default_config(cwd: Path | None = None) -> Path:
     raw = yaml.safe_load(shipped.read_text(encoding="utf-8"))
     raw["artifacts_dir"] = str(home)
     resolved = config_dict(parse_config(raw, shipped.parent, str(shipped)))
-    inputs = ("corpus", "search_logs", "curated_pairs", "eval")  # the keys holding paths
+    inputs = ("corpus", "search_logs", "curated_pairs", "eval", "general_reference")  # the keys holding paths
     settings = {key: _drop_none(resolved[key]) if key in inputs else value for key, value in raw.items()}
     settings["artifacts_dir"] = "."
     text = (f"# The bundled demo config ({shipped}), written by embed-pipeline for runs in this folder.\n"

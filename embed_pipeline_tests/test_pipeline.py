@@ -36,6 +36,10 @@ def test_full_graph_materialises_every_artifact(project, tmp_path, monkeypatch, 
     assert retrieval["mode"] == "hybrid" and retrieval["fusion"] == "convex" and 0.0 <= retrieval["dense_weight"] <= 1.0
     assert report["judged"] == {"candidate": "candidate_hybrid", "champion": "champion_hybrid"}
     assert report["lift"] == pytest.approx({m: report["candidate_hybrid"][m] - report["base"][m] for m in METRICS}, abs=1e-6)
+    general = report["general"]  # the forgetting guard: three scores, judged by the gate
+    assert general["available"] and general["pairs"] == 12 and {"base", "champion", "candidate"} <= set(general)
+    assert general["champion"] == general["base"], "no champion yet: the base model stands in"
+    assert any(c["name"] == "general-domain score vs base" for c in report["gate"]["clauses"])
     assert report["leakage"] == {"mode": "drop", "available": True, "dropped_pairs": 0, "exact": 0, "near_duplicate": 0}
 
     candidate = report["models"]["candidate"]

@@ -18,6 +18,7 @@ def test_the_default_config_reads_the_bundled_data_and_writes_under_the_current_
     shipped = load_config(bundled(DEMO_CONFIG_NAME))
     assert config.artifacts_dir == tmp_path / "artifacts"
     assert config.corpus == shipped.corpus and config.eval == shipped.eval and config.curated_pairs == shipped.curated_pairs
+    assert config.general_reference == shipped.general_reference and config.general_reference.is_file()
     assert config.training == shipped.training and config.registered_model_name == shipped.registered_model_name
     assert config.tracking_uri == f"sqlite:///{tmp_path / 'artifacts' / 'mlflow.db'}"  # the embedded default
     mtime = path.stat().st_mtime_ns

@@ -56,7 +56,7 @@ def curated_pairs_quarantine_share(curated_pairs: PairsHandle, pipeline: Pipelin
 
 @dg.asset_check(asset="eval_report", name=GATE_CHECK)
 def eval_report_promotion_gate(eval_report: ReportHandle) -> dg.AssetCheckResult:
-    """The candidate clears every clause of the promotion gate: eval size, recall@10 lift, its CI lower bound, segment regressions.
+    """The candidate clears every clause of the promotion gate: eval size, recall@10 lift, its CI lower bound, segment regressions, general-domain forgetting.
 
     A refusal is a normal outcome of a nightly run, not a crash: the check fails with WARN
     severity (the run stays green, the verdict is visible) and the promotion sensor promotes only

@@ -236,7 +236,8 @@ class LeakageConfig:
     `shingle_words`-word shingles is >= `near_duplicate_jaccard`. `on_leak: drop` removes leaking
     training pairs before mining (kept in a quarantine file with the eval query they match);
     `fail` stops the run instead. When the config names no `eval` set, `eval_fraction` of the
-    curated queries (seeded by `split_seed`, near-duplicates kept on one side) become the eval set.
+    curated queries (seeded by `split_seed`; near duplicates, and queries sharing a positive passage,
+    kept on one side: the grouping the training dev split uses too) become the eval set.
     """
 
     on_leak: Literal["drop", "fail"] = Field("drop", description="drop leaking training pairs (quarantined) or fail the run")
@@ -294,9 +295,18 @@ class TrainingConfig:
     and on CPUs with native bf16 (Intel AMX or AVX512-BF16), fp32 elsewhere. `attention_dropout` replaces the base model's dropout
     on attention probabilities during training (negative: keep the model's own); 0 lets CPU
     attention use its fused kernel. `checkpoint_steps` is also the dev-evaluation interval;
-    `dev_share` of the training queries (at most `dev_max_queries`) are held out to pick the best
-    checkpoint and stop early after `early_stopping_patience` evaluations without improvement
-    (0 = never stop early). `base_merge` > 0 saves the weight average
+    `dev_share` of the training queries (at most `dev_max_queries`; whole groups of near-duplicate
+    queries and queries sharing a positive, lib/training_data.split_dev) are held out to pick the
+    checkpoint. They are ranked against a pool of `dev_max_passages` passages: their positives,
+    all their mined negatives, and a seeded sample of the corpus filling the rest of that budget
+    (the whole corpus when it is smaller); each dev evaluation encodes the pool once, so the
+    budget is time per evaluation (at `max_seq_length` tokens), traded for a rank measured
+    among realistic distractors. A checkpoint counts as worse than the best only when the paired-bootstrap
+    interval (at `dev_confidence`) of its per-query dev nDCG@10 minus the best's lies wholly
+    below zero; the kept checkpoint is the latest one not worse than the best so far, and
+    training stops after `early_stopping_patience` worse evaluations in a row (0 = never stop
+    early): differences within the dev set's own noise neither stop training nor pick an earlier
+    checkpoint. `base_merge` > 0 saves the weight average
     `(1 - base_merge) * tuned + base_merge * base` (WiSE-FT / LM-Cocktail) instead of the tuned
     model: more robust when the training queries differ from the ones served (the demo uses 0.5).
     """
@@ -319,8 +329,9 @@ class TrainingConfig:
     checkpoint_steps: Int = Field(20, ge=1, description="steps between checkpoints and dev evaluations")
     dev_share: Float = Field(0.1, ge=0, lt=0.5, description="share of training queries held out for checkpoint choice")
     dev_max_queries: Int = Field(200, ge=1, description="cap on dev queries")
-    dev_max_passages: Int = Field(500, ge=1, description="passage pool of the dev evaluation")
-    early_stopping_patience: Int = Field(3, ge=0, description="dev evaluations without improvement before stopping (0: never)")
+    dev_max_passages: Int = Field(2000, ge=1, description="dev pool budget: dev positives + their mined negatives + a seeded corpus sample up to this many passages")
+    early_stopping_patience: Int = Field(3, ge=0, description="dev evaluations significantly below the best before stopping (0: never)")
+    dev_confidence: Float = Field(0.95, ge=0.5, lt=1, description="paired-bootstrap confidence at which a checkpoint counts as worse than the best")
     processes: Int = Field(1, ge=1, le=64, description="training processes (> 1: DDP through torchrun; gloo on CPU, nccl on CUDA)")
     base_merge: Float = Field(0.0, ge=0, lt=1, description="share of the base model in a weight average with the tuned one (0: off)")
 
@@ -343,7 +354,13 @@ class GateConfig:
     `min_ci_lower_bound` (0.0: the lift is distinguishable from noise). A segment (query source,
     length bucket, metadata `segment`) with at least `min_segment_queries` queries may lose at
     most `max_segment_regression` recall@10. Eval sets under `min_eval_queries` queries are too
-    small to judge: the gate refuses them unless `allow_small_eval` is true.
+    small to judge: the gate refuses them unless `allow_small_eval` is true. The forgetting guard:
+    the candidate's Spearman on the `general_reference` set may fall at most `max_general_drop`
+    below the base model's (lib/general.py). Default 0.02: the issue's target for a domain-tuned
+    model is a loss of at most 0.01 on STS Benchmark dev (1,500 pairs); on a reference set of ~100
+    pairs (the demo's) one model's Spearman near 0.85 has a standard error of ~0.03 (Fisher z), and
+    the paired difference of two close models, though far tighter, is not noise-free: 0.02 refuses
+    real forgetting without refusing noise (an estimate, not yet measured over seeds).
     """
 
     min_recall_at_10_lift: Float = Field(0.01, ge=-1, le=1, description="recall@10 lift over the champion needed")
@@ -355,6 +372,7 @@ class GateConfig:
     bootstrap_resamples: Int = Field(2000, ge=1000, le=1_000_000, description="paired-bootstrap resamples")
     confidence: Float = Field(0.95, ge=0.5, lt=1, description="interval confidence")
     bootstrap_seed: Int = 0
+    max_general_drop: Float = Field(0.02, ge=0, le=2, description="most the candidate's general-domain score (Spearman) may fall below the base model's")
 
 
 @_section
@@ -479,6 +497,8 @@ class PipelineConfig:
                                  description="local path (relative: to the config file), hub id, or pkg:<module>")
     search_logs: ConfigPath | None = Field(None, description="impressions: query, passage_id, position, clicked, dwell_seconds, session_id, timestamp")
     curated_pairs: LabelledSet | None = Field(None, description="hand-labelled pairs, BEIR or a table")
+    general_reference: ConfigPath | None = Field(
+        None, description="general-domain sentence pairs, STS Benchmark layout (forgetting guard; none: off)")
     mlflow_tracking_uri: TrackingUri = Field(None, description="MLflow store (default sqlite under artifacts_dir)")
     registered_model_name: str = Field("embed-pipeline", min_length=1, description="MLflow registered model")
     query_prompt: str = Field("", description="query prefix (E5: 'query: ')")
@@ -641,7 +661,7 @@ def load_config(path: str | Path) -> PipelineConfig:
 
 def check_inputs_exist(config: PipelineConfig, name: str) -> None:
     """Every input file the config names exists (a run must not find out after minutes of work)."""
-    named = [("corpus", config.corpus), ("search_logs", config.search_logs)]
+    named = [("corpus", config.corpus), ("search_logs", config.search_logs), ("general_reference", config.general_reference)]
     for label, labelled in [("eval", config.eval), ("curated_pairs", config.curated_pairs)]:
         if labelled is not None:
             named += [(f"{label}.{f.name}", getattr(labelled, f.name)) for f in dataclasses.fields(labelled)]

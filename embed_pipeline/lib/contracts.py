@@ -133,6 +133,9 @@ class EvalReport(BaseModel):
     lift_over_champion: Metrics = Field(description="judged candidate minus judged champion: what the gate judges")
     approximate_search_loss: Metrics | None = Field(None, description="exact search minus the index")
     ci: dict[str, Interval] | None = None
+    general: dict[str, Any] | None = Field(
+        None, description="the forgetting guard (lib/general.py): available, set, pairs, metric (spearman_cosine), "
+                          "base, champion, candidate, candidate_minus_base; or available false and the reason")
     segments: list[Segment] | None = None
     recall_curves: dict[str, dict[str, float]] | None = Field(None, description="row -> {k: mean recall@k}")
     models: dict[str, Any] = Field(description="what was compared: base name, champion and candidate versions, the index")

@@ -21,6 +21,9 @@ The report is a JSON contract read by the CLI (`--json`), the promotion gate and
   set names one), `length` (query length bucket) and `segment` (the eval queries' metadata).
 - `recall_curves`: model -> {k: mean recall@k}, for the recall@k plot.
 - `models`: what was compared (base name, champion version, candidate run/version, index).
+- `general`: the forgetting guard (lib/general.py): `available`, and when true the reference
+  set (`set`, `pairs`, `metric`: spearman_cosine) and the `base`, `champion` and `candidate`
+  scores with `candidate_minus_base`; when false, `reason` (no reference set configured).
 - `gate`: added by `lib.promotion.evaluate_gate`: `passed` and each clause's value, threshold,
   comparison and verdict.
 """
@@ -165,6 +168,7 @@ def assemble_report(
     gate: GateConfig,
     retrieval: dict | None = None,
     judged: tuple[str, str] | None = None,
+    general: dict | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """The full report (with the gate's verdict) and the per-query table, from each model's rankings.
 
@@ -172,7 +176,8 @@ def assemble_report(
     rows) to {query_id: ranked passage ids}; `eval_pairs` is the validated eval table (for
     source/segment slices). `retrieval` = {mode, fusion, dense_weight}: in `hybrid` mode the gate
     judges `candidate_hybrid` against `champion_hybrid`, the mode that will be served; `judged`
-    = (candidate row, champion row) overrides that pair.
+    = (candidate row, champion row) overrides that pair. `general` is the forgetting guard's block
+    (`lib.general.general_block`), judged by the gate's general-domain clause.
     """
     from embed_pipeline.lib.promotion import evaluate_gate
 
@@ -185,6 +190,8 @@ def assemble_report(
     report = build_report(per_query, models, query_groups(eval_pairs, eval_set.queries), curves,
                           gate.bootstrap_resamples, gate.confidence, gate.bootstrap_seed, judged)
     report["retrieval"] = retrieval
+    if general is not None:
+        report["general"] = general
     report["gate"] = evaluate_gate(report, gate)
     return report, per_query_table(per_query)
 
@@ -244,6 +251,7 @@ def evaluate(
     lexical=None,
     dev_queries: list[str] = (),
     dev_relevant: dict[str, set[str]] | None = None,
+    general: dict | None = None,
 ) -> Evaluation:
     """Rank the eval queries with BM25, the base model, the champion and the candidate, fuse, judge.
 
@@ -254,7 +262,9 @@ def evaluate(
     added, fused with the dense weight `retrieval.dense_weight`, or chosen on `dev_queries` (the
     dev split the training run held out: never the eval set). `precision` is the label of what
     the served index's vectors were encoded in (it goes into the spec). In `hybrid` mode the gate
-    judges the hybrid rows. `models` describes the contenders for the report.
+    judges the hybrid rows. `models` describes the contenders for the report. `general` is the
+    forgetting guard's block (`lib.general.general_block` over base, champion and candidate): it
+    goes into the report as `general` and the gate judges it.
     """
     qids, texts = list(eval_set.queries), list(eval_set.queries.values())
     if lexical is None and retrieval.mode == "hybrid":
@@ -296,7 +306,7 @@ def evaluate(
     judged = ("candidate_hybrid" if spec.mode == "hybrid" else "candidate",
               "champion_hybrid" if champion_spec.mode == "hybrid" and lexical is not None else "champion")
     record = {**spec.as_dict(), "champion": {**champion_spec.as_dict(), "as": champion_as}}
-    report, per_query = assemble_report(eval_set, eval_pairs, rankings, models, gate, record, judged)
+    report, per_query = assemble_report(eval_set, eval_pairs, rankings, models, gate, record, judged, general)
     return Evaluation(report, per_query, weight, spec)
 
 
@@ -385,6 +395,13 @@ def report_markdown(report: dict) -> str:
         for s in report["segments"]:
             lines.append(f"| {s['kind']} | {s['segment']} | {s['queries']} | {s['champion_recall@10']:.4f} | "
                          f"{s['candidate_recall@10']:.4f} | {s['recall@10_lift']:+.4f} | {s['ndcg@10_lift']:+.4f} |")
+    general = report.get("general")
+    if general and general.get("available"):
+        lines += ["", f"General-domain reference ({general['pairs']} pairs, Spearman of cosine): base {general['base']:.4f}, "
+                      f"champion {general['champion']:.4f}, candidate {general['candidate']:.4f} "
+                      f"({general['candidate_minus_base']:+.4f} vs base)"]
+    elif general:
+        lines += ["", f"General-domain reference: {general['reason']}"]
     if report.get("gate"):
         lines += ["", f"**Promotion gate: {'PASSED' if report['gate']['passed'] else 'REFUSED'}**", "",
                   "| clause | value | needs | verdict |", "|---|---|---|---|"]

@@ -95,7 +95,8 @@ def fine_tune(
     if on_ray:  # N Ray Train workers are N DDP processes: same batches, same per-rank checkpoint state
         settings = dataclasses.replace(settings, processes=config.compute.train_workers)
     texts = dict(zip(passages["passage_id"], passage_texts(passages), strict=True))
-    train_rows, dev_rows = split_dev(triples, settings.dev_share, settings.dev_max_queries, settings.seed)
+    train_rows, dev_rows = split_dev(triples, settings.dev_share, settings.dev_max_queries, settings.seed,
+                                     config.leakage.near_duplicate_jaccard, config.leakage.shingle_words)
     columns, padded = training_columns(train_rows, texts, settings.num_negatives, settings.seed)
     dev = dev_set(dev_rows, texts, settings.dev_max_passages, settings.seed) if len(dev_rows) else None
     job_key = checkpoint_key("-".join(data_versions.values()), settings, f"{config.base_model}:{base_fingerprint}")
@@ -125,6 +126,7 @@ def fine_tune(
         tracker.log_params(run_id, {
             **config_as_params(config),
             "data.training_rows": len(train_rows), "data.dev_rows": len(dev_rows),
+            "data.dev_group_synthetic_rows": len(triples) - len(train_rows) - len(dev_rows),  # in a dev group: trained on by neither side
             "data.dev_queries": len(dev.queries) if dev else 0, "data.dev_passages": len(dev.corpus) if dev else 0,
             "data.padded_negatives": padded, "data.corpus_passages": len(passages),
             **{f"data.{name}_version": version for name, version in data_versions.items()},

@@ -16,11 +16,17 @@ bigrams shared); "chain needs lube" and "chain needs cleaning" do not (1 of 3). 
 exact Jaccard through an inverted index of shingles (candidates share at least one shingle),
 which is what MinHash would estimate, without its sampling error, at the sizes we see (thousands
 of queries against hundreds).
+
+Splits (the automatic eval split here, the training dev split in lib/training_data.py) share one
+grouping, `group_queries`: near duplicates by the test above, and queries sharing a positive
+passage, joined transitively; whole groups go to one side (`choose_groups`).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,24 +120,19 @@ def decontaminate(train: pd.DataFrame, eval_queries: list[str], threshold: float
     return Decontaminated(kept, leaks, len(removed), {str(k): int(v) for k, v in per_source.items()})
 
 
-@dataclass(frozen=True)
-class EvalSplit:
-    """Which query keys went to eval, and how many near-duplicate groups the split respected."""
+def group_queries(queries: Sequence[str], passages: Sequence[str] | None, threshold: float, words: int = 2) -> dict[str, int]:
+    """Each distinct query -> its group: one grouping for the eval split and the dev split.
 
-    eval_keys: frozenset[str]
-    groups: int
-    grouped_queries: int  # queries that share a group with at least one other query
-
-
-def split_eval_queries(queries: list[str], fraction: float, seed: int, threshold: float, words: int = 2) -> EvalSplit:
-    """Hold out about `fraction` of the distinct queries for evaluation, seeded, by group.
-
-    Queries that are exact or near duplicates of each other (same test as the leakage check) are
-    joined into one group (union-find, transitively), and whole groups go to one side, so the
-    split itself never plants a leak. Groups are shuffled with `seed` and taken until the eval
-    side holds `round(fraction * distinct queries)` queries (at least one).
+    `queries` and `passages` are row-parallel (one row per query x positive passage; `passages`
+    None: group by wording alone). Two queries are one group (union-find, so transitively) when
+    they are exact or near duplicates (the leakage test above: word-shingle Jaccard >=
+    `threshold`) or when they share a positive passage. Why the shared positive: on SciFact every
+    near-twin claim pair cites the same abstract, and a dev query whose positive is trained on
+    (under another query) is scored on a passage the model has already been pulled towards, so it
+    measures memory, not generalisation. Group ids are the index of the group's first query.
     """
-    keys = list(dict.fromkeys(query_key(q) for q in queries if query_key(q)))
+    keys = list(dict.fromkeys(queries))
+    position = {q: i for i, q in enumerate(keys)}
     parent = list(range(len(keys)))
 
     def find(x: int) -> int:
@@ -140,28 +141,81 @@ def split_eval_queries(queries: list[str], fraction: float, seed: int, threshold
             x = parent[x]
         return x
 
+    def join(a: int, b: int) -> None:
+        a, b = find(a), find(b)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
     for i, j, _ in near_duplicates(keys, keys, threshold, words):
-        if i != j:
-            parent[find(i)] = find(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(keys)):
-        groups.setdefault(find(i), []).append(i)
-    ordered = sorted(groups.values(), key=lambda g: min(g))
-    rng = np.random.default_rng(seed)
-    target = max(1, round(fraction * len(keys))) if keys else 0
-    chosen: set[str] = set()
-    for g in rng.permutation(len(ordered)):
-        if len(chosen) >= target:
+        join(i, j)
+    if passages is not None:
+        first_query: dict[str, int] = {}
+        for query, passage in zip(queries, passages, strict=True):
+            join(first_query.setdefault(passage, position[query]), position[query])
+    return {q: find(i) for i, q in enumerate(keys)}
+
+
+def choose_groups(groups: dict[str, int], target: int, seed: int, counted: Callable[[str], bool] | None = None) -> frozenset[str]:
+    """The queries of whole groups, drawn in a seeded order until `target` counted queries are chosen.
+
+    `counted(query)` says which queries count towards `target` (default: all); a group with no
+    counted query is never drawn. A group that would push the count past `target` is passed over
+    (a large component of shared positives must not swallow the split), unless nothing has been
+    chosen yet at the end, when the smallest eligible group is taken: a split is never empty
+    while a group exists.
+    """
+    counted = counted or (lambda q: True)
+    members: dict[int, list[str]] = {}
+    for query, group in groups.items():
+        members.setdefault(group, []).append(query)
+    ordered = [m for _, m in sorted(members.items()) if any(counted(q) for q in m)]
+    chosen: list[str] = []
+    count = 0
+    for g in np.random.default_rng(seed).permutation(len(ordered)):
+        if count >= target:
             break
-        chosen.update(keys[i] for i in ordered[int(g)])
-    grouped = sum(len(g) for g in ordered if len(g) > 1)
-    return EvalSplit(frozenset(chosen), len(ordered), grouped)
+        size = sum(counted(q) for q in ordered[int(g)])
+        if count + size > target and size > 1:
+            continue
+        chosen += ordered[int(g)]
+        count += size
+    if not chosen and ordered and target > 0:
+        chosen = min(ordered, key=lambda m: (sum(counted(q) for q in m), m[0]))
+    return frozenset(chosen)
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """Which query keys went to eval, and how many groups (near duplicates, shared positives) the split respected."""
+
+    eval_keys: frozenset[str]
+    groups: int
+    grouped_queries: int  # queries that share a group with at least one other query
+
+
+def split_eval_queries(queries: list[str], fraction: float, seed: int, threshold: float, words: int = 2,
+                       passages: list[str] | None = None) -> EvalSplit:
+    """Hold out about `fraction` of the distinct queries for evaluation, seeded, by group.
+
+    Queries are grouped by `group_queries` (near duplicates, and with `passages` row-parallel to
+    `queries`, a shared positive), and whole groups go to one side, so the split itself never
+    plants a leak. Groups are shuffled with `seed` and taken (`choose_groups`) until the eval side
+    holds `round(fraction * distinct queries)` queries (at least one).
+    """
+    rows = [(query_key(q), p) for q, p in zip(queries, passages if passages is not None else [None] * len(queries), strict=True)
+            if query_key(q)]
+    groups = group_queries([k for k, _ in rows], None if passages is None else [p for _, p in rows], threshold, words)
+    target = max(1, round(fraction * len(groups))) if groups else 0
+    sizes = Counter(groups.values())
+    return EvalSplit(choose_groups(groups, target, seed), len(sizes), sum(n for n in sizes.values() if n > 1))
 
 
 def split_labelled_pairs(pairs: pd.DataFrame, fraction: float, seed: int, threshold: float,
                          words: int = 2) -> tuple[pd.DataFrame, pd.DataFrame, EvalSplit]:
-    """(train rows, eval rows, split) of a labelled table with a `query` column, split by query group."""
-    split = split_eval_queries(list(pairs["query"]), fraction, seed, threshold, words)
+    """(train rows, eval rows, split) of a labelled table with `query` and `passage_id` columns, split by
+    query group (near duplicates and queries sharing a positive passage stay on one side)."""
+    passages = list(pairs["passage_id"].astype(str)) if "passage_id" in pairs else None
+    split = split_eval_queries(list(pairs["query"]), fraction, seed, threshold, words, passages)
     is_eval = pairs["query"].map(query_key).isin(split.eval_keys)
     return pairs[~is_eval].reset_index(drop=True), pairs[is_eval].reset_index(drop=True), split
 

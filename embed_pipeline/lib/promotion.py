@@ -45,6 +45,9 @@ def evaluate_gate(report: dict, gate: GateConfig) -> dict:
     - the lower end of its paired-bootstrap interval > `min_ci_lower_bound` (0: not noise).
     - the worst recall@10 lift among segments with >= `min_segment_queries` queries is
       >= -`max_segment_regression` (a model may not buy its average by breaking one slice).
+    - the forgetting guard: the candidate's general-domain score (report `general`, lib/general.py)
+      minus the base model's is >= -`max_general_drop`; passes, saying the guard is off, when the
+      report has no general-domain scores.
     Returns {"passed", "clauses": [{name, value, threshold, comparison, passed, verdict, detail}],
     "summary"}; `summary` is one line naming the failed clauses (or "all clauses passed").
     """
@@ -65,10 +68,23 @@ def evaluate_gate(report: dict, gate: GateConfig) -> dict:
                 worst is None or worst["recall@10_lift"] >= -gate.max_segment_regression,
                 f"{worst['kind']}={worst['segment']} ({worst['queries']} queries; {len(judged)} segments judged)" if worst
                 else f"no segment has >= {gate.min_segment_queries} queries"),
+        _general_clause(report.get("general"), gate),
     ]
     failed = [c for c in clauses if not c["passed"]]
     summary = "; ".join(f"{c['name']} {_fmt(c['value'])} is not {c['comparison']} {_fmt(c['threshold'])}" for c in failed)
     return {"passed": not failed, "clauses": clauses, "summary": summary or "all clauses passed"}
+
+
+def _general_clause(general: dict | None, gate: GateConfig) -> dict:
+    """General-domain score drops at most `max_general_drop` below the base model (off without scores)."""
+    name = "general-domain score vs base"
+    if not general or not general.get("available"):
+        reason = (general or {}).get("reason", "the report has no general-domain scores")
+        return _clause(name, None, -gate.max_general_drop, ">=", True, f"guard off: {reason}")
+    change = round(general["candidate"] - general["base"], 6)
+    return _clause(name, change, -gate.max_general_drop, ">=", change >= -gate.max_general_drop,
+                   f"Spearman of cosine on {general['pairs']} pairs of {general['set']}: base {general['base']:.4f}, "
+                   f"champion {general['champion']:.4f}, candidate {general['candidate']:.4f}")
 
 
 def _fmt(value) -> str:

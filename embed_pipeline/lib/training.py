@@ -12,9 +12,12 @@ Crash safety: checkpoints are written every `checkpoint_steps` to a folder the c
 (training data, config), not by the orchestrator's run id, so a retry finds the last complete
 checkpoint and resumes from it (optimizer, scheduler, RNG and data order included).
 
-Model selection: a dev split is carved from the *training* queries (never the eval set); the
-trainer evaluates nDCG@10 on it at every checkpoint, keeps the best checkpoint, stops early when
-it stops improving, and the best weights are what gets saved.
+Model selection: a dev split is carved from the *training* queries (never the eval set; whole
+groups of near-duplicate queries and queries sharing a positive); the trainer evaluates nDCG@10
+on it at every checkpoint against a pool of realistic distractors, and keeps, and stops early,
+by lib/dev_selection.py's noise-aware rule: the kept checkpoint is the latest one not worse than
+the best beyond the paired-bootstrap noise of the dev queries, and training stops only after
+`early_stopping_patience` evaluations each worse beyond that noise. The kept weights are saved.
 
 Several processes (DDP): `train_model` is also what each rank runs under torchrun
 (lib/distributed_training.py launches it). With `world_size` N, the sampler still draws batches of
@@ -35,12 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embed_pipeline.lib.config import LOSS_TERMS, TrainingConfig
+from embed_pipeline.lib.dev_selection import CheckpointJudge, selection_score
 from embed_pipeline.lib.io import atomic_path
 from embed_pipeline.lib.training_data import DevSet
 
 log = logging.getLogger(__name__)
 
 DEV_METRIC = "eval_dev_cosine_ndcg@10"
+SELECTION_METRIC = "eval_dev_kept_step"  # the step when a checkpoint is within noise of the best, else -1
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,6 @@ def train_model(
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss,
         MultipleNegativesRankingLoss,
@@ -144,10 +148,7 @@ def train_model(
         loss = MultipleNegativesRankingLoss(model, **loss_options)
     evaluator = None
     if dev is not None and dev.queries:
-        evaluator = InformationRetrievalEvaluator(
-            dev.queries, dev.corpus, dev.relevant, name="dev", main_score_function="cosine",
-            accuracy_at_k=[1, 10], precision_recall_at_k=[10], map_at_k=[10], batch_size=64, write_csv=False,
-        )
+        evaluator = dev_evaluator(dev, CheckpointJudge(settings.dev_confidence, seed=settings.seed))
     checkpoint_dir = Path(checkpoint_dir)
     resume = last_complete_checkpoint(checkpoint_dir)
     args = SentenceTransformerTrainingArguments(
@@ -169,7 +170,7 @@ def train_model(
         eval_strategy="steps" if evaluator else "no",
         eval_steps=settings.checkpoint_steps if evaluator else None,
         load_best_model_at_end=evaluator is not None,
-        metric_for_best_model=DEV_METRIC if evaluator else None,
+        metric_for_best_model=SELECTION_METRIC if evaluator else None,  # lib/dev_selection.py: noise-aware choice
         greater_is_better=True,
         report_to="none",
         disable_tqdm=True,
@@ -198,12 +199,12 @@ def train_model(
     )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.accelerator.wait_for_everyone()  # every rank has loaded the best checkpoint before it is deleted
-    best = trainer.state.best_metric if evaluator else None
+    best = kept_dev_score(trainer.state) if evaluator else None
     merged_dev = None
     if trainer.is_world_process_zero():
         if settings.base_merge > 0:  # before the serving length is restored: scored like the checkpoints
             tensors = merge_with_base(model, load_model(base_model, device="cpu", threads=threads), settings.base_merge)
-            merged_dev = float(evaluator(model)[DEV_METRIC.removeprefix("eval_")]) if evaluator else None
+            merged_dev = float(evaluator.scores(model).mean()) if evaluator else None
             scores = f"; dev nDCG@10 {best:.4f} tuned, {merged_dev:.4f} averaged" if best is not None and merged_dev is not None else ""
             progress.say(f"averaged {tensors} weight tensors with the base model's ({settings.base_merge:.0%} base){scores}")
         model.max_seq_length = serving_length
@@ -229,6 +230,59 @@ def train_model(
         processes=world_size,
         merged_dev_ndcg_at_10=merged_dev,
     )
+
+
+def dev_evaluator(dev: DevSet, judge: CheckpointJudge):
+    """The trainer's dev evaluator: nDCG@10, recall@10 and MRR@10 of the dev queries against the dev
+    pool (cosine, exact), per query, judged by `judge` (lib/dev_selection.py).
+
+    Returns `dev_cosine_ndcg@10` (what the progress line and MLflow show), `dev_cosine_recall@10`,
+    `dev_cosine_mrr@10` and `dev_kept_step` (`selection_score`: what the trainer maximises to keep
+    a checkpoint and to stop early). `scores(model)` gives the per-query nDCG@10 without judging
+    (the weight-averaged model's dev score). Under DDP the trainer runs it on rank 0 and broadcasts
+    the numbers, so every rank makes the same choice.
+    """
+    import numpy as np
+    from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
+
+    from embed_pipeline.lib.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+
+    qids, pids = list(dev.queries), list(dev.corpus)
+
+    class DevEvaluator(BaseEvaluator):
+        def __init__(self):
+            super().__init__()
+            self.primary_metric = "dev_kept_step"
+            self.judge = judge
+
+        def rankings(self, model) -> list[list[str]]:
+            queries = model.encode([dev.queries[q] for q in qids], batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+            passages = model.encode([dev.corpus[p] for p in pids], batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+            similarity = queries.astype(np.float32) @ passages.astype(np.float32).T
+            top = np.argsort(-similarity, axis=1, kind="stable")[:, :10]
+            return [[pids[j] for j in row] for row in top]
+
+        def scores(self, model) -> np.ndarray:
+            return np.array([ndcg_at_k(r, dev.relevant[q], 10) for q, r in zip(qids, self.rankings(model), strict=True)])
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1) -> dict[str, float]:
+            ranked = dict(zip(qids, self.rankings(model), strict=True))
+            ndcg = np.array([ndcg_at_k(ranked[q], dev.relevant[q], 10) for q in qids])
+            verdict = self.judge.judge(int(steps), ndcg)
+            return {"dev_cosine_ndcg@10": float(ndcg.mean()),
+                    "dev_cosine_recall@10": float(np.mean([recall_at_k(ranked[q], dev.relevant[q], 10) for q in qids])),
+                    "dev_cosine_mrr@10": float(np.mean([mrr_at_k(ranked[q], dev.relevant[q], 10) for q in qids])),
+                    "dev_kept_step": float(selection_score(verdict))}
+
+    return DevEvaluator()
+
+
+def kept_dev_score(state) -> float | None:
+    """The dev nDCG@10 of the checkpoint the trainer kept (`state.best_model_checkpoint`), from its log history."""
+    if not state.best_model_checkpoint:
+        return None
+    step = int(str(state.best_model_checkpoint).rsplit("-", 1)[-1])
+    return next((float(e[DEV_METRIC]) for e in reversed(state.log_history) if e.get("step") == step and DEV_METRIC in e), None)
 
 
 def merge_with_base(model, base, base_share: float) -> int:

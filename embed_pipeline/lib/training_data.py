@@ -25,23 +25,33 @@ class DevSet:
     relevant: dict[str, set[str]]
 
 
-def split_dev(triples: pd.DataFrame, share: float, max_queries: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, dev) rows split by query, so no dev query's wording is trained on.
+def split_dev(triples: pd.DataFrame, share: float, max_queries: int, seed: int, threshold: float = 0.8,
+              words: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, dev) rows split by query group, so no dev query's wording or positive is trained on.
 
-    Dev queries are drawn (seeded) from real queries (`source` != 'synthetic' when the column is
-    there): synthetic inverse-cloze queries are easy and would flatter every checkpoint.
+    Groups are `lib.leakage.group_queries` (the eval split's grouping): near-duplicate queries
+    (word-shingle Jaccard >= `threshold`) and queries sharing a positive passage are one group,
+    and groups, not queries, go to one side. A dev query whose near-twin or positive is trained on
+    scores as memorised, so a random per-query split flattered every checkpoint (issue 25).
+    Dev queries are real queries (`source` != 'synthetic' when the column is there): synthetic
+    inverse-cloze queries are easy and would flatter every checkpoint. Synthetic rows of a dev
+    group are in neither frame (training on them would teach the dev positives). Dev holds about
+    `share` of the distinct queries, at most `max_queries`, counted in real queries.
     """
-    queries = pd.Series(triples["query"].unique())
-    if "source" in triples:
-        synthetic = set(triples.loc[triples["source"] == "synthetic", "query"])
-        real = queries[~queries.isin(synthetic)]
-        queries = real if len(real) else queries
-    wanted = min(int(round(share * triples["query"].nunique())), max_queries, len(queries))
+    from embed_pipeline.lib.leakage import choose_groups, group_queries
+
+    synthetic = set(triples.loc[triples["source"] == "synthetic", "query"]) if "source" in triples else set()
+    real = [q for q in triples["query"].unique() if q not in synthetic]
+    if not real:  # nothing but synthetic queries: they are the dev candidates after all
+        synthetic, real = set(), list(triples["query"].unique())
+    wanted = min(int(round(share * triples["query"].nunique())), max_queries, len(real))
     if wanted < 1:
         return triples.reset_index(drop=True), triples.iloc[0:0]
-    dev_queries = set(queries.sample(n=wanted, random_state=seed))
-    is_dev = triples["query"].isin(dev_queries)
-    return triples[~is_dev].reset_index(drop=True), triples[is_dev].reset_index(drop=True)
+    groups = group_queries(list(triples["query"]), list(triples["passage_id"]), threshold, words)
+    chosen = choose_groups(groups, wanted, seed, counted=lambda q: q not in synthetic)
+    in_dev_group = triples["query"].isin(chosen)
+    is_dev = in_dev_group & ~triples["query"].isin(synthetic)
+    return triples[~in_dev_group].reset_index(drop=True), triples[is_dev].reset_index(drop=True)
 
 
 def dev_set(dev: pd.DataFrame, passage_text: dict[str, str], max_passages: int, seed: int) -> DevSet:

@@ -5,6 +5,7 @@ import pandas as pd
 from embed_pipeline.lib.leakage import (
     decontaminate,
     find_leaks,
+    group_queries,
     leakage_block,
     near_duplicates,
     shingles,
@@ -81,3 +82,24 @@ def test_the_reports_leakage_block_counts_the_runs_leaks_file_and_says_when_it_h
     assert leakage_block(None, 0) == {"available": False, "reason": "the training_pairs handle of this run names no leaks file"}
     missing = leakage_block(str(tmp_path / "gone.parquet"), 0)
     assert missing["available"] is False and "gone.parquet" in missing["reason"] and "dropped_pairs" not in missing
+
+
+def test_one_grouping_joins_near_duplicates_and_shared_positives_transitively():
+    queries = ["how do I bleed hydraulic disc brakes", "how do I bleed hydraulic disc brakes quickly",
+               "air in the brake line", "true a wheel", "true a wheel"]
+    passages = ["bleed", "bleed-video", "bleed-video", "truing", "spokes"]
+    groups = group_queries(queries, passages, threshold=0.8)
+    assert groups[queries[0]] == groups[queries[1]] == groups[queries[2]]  # wording, then the shared positive
+    assert groups[queries[3]] != groups[queries[0]]
+    assert len(groups) == 4  # distinct queries
+    assert len(set(group_queries(queries, None, threshold=0.8).values())) == 3  # wording alone
+
+
+def test_split_labelled_pairs_keeps_queries_sharing_a_positive_on_one_side():
+    rows = [(f"query about topic {i} and its details", f"p{i}") for i in range(30)]
+    rows += [("a differently worded question", "p7")]  # shares topic 7's positive
+    pairs = pd.DataFrame(rows, columns=["query", "passage_id"])
+    for seed in range(20):
+        train, held, split = split_labelled_pairs(pairs, 0.2, seed, 0.8)
+        assert set(train["passage_id"]).isdisjoint(held["passage_id"]), seed
+        assert split.grouped_queries == 2

@@ -34,7 +34,7 @@ def test_clear_lift_passes_every_clause():
     candidate = [1.0] * 85 + [0.0] * 15
     gate = evaluate_gate(make_report(champion, candidate, {"a": 50, "b": 50}), GateConfig())
     assert gate["passed"], gate
-    assert [c["verdict"] for c in gate["clauses"]] == ["pass"] * 4
+    assert [c["verdict"] for c in gate["clauses"]] == ["pass"] * 5  # the general-domain guard passes as off
     assert clause(gate, "recall@10 lift over champion")["value"] == pytest.approx(0.15)
     assert clause(gate, "recall@10 lift over champion")["threshold"] == 0.01
     assert clause(gate, "recall@10 lift CI lower bound")["value"] > 0

@@ -11,6 +11,7 @@ from embed_pipeline.defs.assets.common import embed, load_eval_set, output_dir, 
 from embed_pipeline.defs.resources import MlflowResource, PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, IndexHandle, ModelHandle, PairsHandle, ReportHandle
 from embed_pipeline.lib.evaluation import Contenders, evaluate, record_evaluation, report_markdown, write_report
+from embed_pipeline.lib.general import encode_sentences, general_block, read_sts
 from embed_pipeline.lib.indexing import load_index
 from embed_pipeline.lib.io import write_parquet
 from embed_pipeline.lib.leakage import leakage_block
@@ -39,6 +40,9 @@ def report_metadata(report: dict, path, plots: dict[str, bytes]) -> dict:
         "candidate ndcg@10 (judged)": report[judged]["ndcg@10"],
         "bm25 recall@10": report["bm25"]["recall@10"] if "bm25" in report else "n/a",
         "approximate search recall@10 loss": report["approximate_search_loss"]["recall@10"],
+        "general-domain score (base / champion / candidate)": (
+            " / ".join(f"{report['general'][m]:.4f}" for m in ("base", "champion", "candidate"))
+            if report.get("general", {}).get("available") else "off: no general_reference"),
         "report": dg.MetadataValue.md(report_markdown(report)),
         **{f"plot: {name}": dg.MetadataValue.md(png_markdown(png, name)) for name, png in plots.items()},
     }
@@ -113,9 +117,12 @@ def eval_report(
                             champion=champion["model_dir"] if champion else None, served_index=served_index,
                             champion_retrieval=champion["retrieval"] if champion else None)
     lexical = LexicalIndex.load(corpus_index.lexical_path) if corpus_index.lexical_path else None
+    general = general_block(read_sts(config.general_reference) if config.general_reference else None,
+                            {"base": contenders.base, "champion": contenders.champion, "candidate": contenders.candidate},
+                            lambda model_ref, texts: encode_sentences(config, model_ref, texts))
     evaluation = evaluate(eval_set, loaded.pairs, corpus_ids, contenders, encode, config.retrieval,
                           config.gate, models, precision=served_index.meta.get("encode_precision", "unrecorded"),
-                          lexical=lexical, dev_queries=dev_queries or (), dev_relevant=dev_relevant)
+                          lexical=lexical, dev_queries=dev_queries or (), dev_relevant=dev_relevant, general=general)
     report = evaluation.report
     report["leakage"] = {"mode": config.leakage.on_leak, **leakage_block(training_pairs.files.get("leaks"), training_pairs.quarantined)}
     folder = output_dir(context, config)
