@@ -44,7 +44,12 @@ def _actor_nodes() -> list[str]:
     from ray.util.state import list_actors
 
     return sorted({a.node_id for a in list_actors(limit=10_000, raise_on_missing_output=False)
-                   if "EncodeActor" in a.class_name and a.node_id})
+                   if _is_encode_actor(a.class_name) and a.node_id})
+
+
+def _is_encode_actor(class_name: str) -> bool:
+    """An encode actor of either kind: fed texts (`EncodeActor`) or dataset row groups (`StoreWriterActor`)."""
+    return "EncodeActor" in class_name or "StoreWriterActor" in class_name
 
 
 def encode_three_ways(cluster, model_path: str, root: str) -> dict:
@@ -146,7 +151,7 @@ def lose_a_node_mid_encode(cluster, model_path: str, root: str) -> dict:
             from ray.util.state import list_actors
 
             node = cluster.worker_nodes[0].node_id
-            actors_there.append(sum(a.node_id == node and "EncodeActor" in a.class_name
+            actors_there.append(sum(a.node_id == node and _is_encode_actor(a.class_name)
                                     for a in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)))
             removed.append(cluster.remove_worker())
 

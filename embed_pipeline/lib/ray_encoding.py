@@ -4,11 +4,11 @@ With `compute.engine: ray`, `encode_pool` (lib/encoding.py) yields a `RayEncoder
 local `EncodePool`, asked first which precision label its actors compute in (the store key).
 
 A corpus (`shards.fill_store`) goes through `fill_store_from_dataset`: the nodes read the
-dataset's shard files themselves (`ray.data.read_parquet`, on the shared `artifacts_dir`),
-keep the rows whose content hash the store lacks (the list of hashes travels once, through the
-object store), and the encode actors write each result batch as a segment of the same vector
-store (`vector_store.write_segment`): no text and no vector passes through this process, which
-only counts rows. Segments are atomic, so a block Ray reruns after losing a node writes a second,
+dataset's shard files themselves: the work items are (shard file, row group) pairs, each encode
+actor reads its row groups from the shared `artifacts_dir`, keeps the rows whose content hash the
+store lacks (the list of hashes travels once, through the object store), encodes them and writes
+them as one segment of the same vector store (`vector_store.write_segment`): no text and no
+vector passes through this process, which only counts rows. Segments are atomic, so a block Ray reruns after losing a node writes a second,
 identical segment, never a torn one; afterwards this process merges the small segments.
 Other texts (a list given in memory: queries, the synthetic round trip's pool) go through
 `encode`, whose vectors come back here, as before.
@@ -45,9 +45,6 @@ from embed_pipeline.lib.vector_store import encode_keys, write_segment
 
 log = logging.getLogger(__name__)
 
-# Rows an actor encodes and writes as one store segment (a few thousand files per 100M passages
-# before the merge; the merge afterwards makes them segment-sized).
-ROWS_PER_SEGMENT = 16_384
 # How often (seconds) a long encode reports rows done, throughput and actors alive.
 PROGRESS_EVERY_SECONDS = 30.0
 # How long the pool may take to start its first `encode_actors` actors (imports, model load, and on
@@ -220,20 +217,37 @@ class RayEncoder:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_SECONDS
+        import pandas as pd
+        import pyarrow.parquet as pq
+
         wanted = np.unique(encode_keys(missing))
         wanted_box = [ray.put(wanted)]
         if self.compute.encode_actors_max:
             strategy = ray.data.ActorPoolStrategy(min_size=self.compute.encode_actors, max_size=self.compute.encode_actors_max)
         else:
             strategy = ray.data.ActorPoolStrategy(size=self.compute.encode_actors)
-        rows = (ray.data.read_parquet([str(p) for p in shard_files], columns=["content_hash", "title", "text"])
-                .map_batches(_keep_missing, fn_kwargs={"wanted_box": wanted_box}, batch_format="pandas")
-                .map_batches(StoreWriterActor,
-                             fn_constructor_kwargs={"model_box": [self._model_ref], "batch_size": batch_size, "prompt": prompt,
-                                                    "precision": self._precisions[label], "label": label,
-                                                    "threads": max(1, int(self.compute.encode_cpus_per_actor)),
-                                                    "segments_dir": str(store.segments_dir)},
-                             batch_size=ROWS_PER_SEGMENT, batch_format="pandas", compute=strategy, **self._resources()))
+        # The work items are row groups of the dataset's shard files (at most 8,192 passages each):
+        # paths, not texts. Each actor reads its row group from the shared folder itself, so no extra
+        # read tasks compete with the actors for the cluster's CPUs.
+        # An item is a slice of a row group, 4 x encode_batch_size rows: a few calls per block and
+        # several blocks per actor, so the pool balances and a lost node costs only its items in flight.
+        span = max(1, 4 * self.compute.encode_batch_size)
+        items = []
+        for path in shard_files:
+            meta = pq.ParquetFile(path).metadata
+            for group in range(meta.num_row_groups):
+                rows_in_group = meta.row_group(group).num_rows
+                items += [(str(path), group, start, min(span, rows_in_group - start)) for start in range(0, rows_in_group, span)]
+        per_block = max(1, math.ceil(len(items) / (4 * (self.compute.encode_actors_max or self.compute.encode_actors))))
+        blocks = [pd.DataFrame(items[i:i + per_block], columns=["path", "group", "start", "rows"])
+                  for i in range(0, len(items), per_block)]
+        rows = ray.data.from_pandas(blocks).map_batches(
+            StoreWriterActor,
+            fn_constructor_kwargs={"model_box": [self._model_ref], "batch_size": batch_size, "prompt": prompt,
+                                   "precision": self._precisions[label], "label": label,
+                                   "threads": max(1, int(self.compute.encode_cpus_per_actor)),
+                                   "segments_dir": str(store.segments_dir), "wanted_box": wanted_box},
+            batch_size=1, batch_format="pandas", compute=strategy, **self._resources())
         nodes: dict[str, int] = {}
         starts: dict[str, float] = {}
         encoding: dict[str, float] = {}
@@ -262,8 +276,8 @@ class RayEncoder:
         run = RayEncodeRun(len(wanted), label, nodes, repeated, time.monotonic() - started, starts, encoding, actor_rows)
         self.runs.append(run)
         if self.on_progress:
-            self.on_progress(f"ray encode: {len(wanted)} passages read and encoded on {len(nodes)} node(s) in "
-                             f"{run.seconds:.1f} s, written to the store by the actors"
+            self.on_progress(f"ray encode: {len(wanted)} rows in {run.seconds:.1f} s on {len(nodes)} node(s), read from "
+                             "the corpus dataset and written to the store by the actors"
                              + (f", {repeated} rows recomputed after a lost node" if repeated else ""))
         return written
 
@@ -368,29 +382,38 @@ class EncodeActor:
                 "start_s": np.full(rows, self.start_s), "encode_s": np.full(rows, (time.perf_counter() - started) / rows)}
 
 
-def _keep_missing(batch, wanted_box: list):
-    """Rows of a dataset batch whose content hash the store lacks (`wanted_box[0]`: sorted S16 keys)."""
-    import ray
-
-    wanted = ray.get(wanted_box[0]) if not isinstance(wanted_box[0], np.ndarray) else wanted_box[0]
-    keys = encode_keys(list(batch["content_hash"]))
-    pos = np.minimum(np.searchsorted(wanted, keys), len(wanted) - 1)
-    return batch[wanted[pos] == keys]
-
-
 class StoreWriterActor(EncodeActor):
-    """An `EncodeActor` that writes its results into the vector store (one segment per batch) and
-    returns only the bookkeeping: node, actor, start-up and encoding seconds per row."""
+    """An `EncodeActor` fed slices of the corpus dataset's row groups (path, group, start, rows): it reads each from the
+    shared folder, keeps the passages whose content hash the store lacks (`wanted_box[0]`: sorted
+    16-byte keys), encodes them, writes them as one segment of the vector store and returns only
+    the bookkeeping: node, actor, start-up and encoding seconds per passage written."""
 
-    def __init__(self, segments_dir: str, **kwargs):
+    def __init__(self, segments_dir: str, wanted_box: list, **kwargs):
+        import ray
+
         super().__init__(**kwargs)
         self.segments_dir = Path(segments_dir)
+        self.wanted = wanted_box[0] if isinstance(wanted_box[0], np.ndarray) else ray.get(wanted_box[0])
 
     def __call__(self, batch):
+        import pyarrow.parquet as pq
+
         started = time.perf_counter()
-        texts = [f"{t}\n{x}" if t else str(x) for t, x in zip(batch["title"], batch["text"], strict=True)]
-        vectors = _encode_here(self.model, texts, self.batch_size, self.prompt, self.label, progress=False)
-        write_segment(self.segments_dir, encode_keys(list(batch["content_hash"])), vectors)
-        rows = len(vectors)
+        keys_out, vectors_out = [], []
+        for path, group, start, count in zip(batch["path"], batch["group"], batch["start"], batch["rows"], strict=True):
+            table = (pq.ParquetFile(str(path)).read_row_group(int(group), columns=["content_hash", "title", "text"])
+                     .slice(int(start), int(count)))
+            keys = encode_keys(table.column("content_hash").to_pylist())
+            pos = np.minimum(np.searchsorted(self.wanted, keys), len(self.wanted) - 1)
+            keep = np.flatnonzero(self.wanted[pos] == keys)
+            if not len(keep):
+                continue
+            titles, texts = table.column("title").to_pylist(), table.column("text").to_pylist()
+            passages = [f"{titles[i]}\n{texts[i]}" if titles[i] else texts[i] for i in keep]
+            keys_out.append(keys[keep])
+            vectors_out.append(_encode_here(self.model, passages, self.batch_size, self.prompt, self.label, progress=False))
+        if keys_out:
+            write_segment(self.segments_dir, np.concatenate(keys_out), np.concatenate(vectors_out))
+        rows = sum(len(k) for k in keys_out)
         return {"node": np.full(rows, self.node), "actor": np.full(rows, self.actor), "start_s": np.full(rows, self.start_s),
-                "encode_s": np.full(rows, (time.perf_counter() - started) / rows)}
+                "encode_s": np.full(rows, (time.perf_counter() - started) / max(rows, 1))}
