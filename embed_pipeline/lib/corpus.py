@@ -44,7 +44,7 @@ DATASET_COLUMNS = ["passage_id", "title", "text", "content_hash", "line", "file"
 QUARANTINE_COLUMNS = ["line", "reason", "passage_id"]
 DATASET_QUARANTINE_COLUMNS = ["file", "line", "reason", "passage_id"]
 BLOCK_ROWS = 65_536  # rows parsed and written at a time: the unit memory is bounded by
-ROW_GROUP_ROWS = 8_192  # rows per Parquet row group at most: what a lookup by id reads
+ROW_GROUP_ROWS = 1_024  # rows per Parquet row group at most: what a lookup by id reads (~1 MB of text)
 FORMAT_VERSION = 1
 MANIFEST = "corpus.json"
 PASSAGES = "passages"
@@ -431,6 +431,7 @@ class CorpusDataset:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.manifest = read_json(self.folder / MANIFEST)
+        self._handles: dict[str, object] = {}  # shard key -> (ParquetFile, row-group starts, id index), for lookups
 
     @property
     def keys(self) -> list[str]:
@@ -505,11 +506,10 @@ class CorpusDataset:
             by_shard.setdefault(shard_key(shard_of(pid, self.num_shards), self.num_shards), []).append(pid)
         tables = []
         for key, wanted in by_shard.items():
-            rows = self._rows_of(key, wanted)
+            handle, starts, index = self._lookup_handles(key)
+            rows = self._rows_of(key, wanted, index)
             if not len(rows):
                 continue
-            handle = pq.ParquetFile(self.shard_path(key))
-            starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
             groups = sorted({int(np.searchsorted(starts, r, side="right") - 1) for r in rows})
             table = handle.read_row_groups(groups, columns=["passage_id", *columns])
             wanted_set = set(wanted)
@@ -518,12 +518,22 @@ class CorpusDataset:
             return pd.DataFrame(columns=columns, index=pd.Index([], name="passage_id"))
         return _to_frame(pa.concat_tables(tables)).drop_duplicates("passage_id").set_index("passage_id")
 
-    def _rows_of(self, key: str, wanted: list[str]) -> np.ndarray:
+    def _lookup_handles(self, key: str):
+        """(open ParquetFile, first row of each row group, id index or None) of a shard, opened once
+        per dataset object: a `Searcher` answering many queries pays the file opens once."""
+        import pyarrow.parquet as pq
+
+        if key not in self._handles:
+            handle = pq.ParquetFile(self.shard_path(key))
+            starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
+            path = self.folder / PASSAGES / f"{key}{ID_INDEX_SUFFIX}"
+            self._handles[key] = (handle, starts, np.load(path, mmap_mode="r") if path.exists() else None)
+        return self._handles[key]
+
+    def _rows_of(self, key: str, wanted: list[str], index) -> np.ndarray:
         """Candidate rows of `wanted` ids in a shard file (hash matches: the caller compares ids)."""
-        path = self.folder / PASSAGES / f"{key}{ID_INDEX_SUFFIX}"
-        if not path.exists():  # a dataset written before id indexes: every row is a candidate
+        if index is None:  # a dataset written before id indexes: every row is a candidate
             return np.arange(self.shard_rows(key))
-        index = np.load(path, mmap_mode="r")
         hashes = index["h"]
         rows = []
         for h in _id_hashes(wanted):

@@ -205,13 +205,13 @@ class RayEncoder:
                              + (f", {repeated} rows recomputed after a lost node" if repeated else ""))
         return out
 
-    def fill_store_from_dataset(self, shard_files: list[Path], missing: list[str], store, batch_size: int, prompt: str,
+    def fill_store_from_dataset(self, shard_files: list[Path], missing, store, batch_size: int, prompt: str,
                                 label: str, line=None) -> int:
-        """Encode the passages of `shard_files` whose content hash is in `missing` into `store` on the
+        """Encode the passages of `shard_files` whose content hash is in `missing` (strings or 16-byte keys) into `store` on the
         cluster (see the module doc); returns the rows written. Raises when any hash is still
         missing afterwards, so shard files are only ever written from a complete store."""
         ray = require_ray()
-        if not missing:
+        if not len(missing):
             return 0
         started = time.monotonic()
         context = ray.data.DataContext.get_current()
@@ -268,9 +268,9 @@ class RayEncoder:
                 last_report = time.monotonic()
                 self.on_progress(self._progress_line(min(written, len(wanted)), len(wanted), started))
         store.refresh()
-        still = store.missing(missing)
+        still = int((~store.contains(wanted)).sum())
         if still:
-            raise RuntimeError(f"the Ray encode left {len(still)} of {len(wanted)} passages unencoded; no shard file was written")
+            raise RuntimeError(f"the Ray encode left {still} of {len(wanted)} passages unencoded; no shard file was written")
         store.compact()
         repeated = max(0, written - len(wanted))
         run = RayEncodeRun(len(wanted), label, nodes, repeated, time.monotonic() - started, starts, encoding, actor_rows)

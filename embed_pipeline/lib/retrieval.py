@@ -186,6 +186,7 @@ class Searcher:
         lexical = pointer.get("lexical_path")
         self.lexical = LexicalIndex.load(Path(lexical), mmap=True) if lexical and Path(lexical).exists() else None
         self.query_prompt = query_prompt
+        self.corpus = None  # the corpus dataset hit texts are looked up in (`hit_texts`), opened on first use
 
     def search(self, queries: list[str], k: int = 10, mode: str | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (passage id, score) per query, best first.
@@ -261,9 +262,9 @@ def hit_texts(searcher: Searcher, config, passage_ids: list[str]):
     (its dataset is built once, then reused)."""
     from embed_pipeline.lib.corpus import MANIFEST, CorpusDataset, dataset_for
 
-    folder = searcher.dense.meta.get("corpus_dataset")
-    if folder and (Path(folder) / MANIFEST).exists():
-        dataset = CorpusDataset(Path(folder))
-    else:
-        dataset = dataset_for(config)
+    dataset = getattr(searcher, "corpus", None)
+    if dataset is None:
+        folder = searcher.dense.meta.get("corpus_dataset")
+        dataset = CorpusDataset(Path(folder)) if folder and (Path(folder) / MANIFEST).exists() else dataset_for(config)
+        searcher.corpus = dataset  # kept with the searcher: its shard files and id indexes stay open between queries
     return dataset.lookup(passage_ids, ["title", "text"])

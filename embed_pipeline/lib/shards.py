@@ -32,6 +32,7 @@ from embed_pipeline.lib.encoding import (
 )
 from embed_pipeline.lib.io import atomic_path
 from embed_pipeline.lib.progress import ProgressLine
+from embed_pipeline.lib.vector_store import KEY_BYTES, encode_keys
 
 SHARD_SUFFIX = ".arrow"
 WRITE_BATCH = 16_384  # rows per record batch of a shard file (and per store lookup)
@@ -189,9 +190,8 @@ def embed_shards(
     with encode_pool(model, processes, threads, cluster) as pool:
         label = _pool_precision(pool, precision, model)
         store = EmbeddingCache(cache_root, fingerprint, prompt, label)
-        hashes = {key: dataset.column("content_hash", [key]) for key in keys}
-        todo = fill_store(model, dataset, keys, hashes, store, batch_size, prompt, precision, pool, on_progress,
-                          CLUSTER_CHUNK if cluster is not None else LOCAL_CHUNK)
+        needs = fill_store(model, dataset, keys, store, batch_size, prompt, precision, pool, on_progress,
+                           CLUSTER_CHUNK if cluster is not None else LOCAL_CHUNK)
         dim = model.get_embedding_dimension()
         done = {}
         for key in keys:
@@ -201,7 +201,7 @@ def embed_shards(
 
             def batches(key=key, current=current):
                 for frame in dataset.batches(["passage_id", "content_hash"], [key], batch_rows=WRITE_BATCH):
-                    found, vectors = store.lookup(list(frame["content_hash"]))
+                    found, vectors = store.lookup(encode_keys(frame["content_hash"].to_numpy(dtype=object, na_value="")))
                     if not found.all():
                         raise RuntimeError(f"{key}: {int((~found).sum())} vectors missing from the store after encoding")
                     ids = list(frame["passage_id"])
@@ -209,51 +209,74 @@ def embed_shards(
                     yield ids, vectors
 
             rows = _write_shard_file(target, batches(), label, fingerprint, dim)
-            unique = len(set(hashes[key]))
-            done[key] = ShardEmbeddings(target, rows, len(todo[key]), unique - len(todo[key]), len(previous - current), label)
+            need = needs[key]
+            done[key] = ShardEmbeddings(target, rows, need.missing, need.unique - need.missing, len(previous - current), label)
     return done
 
 
-def fill_store(model, dataset, keys: list[str], hashes: dict[str, np.ndarray], store, batch_size: int, prompt: str,
-               precision: str, pool, on_progress: Callable[[str], None] | None, chunk: int = LOCAL_CHUNK) -> dict[str, set[str]]:
-    """Encode into `store` every passage of the shards `keys` whose content hash it lacks; returns,
-    per shard, the hashes that were missing (what this call encoded for it).
+@dataclass(frozen=True)
+class ShardNeeds:
+    """What one shard asked of the store: its distinct content hashes, and how many of them it lacked."""
 
-    Texts are read only for shards with something missing, batch by batch, and encoded `chunk`
-    distinct texts at a time (one store segment each), so memory is a chunk, not the corpus.
+    unique: int
+    missing: int
+
+
+def fill_store(model, dataset, keys: list[str], store, batch_size: int, prompt: str, precision: str, pool,
+               on_progress: Callable[[str], None] | None, chunk: int = LOCAL_CHUNK) -> dict[str, ShardNeeds]:
+    """Encode into `store` every passage of the shards `keys` whose content hash it lacks.
+
+    Pass 1 reads each shard's `content_hash` column only, as 16-byte keys, and asks the store which
+    it lacks. Pass 2 reads text columns only of shards with something missing, `chunk` rows at a
+    time, and encodes `chunk` distinct texts at a time (one store segment each). In memory: the
+    missing keys (16 bytes each, a sorted array) and one chunk, never the corpus's texts.
     """
-    todo = {key: set(store.missing(list(h))) for key, h in hashes.items()}
-    distinct = set().union(*todo.values()) if todo else set()
+    needs: dict[str, ShardNeeds] = {}
+    lacking = []
+    for key in keys:
+        hashes = encode_keys(dataset.column("content_hash", [key]))
+        distinct = np.unique(hashes)
+        absent = distinct[~store.contains(distinct)] if len(distinct) else distinct
+        needs[key] = ShardNeeds(len(distinct), len(absent))
+        lacking.append(absent)
+    wanted = np.unique(np.concatenate(lacking)) if lacking else np.array([], dtype=f"S{KEY_BYTES}")
     if on_progress is not None:
-        total = sum(len(h) for h in hashes.values())
-        on_progress(f"embedding {len(keys)} shard(s) of {total} passages: {len(distinct)} to encode, the rest cached")
-    line = ProgressLine(on_progress, "encoding", len(distinct)) if on_progress is not None and distinct else None
+        total = sum(dataset.shard_rows(k) for k in keys)
+        on_progress(f"embedding {len(keys)} shard(s) of {total} passages: {len(wanted)} to encode, the rest cached")
+    if not len(wanted):
+        return needs
+    line = ProgressLine(on_progress, "encoding", len(wanted)) if on_progress is not None else None
     if hasattr(pool, "fill_store_from_dataset"):  # a Ray cluster: the nodes read the shards and write the store
-        if distinct:
-            pool.fill_store_from_dataset([dataset.shard_path(k) for k in keys if todo[k]], sorted(distinct), store,
-                                         batch_size, prompt, _pool_precision(pool, precision, model), line)
-        return todo
-    pending: dict[str, str] = {}
-    flushed: set[str] = set()
+        pool.fill_store_from_dataset([dataset.shard_path(k) for k in keys if needs[k].missing], wanted, store,
+                                     batch_size, prompt, _pool_precision(pool, precision, model), line)
+        return needs
+    done = np.zeros(len(wanted), dtype=bool)
+    pending_keys: list[np.ndarray] = []
+    pending_texts: list[str] = []
 
     def flush():
-        if pending:
-            store.put(list(pending), encode(model, list(pending.values()), batch_size, prompt, False, precision, pool, line))
-            flushed.update(pending)
-            pending.clear()
+        if pending_texts:
+            store.put(np.concatenate(pending_keys), encode(model, pending_texts, batch_size, prompt, False, precision, pool, line))
+            pending_keys.clear()
+            pending_texts.clear()
 
-    for key in keys:
-        if not todo[key]:
-            continue
-        for frame in dataset.batches(["title", "text", "content_hash"], [key]):
-            wanted = frame["content_hash"].isin(todo[key]).to_numpy()
-            for h, title, text in zip(frame["content_hash"][wanted], frame["title"][wanted], frame["text"][wanted], strict=True):
-                if h not in flushed and h not in pending:
-                    pending[h] = f"{title}\n{text}" if title else text
-            if len(pending) >= chunk:
+    for key in (k for k in keys if needs[k].missing):
+        for frame in dataset.batches(["title", "text", "content_hash"], [key], batch_rows=chunk):
+            batch_keys = encode_keys(frame["content_hash"].to_numpy(dtype=object, na_value=""))
+            pos = np.minimum(np.searchsorted(wanted, batch_keys), len(wanted) - 1)
+            take = np.flatnonzero((wanted[pos] == batch_keys) & ~done[pos])
+            if not len(take):
+                continue
+            _, first = np.unique(pos[take], return_index=True)  # a text twice in one batch: encoded once
+            take = take[first]
+            done[pos[take]] = True
+            titles, texts = frame["title"].to_numpy(dtype=object), frame["text"].to_numpy(dtype=object)
+            pending_keys.append(batch_keys[take])
+            pending_texts += [f"{titles[i]}\n{texts[i]}" if titles[i] else texts[i] for i in take]
+            if len(pending_texts) >= chunk:
                 flush()
     flush()
-    return todo
+    return needs
 
 
 def encode_dataset(model, fingerprint: str, dataset, cache_root: Path, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -269,17 +292,15 @@ def encode_dataset(model, fingerprint: str, dataset, cache_root: Path, batch_siz
 
     label = _pool_precision(pool, precision, model)
     store = EmbeddingCache(cache_root, fingerprint, prompt, label)
-    keys = dataset.keys
-    hashes = {key: dataset.column("content_hash", [key]) for key in keys}
-    todo = fill_store(model, dataset, keys, hashes, store, batch_size, prompt, precision, pool, on_progress,
-                      CLUSTER_CHUNK if cluster else LOCAL_CHUNK)
-    all_hashes = np.concatenate([hashes[k] for k in keys]) if keys else np.array([], dtype=object)
-    found, vectors = store.lookup(list(all_hashes))
+    needs = fill_store(model, dataset, dataset.keys, store, batch_size, prompt, precision, pool, on_progress,
+                       CLUSTER_CHUNK if cluster else LOCAL_CHUNK)
+    all_hashes = encode_keys(dataset.column("content_hash"))
+    found, vectors = store.lookup(all_hashes)
     if not found.all():
         raise RuntimeError(f"{int((~found).sum())} corpus vectors missing from the store after encoding")
-    unique = len(set(all_hashes))
-    encoded = len(set().union(*todo.values())) if todo else 0
-    stats = EncodeStats(len(all_hashes), unique, encoded, unique - encoded, label)
+    unique = len(np.unique(all_hashes))
+    encoded = sum(n.missing for n in needs.values())  # a text in two shards counts in each, as before
+    stats = EncodeStats(len(all_hashes), unique, min(encoded, unique), unique - min(encoded, unique), label)
     return dataset.column("passage_id"), vectors, stats
 
 

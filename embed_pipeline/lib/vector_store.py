@@ -59,7 +59,9 @@ def space_key(fingerprint: str, prompt: str, precision: str) -> str:
 
 def encode_keys(keys) -> np.ndarray:
     """Keys as fixed 16-byte values (dtype S16): a 16-character key as its own bytes, any other
-    string as 16 hex characters of its SHA-256 (so callers may key by anything)."""
+    string as 16 hex characters of its SHA-256 (so callers may key by anything); an S16 array as it is."""
+    if isinstance(keys, np.ndarray) and keys.dtype == np.dtype(f"S{KEY_BYTES}"):
+        return keys
     out = np.empty(len(keys), dtype=f"S{KEY_BYTES}")
     for i, key in enumerate(keys):
         raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
@@ -90,14 +92,22 @@ def _open_segment(path: Path) -> _Segment:
     if mapping is None:
         raise FileNotFoundError(f"{path}: empty segment file")
     table = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapping))).read_all()
-    keys_col = table.column("key").combine_chunks()
-    vec_col = table.column("vector").combine_chunks()
+    # One record batch per segment (`write_segment`), so chunk 0 is the whole column: a view of the
+    # map. (`combine_chunks` would copy it into Arrow's memory pool: the whole store in RAM.)
+    keys_col = _single_chunk(table.column("key"))
+    vec_col = _single_chunk(table.column("vector"))
     n = len(keys_col)
     keys = np.frombuffer(keys_col.buffers()[1], dtype=f"S{KEY_BYTES}", count=n, offset=keys_col.offset * KEY_BYTES).copy()
     dim = vec_col.type.list_size
     values = vec_col.values
     flat = np.frombuffer(values.buffers()[1], dtype=np.float32, count=values.offset + n * dim)[values.offset:]
-    return _Segment(path, keys, flat.reshape(n, dim) if n else np.zeros((0, dim), np.float32), mapping)
+    segment = _Segment(path, keys, flat.reshape(n, dim) if n else np.zeros((0, dim), np.float32), mapping)
+    segment.release()  # opening read the file's pages through the map: none of them need stay resident
+    return segment
+
+
+def _single_chunk(column):
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def write_segment(folder: Path, keys: np.ndarray, vectors: np.ndarray) -> Path:
@@ -196,6 +206,11 @@ class VectorStore:
         unique = list(dict.fromkeys(keys))
         found, vectors = self.lookup(unique)
         return {key: vectors[i] for i, key in enumerate(unique) if found[i]}
+
+    def contains(self, keys) -> np.ndarray:
+        """A boolean mask: which of `keys` (strings or an S16 array) have a vector (key columns only)."""
+        seg_of, _ = self._locate(encode_keys(keys))
+        return seg_of >= 0
 
     def missing(self, keys: list[str]) -> list[str]:
         """The distinct keys among `keys` that have no vector (reads key columns only)."""
