@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 DIM = 384
 SHARDS = 8
 BASELINE_COMMIT = "a495734"
-STAGES = ("corpus", "embed", "faiss", "bm25", "reembed", "search")
+STAGES = ("corpus", "embed", "faiss", "bm25", "reembed", "search", "store")
 
 
 class StubEncoder:
@@ -238,6 +238,32 @@ def stage_search(p, args) -> dict:
             "p99_ms": float(np.percentile(after_first, 99))}
 
 
+def stage_store(p, args) -> dict:
+    """The vector store alone: 100,000 vectors put in one call, then looked up in bulk (shuffled
+    order) by a fresh store object, as another stage would; rates in vectors/s, size against raw."""
+    import tempfile
+
+    from embed_pipeline.lib.vector_store import VectorStore
+
+    n = 100_000
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    keys = [f"{i:016x}" for i in range(n)]
+    with tempfile.TemporaryDirectory(dir=p["artifacts"]) as root:
+        store = VectorStore(Path(root), "bench", "", "fp32")
+        start = time.perf_counter()
+        store.put(keys, vectors)
+        put_s = time.perf_counter() - start
+        shuffled = [keys[i] for i in rng.permutation(n)]
+        start = time.perf_counter()
+        found, got = VectorStore(Path(root), "bench", "", "fp32").lookup(shuffled)
+        get_s = time.perf_counter() - start
+        assert found.all() and np.array_equal(got[0], vectors[int(shuffled[0], 16)])
+        files = len(list(store.segments_dir.iterdir()))
+        ratio = store.disk_bytes() / vectors.nbytes
+    return {"put_per_s": n / put_s, "get_per_s": n / get_s, "files": files, "disk_vs_raw": ratio}
+
+
 def _config(p):
     from embed_pipeline.lib.config import load_config
 
@@ -352,7 +378,7 @@ def main() -> int:
 def report(results: dict, small: dict | None, args) -> None:
     sizes = list(results)
     first, last = sizes[0], sizes[-1]
-    stages = [s for s in results[first] if isinstance(results[first][s], dict)]
+    stages = [s for s in results[first] if isinstance(results[first][s], dict) and s != "store"]
     print(f"\nwall s / peak RSS GB per stage (each stage its own process), {SHARDS} shards, {DIM}-dim stub vectors\n")
     head = " | ".join(f"{n:,}" for n in sizes)
     print(f"| stage | {head} | time {last // 1000}k/{first // 1000}k (x{last / first:.0f} data) | memory {last // 1000}k/{first // 1000}k |")
@@ -373,7 +399,9 @@ def report(results: dict, small: dict | None, args) -> None:
               f"in {r['embed']['store_files']} file(s), {r['embed']['store_vs_raw']:.3f}x raw; dataset {r['corpus']['disk_mb']:.0f} MB; "
               f"1% edit re-encoded {r['reembed']['encoded']:,} of {r['reembed']['passages']:,}; "
               f"search p50 {r['search']['p50_ms']:.1f} ms / p99 {r['search']['p99_ms']:.1f} ms (open {r['search']['open_s']:.2f} s); "
-              f"`embed-pipeline search` {r['cli_search_s']:.2f} s; artifacts {r['disk_mb'] / 1000:.1f} GB")
+              f"`embed-pipeline search` {r['cli_search_s']:.2f} s; artifacts {r['disk_mb'] / 1000:.1f} GB; "
+              f"store alone (100k vectors): put {r['store']['put_per_s']:,.0f}/s, get {r['store']['get_per_s']:,.0f}/s, "
+              f"{r['store']['files']} file(s), {r['store']['disk_vs_raw']:.3f}x raw")
     if small is not None:
         print(f"- {args.cli_baseline:,} (comparison): `embed-pipeline search` {small['cli_search_s']:.2f} s; "
               f"search p50 {small['search']['p50_ms']:.1f} ms")
