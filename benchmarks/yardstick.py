@@ -21,7 +21,7 @@ rest on a dev split that ranks recipes the way held-out data does. This script m
    which carves its own dev split from the 80%, under each dev split of `--dev-splits`:
      new  the pipeline's split now: whole groups, a pool of `training.dev_max_passages` (2000)
           passages, noise-aware checkpoint choice (lib/dev_selection.py);
-     old  the split before issue 25: dev claims sampled one by one (a claim's near-twin or its
+     old  the split before grouping: dev claims sampled one by one (a claim's near-twin or its
           abstract may be trained on) and a 500-passage pool; the checkpoint rule is today's in
           both, so the difference is the split and the pool alone.
 3. Each model is judged on the held-out groups by `lib.evaluation.evaluate` (the eval_report
@@ -127,7 +127,7 @@ def grouped_folds(groups: dict[str, int], folds: int, seed: int) -> list[set[str
 
 
 def old_split_dev(triples: pd.DataFrame, share: float, max_queries: int, seed: int, *_args) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The dev split before issue 25, for the `old` arm: dev claims sampled one by one (no grouping)."""
+    """The dev split before grouping, for the `old` arm: dev claims sampled one by one (no grouping)."""
     queries = pd.Series(triples["query"].unique())
     if "source" in triples:
         real = queries[~queries.isin(set(triples.loc[triples["source"] == "synthetic", "query"]))]

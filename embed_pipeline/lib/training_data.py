@@ -32,7 +32,7 @@ def split_dev(triples: pd.DataFrame, share: float, max_queries: int, seed: int, 
     Groups are `lib.leakage.group_queries` (the eval split's grouping): near-duplicate queries
     (word-shingle Jaccard >= `threshold`) and queries sharing a positive passage are one group,
     and groups, not queries, go to one side. A dev query whose near-twin or positive is trained on
-    scores as memorised, so a random per-query split flattered every checkpoint (issue 25).
+    scores as memorised, so a random per-query split flattered every checkpoint.
     Dev queries are real queries (`source` != 'synthetic' when the column is there): synthetic
     inverse-cloze queries are easy and would flatter every checkpoint. Synthetic rows of a dev
     group are in neither frame (training on them would teach the dev positives). Dev holds about

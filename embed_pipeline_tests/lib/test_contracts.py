@@ -53,7 +53,7 @@ def test_a_report_the_pipeline_builds_is_written_validated_and_read_back_unchang
     jsonschema.validate(written, json.loads((contracts.SCHEMA_DIR / "eval_report.schema.json").read_text()))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**written, "gate": {"passed": "yes"}}, json.loads((contracts.SCHEMA_DIR / "eval_report.schema.json").read_text()))
-    assert len(written["gate"]["clauses"]) == 4 and written["segments"][0]["ndcg@10_lift"] > 0
+    assert len(written["gate"]["clauses"]) == 5 and written["segments"][0]["ndcg@10_lift"] > 0
     assert written["retrieval"]["champion"]["as"] == "served" and written["leakage"]["dropped_pairs"] == 0
 
 

@@ -1,6 +1,7 @@
 """`RetrievalSpec`, `rank` and the query API over a served pointer built by hand from the tiny model."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,11 +32,20 @@ def served(tmp_path, tiny_model_path):
                           config.artifacts_dir / "index" / "dense")
     lexical = LexicalIndex.build(IDS, TEXTS).save(config.artifacts_dir / "index" / "lexical")
 
+    from embed_pipeline.defs.resources import MlflowResource
+
+    tracker = MlflowResource().tracker(config)
+
     def serve(version: str, retrieval: dict | None, lexical_path=lexical):
-        pointer = {"model_name": "m", "model_version": version, "model_dir": tiny_model_path, "mlflow_run_id": None,
+        # Registered and aliased as a real promotion is: `search` reconciles with the registry first.
+        with tracker.open_run("served by hand", {}) as run_id:
+            registered = tracker.register_embedding_model("m", run_id, Path(tiny_model_path), query_prompt="", passage_prompt="",
+                                                          tags={"model_path": tiny_model_path})
+        assert registered == version
+        pointer = {"model_name": "m", "model_version": version, "model_dir": tiny_model_path, "mlflow_run_id": run_id,
                    "index_path": str(dense.path), "lexical_path": str(lexical_path) if lexical_path else None,
                    "report_path": None, "retrieval": retrieval}
-        promote(config.artifacts_dir, pointer, "test", "by hand")
+        promote(config.artifacts_dir, pointer, "test", "by hand", tracker.set_alias)
         return pointer
 
     return config_path, config, model, serve
