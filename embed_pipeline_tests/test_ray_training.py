@@ -181,7 +181,7 @@ def pipeline_runs_on_ray(cluster, root: str, model_path: str) -> dict:
         run = client.get_run(report["models"]["candidate"]["run_id"])
         ray.init(address=cluster.address)
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
-        encoders = [a for a in list_actors(detail=True, limit=10_000) if "EncodeActor" in a.class_name]
+        encoders = [a for a in list_actors(detail=True, limit=10_000) if "EncodeActor" in a.class_name or "StoreWriterActor" in a.class_name]
         os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
         materialized = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("embedding_model"))
         return {
