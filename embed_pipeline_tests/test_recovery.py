@@ -118,6 +118,20 @@ def test_ctrl_c_during_training_prints_one_line_and_verbose_keeps_the_tracebacks
         assert_one_line_cause(text, "SIGINT (Ctrl-C)", run.run_id)
 
 
+def _registered_versions(db: Path, name: str) -> list[int]:
+    """The versions of `name` in MLflow's SQLite store, read without MLflow: an `MlflowClient` opened
+    while the run is creating the store would run the schema migrations a second time at once."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
+            return [row[0] for row in connection.execute("SELECT version FROM model_versions WHERE name = ?", (name,))]
+    except sqlite3.Error:  # the tables are still being created
+        return []
+
+
 @pytest.mark.slow
 def test_a_run_killed_after_registering_its_model_is_not_trained_again(tmp_path, tiny_model_path, monkeypatch, capsys):
     """kill -9 once the model is registered (indexing or evaluating): the next run reuses that version and says so."""
@@ -130,11 +144,7 @@ def test_a_run_killed_after_registering_its_model_is_not_trained_again(tmp_path,
     while not registered:
         assert time.monotonic() < deadline and first.poll() is None, "the run ended before its model was registered"
         time.sleep(0.2)
-        if (settings.artifacts_dir / "mlflow.db").exists():
-            try:
-                registered = MlflowClient(settings.tracking_uri).search_model_versions(f"name = '{settings.registered_model_name}'")
-            except Exception:  # noqa: BLE001 - the store is being created by the run
-                registered = []
+        registered = _registered_versions(settings.artifacts_dir / "mlflow.db", settings.registered_model_name)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
 
