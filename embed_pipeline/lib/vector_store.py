@@ -47,7 +47,8 @@ CACHE_META = "meta.json"  # the settings a space was made for (read by retention
 SEGMENTS = "segments"
 SEGMENT_SUFFIX = ".arrow"
 SEGMENT_ROWS = 262_144  # vectors per segment file at most (~400 MB at 384 dims)
-MAX_SEGMENTS = 48  # above this many files, small segments are merged
+MAX_SEGMENTS = 64  # above this many files, small segments are merged
+MERGE_ROWS = 65_536  # rows of one merged segment: what a merge holds in memory (~100 MB at 384 dims, a few copies)
 KEY_BYTES = 16
 
 
@@ -237,18 +238,18 @@ class VectorStore:
             self.compact()
 
     def compact(self) -> None:
-        """Merge the segments smaller than a quarter of `SEGMENT_ROWS` into segment-sized files.
+        """Merge the segments smaller than half `MERGE_ROWS` into files of up to `MERGE_ROWS` rows.
 
-        Small segments are merged a group (up to `SEGMENT_ROWS` rows) at a time, so memory is one
-        segment's worth. Each merged file is renamed in before its small ones are unlinked, so a
+        Small segments are merged a group at a time, so memory is one group (not the store, not
+        `SEGMENT_ROWS`). Each merged file is renamed in before its small ones are unlinked, so a
         reader listing at any moment finds every key (perhaps twice, which is harmless). A segment
         another process merged away first is skipped.
         """
         self.refresh()
-        small = sorted((s for s in self._segments.values() if len(s.keys) < SEGMENT_ROWS // 4), key=lambda s: s.path.name)
+        small = sorted((s for s in self._segments.values() if len(s.keys) < MERGE_ROWS // 2), key=lambda s: s.path.name)
         groups, group, rows = [], [], 0
         for segment in small:
-            if group and rows + len(segment.keys) > SEGMENT_ROWS:
+            if group and rows + len(segment.keys) > MERGE_ROWS:
                 groups.append(group)
                 group, rows = [], 0
             group.append(segment)
