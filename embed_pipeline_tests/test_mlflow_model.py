@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from embed_pipeline.lib.encoding import encode
-from embed_pipeline.lib.tracking import CHAMPION_ALIAS, Tracker
+from embed_pipeline.lib.tracking import Tracker
 from embed_pipeline_tests.test_lifecycle import free_port, wait_for
 
 QUERIES = ["how do I reset my router", "warranty for a cracked screen"]

@@ -498,7 +498,6 @@ class CorpusDataset:
         milliseconds for a page of search hits, whatever the corpus size.
         """
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         columns = [c for c in (columns or ["title", "text"]) if c != "passage_id"]
         by_shard: dict[str, list[str]] = {}

@@ -21,10 +21,7 @@ import math
 import queue
 import traceback
 import hashlib
-import json
 import logging
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

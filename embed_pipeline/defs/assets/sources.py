@@ -17,7 +17,6 @@ from embed_pipeline.lib.labelled import load_labelled_pairs
 from embed_pipeline.lib.leakage import split_labelled_pairs
 from embed_pipeline.lib.pairs import PAIR_COLUMNS
 from embed_pipeline.lib.synthetic import round_trip_filter, sample_passages
-from embed_pipeline.lib.text import text_hash
 
 GROUP = "sources"
 
