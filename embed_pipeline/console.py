@@ -280,17 +280,11 @@ def os_error_in(exc: BaseException) -> OSError | None:
     return None
 
 
-@contextlib.contextmanager
 def setup_lock(artifacts_dir: Path):
     """An exclusive lock on `<artifacts_dir>/.setup.lock` while a command sets up its stores."""
-    import fcntl
+    from embed_pipeline.lib.io import file_lock
 
-    with open(Path(artifacts_dir) / ".setup.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(Path(artifacts_dir) / ".setup.lock")
 
 
 def check_environment(config: PipelineConfig) -> None:

@@ -166,20 +166,13 @@ class ServedPointer(ServedFields):
     last_event: Literal["promote", "rollback", "reindex", "repair"]
 
 
-class HistoryEvent(_Closed):
+class HistoryEvent(ServedFields):
     """One line of `served_history.jsonl`. promote: serve these fields (pushed on the stack); rollback:
     pop the top, these fields are what serves again; reindex: the served model's index rebuilt; repair: what
     `served.json` said, recorded by `--repair pointer` (pushed like a promotion)."""
 
     action: Literal["promote", "rollback", "reindex", "repair"] = "promote"
-    model_name: str | None = None
-    model_version: str
-    model_dir: str | None = None
-    mlflow_run_id: str | None = None
-    index_path: str | None = None
-    lexical_path: str | None = None
-    report_path: str | None = None
-    retrieval: RetrievalRecord | None = None
+    model_name: str | None = None  # a reindex event names only the version
     at: str = Field(description="ISO 8601 time")
     by: str = Field(description="who or what acted: a sensor, the CLI, the demo")
     reason: str = ""

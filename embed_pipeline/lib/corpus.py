@@ -137,8 +137,6 @@ def source_stamp(source: Path) -> str:
     return parts[0].split(":", 1)[1] if len(parts) == 1 else text_hash("|".join(parts))
 
 
-file_stamp = source_stamp  # the name the change sensor used
-
 
 def _string_field(value, what: str) -> tuple[str, str]:
     """(cleaned text, "") or ("", reason) for a JSON/Parquet value meant to be text."""
@@ -591,15 +589,6 @@ def load_corpus(path: Path) -> Corpus:
     if passages.empty:
         raise InputError(f"{path}: the corpus has no readable passages")
     return Corpus(passages=passages, quarantine=quarantine, rows_in=rows_in)
-
-
-def split_shards(passages: pd.DataFrame, num_shards: int) -> dict[str, pd.DataFrame]:
-    """Every shard key -> its passages (sorted by id; an empty frame for an empty bucket), in memory."""
-    buckets = passages["passage_id"].map(lambda pid: shard_of(pid, num_shards))
-    return {
-        shard_key(i, num_shards): passages[buckets == i].sort_values("passage_id").reset_index(drop=True)
-        for i in range(num_shards)
-    }
 
 
 DATASETS_FOLDER = "corpus"  # <artifacts_dir>/corpus/<dataset key>/

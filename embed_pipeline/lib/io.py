@@ -164,6 +164,21 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `path`, created if missing, held for the block: one
+    process at a time across the CLI, the daemon and its runs (released when a holder dies)."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_parquet(frame: pd.DataFrame, target: Path) -> Path:
     with atomic_path(target) as tmp:
         frame.to_parquet(tmp, index=False)

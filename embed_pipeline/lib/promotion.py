@@ -13,17 +13,14 @@ it before acting); a reader such as eval_report fails closed on a disagreement i
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from embed_pipeline.lib.config import GateConfig
 from embed_pipeline.lib.contracts import ContractError, HistoryEvent, ServedPointer, dump, load
-from embed_pipeline.lib.io import read_json, write_json
+from embed_pipeline.lib.io import file_lock, read_json, write_json
 from embed_pipeline.lib.tracking import CHAMPION_ALIAS
 
 SERVED_FILE = "served.json"
@@ -200,16 +197,9 @@ def served_stack(history: list[dict]) -> list[dict]:
     return stack
 
 
-@contextlib.contextmanager
-def _history_lock(artifacts_dir: Path) -> Iterator[None]:
+def _history_lock(artifacts_dir: Path):
     """One promotion or rollback at a time (a CLI and the daemon's sensor may both try)."""
-    Path(artifacts_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(artifacts_dir) / ".served.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(Path(artifacts_dir) / ".served.lock")
 
 
 def _cut_torn_tail(path: Path) -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from embed_pipeline.lib.config import ComputeConfig
+from embed_pipeline.lib.corpus import passage_text
 from embed_pipeline.lib.encoding import _encode_here, device_batch_size, encode_precision
 from embed_pipeline.lib.ray_runtime import RayCluster, alive_actors, connect_and_check, require_ray
 from embed_pipeline.lib.vector_store import encode_keys, write_segment
@@ -185,12 +186,7 @@ class RayEncoder:
             seen[rows] = True
             if line is not None and fresh:
                 line.advance(fresh)
-            for node, count in zip(*np.unique(batch["node"], return_counts=True), strict=True):
-                nodes[str(node)] = nodes.get(str(node), 0) + int(count)
-            for actor, start_s, encode_s in zip(batch["actor"], batch["start_s"], batch["encode_s"], strict=True):
-                starts[str(actor)] = float(start_s)
-                encoding[str(actor)] = encoding.get(str(actor), 0.0) + float(encode_s)
-                actor_rows[str(actor)] = actor_rows.get(str(actor), 0) + 1
+            _tally(batch, nodes, starts, encoding, actor_rows)
             done = int(seen.sum())
             if self.on_progress and time.monotonic() - last_report >= PROGRESS_EVERY_SECONDS:
                 last_report = time.monotonic()
@@ -258,12 +254,7 @@ class RayEncoder:
             written += count
             if line is not None:
                 line.advance(count)
-            for node, n in zip(*np.unique(batch["node"], return_counts=True), strict=True):
-                nodes[str(node)] = nodes.get(str(node), 0) + int(n)
-            for actor, start_s, encode_s in zip(batch["actor"], batch["start_s"], batch["encode_s"], strict=True):
-                starts[str(actor)] = float(start_s)
-                encoding[str(actor)] = encoding.get(str(actor), 0.0) + float(encode_s)
-                actor_rows[str(actor)] = actor_rows.get(str(actor), 0) + 1
+            _tally(batch, nodes, starts, encoding, actor_rows)
             if self.on_progress and time.monotonic() - last_report >= PROGRESS_EVERY_SECONDS:
                 last_report = time.monotonic()
                 self.on_progress(self._progress_line(min(written, len(wanted)), len(wanted), started))
@@ -323,6 +314,17 @@ class RayEncoder:
 
     def close(self) -> None:
         self._model_ref = None
+
+
+def _tally(batch, nodes: dict, starts: dict, encoding: dict, actor_rows: dict) -> None:
+    """Add one result batch's bookkeeping: rows per node, and per actor its start-up seconds, its
+    encoding seconds and its rows (every actor kind returns `node`, `actor`, `start_s`, `encode_s`)."""
+    for node, count in zip(*np.unique(batch["node"], return_counts=True), strict=True):
+        nodes[str(node)] = nodes.get(str(node), 0) + int(count)
+    for actor, start_s, encode_s in zip(batch["actor"], batch["start_s"], batch["encode_s"], strict=True):
+        starts[str(actor)] = float(start_s)
+        encoding[str(actor)] = encoding.get(str(actor), 0.0) + float(encode_s)
+        actor_rows[str(actor)] = actor_rows.get(str(actor), 0) + 1
 
 
 def _actor_precision(precision: str, on_gpu: bool) -> str:
@@ -409,7 +411,7 @@ class StoreWriterActor(EncodeActor):
             if not len(keep):
                 continue
             titles, texts = table.column("title").to_pylist(), table.column("text").to_pylist()
-            passages = [f"{titles[i]}\n{texts[i]}" if titles[i] else texts[i] for i in keep]
+            passages = [passage_text(titles[i], texts[i]) for i in keep]
             keys_out.append(keys[keep])
             vectors_out.append(_encode_here(self.model, passages, self.batch_size, self.prompt, self.label, progress=False))
         if keys_out:

@@ -30,6 +30,7 @@ from embed_pipeline.lib.encoding import (
     encode_cached,
     encode_pool,
 )
+from embed_pipeline.lib.corpus import passage_text
 from embed_pipeline.lib.io import atomic_path
 from embed_pipeline.lib.progress import ProgressLine
 from embed_pipeline.lib.vector_store import KEY_BYTES, encode_keys
@@ -272,7 +273,7 @@ def fill_store(model, dataset, keys: list[str], store, batch_size: int, prompt: 
             done[pos[take]] = True
             titles, texts = frame["title"].to_numpy(dtype=object), frame["text"].to_numpy(dtype=object)
             pending_keys.append(batch_keys[take])
-            pending_texts += [f"{titles[i]}\n{texts[i]}" if titles[i] else texts[i] for i in take]
+            pending_texts += [passage_text(titles[i], texts[i]) for i in take]
             if len(pending_texts) >= chunk:
                 flush()
     flush()
