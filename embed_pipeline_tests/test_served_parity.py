@@ -16,7 +16,7 @@ import yaml
 from embed_pipeline.cli import main
 from embed_pipeline.console import Session
 from embed_pipeline.lib.config import load_config
-from embed_pipeline.lib.evaluation import EvalSet, served_parity
+from embed_pipeline.lib.evaluation import EvalSet, report_markdown, served_parity
 from embed_pipeline.lib.io import read_json
 from embed_pipeline.lib.labelled import load_labelled_pairs, relevance_map
 from embed_pipeline.lib.promotion import read_served, served_history
@@ -75,3 +75,40 @@ def test_the_served_ranking_scores_what_the_gate_judged_in_every_mode(project, t
     assert [e["retrieval"]["mode"] for e in served_history(config.artifacts_dir)] == ["dense", "hybrid", "hybrid"]
     tags = Tracker(config.tracking_uri, config.mlflow_artifacts_uri).client.get_run(pointer["mlflow_run_id"]).data.tags
     assert tags["retrieval.fusion"] == "rrf" and tags["retrieval.rrf_k"] == "7"
+
+
+@pytest.mark.slow
+def test_long_passages_read_in_windows_are_judged_and_served_alike(project, tmp_path, monkeypatch, capsys):
+    """Windows of 12 tokens split most fixture passages (23-34 tokens): the index holds a row per
+    window, the report counts the long passages, every dense ranking (eval, query API, CLI) keeps
+    each passage once at its best window, and what serves scores what was judged."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    raw = yaml.safe_load(project.read_text())
+    raw["retrieval"] = {"mode": "dense"}
+    raw["index"] = {**raw.get("index", {}), "passage_windows": True, "window_tokens": 12, "window_stride": 6}
+    path = project.with_name("windows.yaml")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = load_config(path)
+    assert main(["run", "--config", str(path)]) == 0
+    assert main(["promote", "--config", str(path)]) == 0
+    pointer = read_served(config.artifacts_dir)
+    report = read_json(pointer["report_path"])
+    windows = report["windows"]
+    assert windows["tokens"] == 12 and windows["stride"] == 6 and windows["passages"] == len(PASSAGES)
+    assert windows["long_passages"] >= len(PASSAGES) // 2 and windows["rows"] > windows["passages"]
+    assert f"{windows['long_passages']} of {len(PASSAGES)} longer than the model's window" in report_markdown(report)
+
+    pairs = load_labelled_pairs(config.eval, set(PASSAGES)).pairs
+    eval_set = EvalSet(pairs.drop_duplicates("query_id").set_index("query_id")["query"].to_dict(), relevance_map(pairs))
+    searcher = served_searcher(config)
+    assert searcher.dense.index.ntotal == windows["rows"]
+    parity = served_parity(searcher, eval_set, report)
+    for metric, judged in parity["judged"].items():
+        assert parity["served"][metric] == pytest.approx(judged, abs=1e-4), (metric, parity)
+
+    capsys.readouterr()
+    assert main(["search", "--config", str(path), "--k", str(len(PASSAGES)), next(iter(eval_set.queries.values()))]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    ids = [h["passage_id"] for h in hits]
+    assert len(ids) == len(set(ids)) == len(PASSAGES), "every passage once, however many windows it has"

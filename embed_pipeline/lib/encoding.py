@@ -423,6 +423,8 @@ class CorpusAndQueries:
     corpus_vectors: np.ndarray
     query_vectors: np.ndarray
     corpus_stats: EncodeStats
+    corpus_ids: list[str] | None = None  # the passage of each corpus row (repeated for a passage's windows)
+    windows: dict | None = None  # window spec and counts when long passages were split (lib/windows.py), else None
 
 
 def embed_corpus_and_queries(

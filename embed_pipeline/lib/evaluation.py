@@ -271,8 +271,11 @@ def evaluate(
         raise ValueError("retrieval.mode is hybrid but there is no BM25 index beside the dense one")
 
     def encoded(model_ref: str, queries: list[str]):
-        query_vectors, corpus_vectors = encode(model_ref, queries)
-        return query_vectors, exact_index(corpus_vectors, corpus_ids)
+        # `encode` returns (query vectors, corpus vectors) row-aligned with `corpus_ids`, or with
+        # passage windows (lib/windows.py) also each row's passage id and the windows block.
+        query_vectors, corpus_vectors, *windowed = encode(model_ref, queries)
+        row_ids, windows = windowed if windowed else (corpus_ids, None)
+        return query_vectors, exact_index(corpus_vectors, row_ids, windows)
 
     dev_queries = list(dev_queries)
     choose = lexical is not None and bool(dev_queries) and retrieval.dense_weight is None  # else nothing to rank them for
@@ -402,6 +405,11 @@ def report_markdown(report: dict) -> str:
                       f"({general['candidate_minus_base']:+.4f} vs base)"]
     elif general:
         lines += ["", f"General-domain reference: {general['reason']}"]
+    windows = report.get("windows")
+    if windows and windows.get("tokens"):
+        lines += ["", f"Long passages: {windows['long_passages']} of {windows['passages']} longer than the model's window "
+                      f"({windows['tokens']} tokens), read whole in {windows['rows']} windows (stride {windows['stride']}); "
+                      "a passage scores as its best window"]
     if report.get("gate"):
         lines += ["", f"**Promotion gate: {'PASSED' if report['gate']['passed'] else 'REFUSED'}**", "",
                   "| clause | value | needs | verdict |", "|---|---|---|---|"]

@@ -138,9 +138,33 @@ class LoadedIndex:
     passage_ids: np.ndarray
     meta: dict
 
-    def search_ids(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
-        scores, rows = search(self.index, queries, k)
-        return scores, [[self.passage_ids[r] for r in row if r >= 0] for row in rows]
+    def search_ids(self, queries: np.ndarray, k: int) -> tuple[list[np.ndarray], list[list[str]]]:
+        """Top-k (scores, passage ids) per query. An index of passage windows (`meta["windows"]`,
+        lib/windows.py) holds a passage once per window: each passage is kept once, at its best
+        window's score, and the search goes deeper until k distinct passages are found (or the
+        index is exhausted), so the top k is the same as over one max-pooled vector per passage."""
+        if not self.meta.get("windows"):
+            scores, rows = search(self.index, queries, k)
+            return list(scores), [[self.passage_ids[r] for r in row if r >= 0] for row in rows]
+        from embed_pipeline.lib.windows import best_per_passage
+
+        out_scores: list = [None] * len(queries)
+        out_ids: list = [None] * len(queries)
+        todo = np.arange(len(queries))
+        fetch = min(int(self.index.ntotal), 2 * k + 8)
+        while len(todo):
+            scores, rows = search(self.index, queries[todo], fetch)
+            again = []
+            for q, row_scores, row in zip(todo, scores, rows, strict=True):
+                valid = row >= 0
+                ids, kept = best_per_passage([self.passage_ids[r] for r in row[valid]], row_scores[valid], k)
+                if len(ids) < k and valid.all() and fetch < self.index.ntotal:
+                    again.append(q)
+                    continue
+                out_ids[q], out_scores[q] = ids, np.asarray(kept, dtype=np.float32)
+            todo = np.asarray(again, dtype=np.int64)
+            fetch = min(int(self.index.ntotal), fetch * 2)
+        return out_scores, out_ids
 
 
 def save_index(index, passage_ids: list[str], meta: dict, target: Path) -> Path:
@@ -249,8 +273,7 @@ def publish_index_from_shards(paths: list[Path], config: IndexConfig, meta: dict
         ids += batch_ids
         if on_progress is not None and len(ids) % 262_144 < len(batch_ids):
             on_progress(f"index: {len(ids):,} of {n:,} vectors added ({index_type})")
-    if not pd.Index(ids).is_unique:
-        raise ValueError("a passage id appears in two shards: shard files from different shard counts were mixed")
+    meta = {**meta, "windows": _window_counts(ids, meta.get("windows"))}
     target = Path(target)
     with atomic_path(target) as tmp:
         tmp.mkdir(parents=True)
@@ -262,6 +285,23 @@ def publish_index_from_shards(paths: list[Path], config: IndexConfig, meta: dict
                     "size": size, "dimension": dimension}, tmp / META_FILE)
         load_index(tmp, mmap=True)
     return PublishedIndex(target, index_type, size, dimension), ids
+
+
+def _window_counts(ids: list[str], windows: dict | None) -> dict | None:
+    """The `windows` meta block with its counts (passages, long passages, rows), after checking the
+    id map: without windows every id is unique; with them a passage's windows are adjacent rows.
+    Anything else means shard files of different shard counts (or window settings) were mixed."""
+    mixed = "a passage id appears in two shards: shard files from different shard counts were mixed"
+    if not windows:
+        if not pd.Index(ids).is_unique:
+            raise ValueError(mixed)
+        return None
+    codes = pd.Series(ids, dtype=object)
+    runs = int((codes != codes.shift()).sum())
+    counts = codes.value_counts(sort=False)
+    if runs != len(counts):
+        raise ValueError(mixed)
+    return {**windows, "passages": len(counts), "long_passages": int((counts > 1).sum()), "rows": len(ids)}
 
 
 def build_index_from_shards(shard_files: list[Path], config: IndexConfig, meta: dict, target: Path,
@@ -289,7 +329,7 @@ def build_lexical_from_dataset(dataset, target: Path, language: str = "english",
     from embed_pipeline.lib.corpus import passage_text
     from embed_pipeline.lib.lexical import LexicalIndex
 
-    indexed = pd.Index(passage_ids) if passage_ids is not None else None
+    indexed = pd.Index(pd.unique(pd.Series(passage_ids, dtype=object))) if passage_ids is not None else None
 
     def batches():
         for frame in dataset.batches(["passage_id", "title", "text"]):

@@ -22,7 +22,8 @@ from embed_pipeline.lib.indexing import build_faiss_index, search
 
 @dataclass(frozen=True)
 class MinedNegatives:
-    """`triples`: query, passage_id (the positive), positive_score, negatives (list of ids), negative_scores."""
+    """`triples`: query, passage_id (the positive), positive_score, negatives (list of ids), negative_scores;
+    with passage windows also positive_window and negative_windows (each passage's best window)."""
 
     triples: pd.DataFrame
     candidates_seen: int
@@ -60,40 +61,55 @@ def mine_hard_negatives(
     scoring survivors are kept.
     """
     index = build_faiss_index(corpus_vectors, "flat")
-    row_of = {pid: i for i, pid in enumerate(corpus_ids)}
+    # Rows are passages, or with passage windows (lib/windows.py) a long passage's windows on
+    # adjacent rows under its id: a passage then scores as its best window, and that window is
+    # what training reads (`positive_window`, `negative_windows`: its place among the passage's windows).
+    codes, unique_ids = pd.factorize(pd.Series(corpus_ids, dtype=object), sort=False)
+    first_row = np.r_[np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]), len(codes)]
+    span_of = {pid: (int(first_row[i]), int(first_row[i + 1])) for i, pid in enumerate(unique_ids)}
+    windowed = len(unique_ids) < len(corpus_ids)
     positives = pairs.groupby("query")["passage_id"].agg(set).to_dict()
     extra_candidates = extra_candidates or {}
     q_row = {q: i for i, q in enumerate(query_texts)}
-    _, ranked = search(index, query_vectors, settings.range_max)
+    depth = settings.range_max if not windowed else min(len(corpus_ids), 2 * settings.range_max * -(-len(corpus_ids) // len(unique_ids)))
+    _, ranked = search(index, query_vectors, depth)
+
+    def best(qv: np.ndarray, pid: str) -> tuple[float, int]:
+        start, end = span_of[pid]
+        scores = corpus_vectors[start:end] @ qv
+        return float(scores.max()), int(scores.argmax())
 
     out, audit, removed_scores = [], [], []
     seen = removed_margin = removed_pos = 0
     for query, pid in zip(pairs["query"], pairs["passage_id"], strict=True):
         qv = query_vectors[q_row[query]]
-        pos_score = float(qv @ corpus_vectors[row_of[pid]])
+        pos_score, pos_window = best(qv, pid)
         ceiling = (1 - settings.relative_margin) * pos_score
-        rows = [int(r) for r in ranked[q_row[query]][settings.range_min :] if r >= 0]
-        ranked_rows = set(rows)
-        rows += [row_of[c] for c in dict.fromkeys(extra_candidates.get(query, [])) if c in row_of and row_of[c] not in ranked_rows]
+        ranked_ids = list(dict.fromkeys(corpus_ids[int(r)] for r in ranked[q_row[query]] if r >= 0))[: settings.range_max]
+        candidates = ranked_ids[settings.range_min :]
+        listed = set(ranked_ids)
+        candidates += [c for c in dict.fromkeys(extra_candidates.get(query, [])) if c in span_of and c not in listed]
         kept = []
-        for r in rows:
+        for cid in candidates:
             seen += 1
-            cid = corpus_ids[r]
             if cid in positives[query]:
                 removed_pos += 1
                 continue
-            score = float(qv @ corpus_vectors[r])
+            score, window = best(qv, cid)
             if score > ceiling:
                 removed_margin += 1
                 removed_scores.append(score)
                 continue
-            kept.append((score, cid))
+            kept.append((score, cid, window))
         kept.sort(reverse=True)
         kept = kept[: settings.num_negatives]
-        out.append((query, pid, pos_score, [c for _, c in kept], [s for s, _ in kept]))
+        out.append((query, pid, pos_score, [c for _, c, _ in kept], [s for s, _, _ in kept], pos_window, [w for _, _, w in kept]))
         if kept:
-            audit.extend((query, pid, pos_score, cid, score, ceiling - score) for score, cid in kept)
-    triples = pd.DataFrame(out, columns=["query", "passage_id", "positive_score", "negatives", "negative_scores"])
+            audit.extend((query, pid, pos_score, cid, score, ceiling - score) for score, cid, _ in kept)
+    triples = pd.DataFrame(out, columns=["query", "passage_id", "positive_score", "negatives", "negative_scores",
+                                         "positive_window", "negative_windows"])
+    if not windowed:
+        triples = triples.drop(columns=["positive_window", "negative_windows"])
     audit_frame = pd.DataFrame(audit, columns=["query", "positive_id", "positive_score", "negative_id", "negative_score", "gap_to_margin"])
     audit_frame = audit_frame.sort_values("gap_to_margin", kind="stable").head(settings.audit_rows).reset_index(drop=True)
     return MinedNegatives(triples, seen, removed_margin, removed_pos, audit_frame, np.array(removed_scores, dtype=float))

@@ -202,10 +202,12 @@ class RayEncoder:
         return out
 
     def fill_store_from_dataset(self, shard_files: list[Path], missing, store, batch_size: int, prompt: str,
-                                label: str, line=None) -> int:
+                                label: str, line=None, windows=None) -> int:
         """Encode the passages of `shard_files` whose content hash is in `missing` (strings or 16-byte keys) into `store` on the
         cluster (see the module doc); returns the rows written. Raises when any hash is still
-        missing afterwards, so shard files are only ever written from a complete store."""
+        missing afterwards, so shard files are only ever written from a complete store. With
+        `windows` (a `lib.windows.WindowSpec`) the actors split their passages into windows with
+        their model's tokenizer and `missing` holds window text hashes."""
         ray = require_ray()
         if not len(missing):
             return 0
@@ -242,7 +244,8 @@ class RayEncoder:
             fn_constructor_kwargs={"model_box": [self._model_ref], "batch_size": batch_size, "prompt": prompt,
                                    "precision": self._precisions[label], "label": label,
                                    "threads": max(1, int(self.compute.encode_cpus_per_actor)),
-                                   "segments_dir": str(store.segments_dir), "wanted_box": wanted_box},
+                                   "segments_dir": str(store.segments_dir), "wanted_box": wanted_box,
+                                   "windows": windows.as_dict() if windows is not None else None},
             batch_size=1, batch_format="pandas", compute=strategy, **self._resources())
         nodes: dict[str, int] = {}
         starts: dict[str, float] = {}
@@ -390,12 +393,27 @@ class StoreWriterActor(EncodeActor):
     16-byte keys), encodes them, writes them as one segment of the vector store and returns only
     the bookkeeping: node, actor, start-up and encoding seconds per passage written."""
 
-    def __init__(self, segments_dir: str, wanted_box: list, **kwargs):
+    def __init__(self, segments_dir: str, wanted_box: list, windows: dict | None = None, **kwargs):
         import ray
+
+        from embed_pipeline.lib.windows import WindowSpec
 
         super().__init__(**kwargs)
         self.segments_dir = Path(segments_dir)
         self.wanted = wanted_box[0] if isinstance(wanted_box[0], np.ndarray) else ray.get(wanted_box[0])
+        self.windows = WindowSpec(**windows) if windows else None
+
+    def _candidates(self, table) -> tuple[np.ndarray, list[str] | None]:
+        """(16-byte keys, texts or None) of a slice: passages keyed by content hash (texts read
+        only for what is wanted), or, with windows, every window keyed by its text's hash."""
+        if self.windows is None:
+            return encode_keys(table.column("content_hash").to_pylist()), None
+        from embed_pipeline.lib.text import text_hash
+        from embed_pipeline.lib.windows import split_windows
+
+        split = split_windows(self.model.tokenizer, table.column("title").to_pylist(), table.column("text").to_pylist(),
+                              self.windows)
+        return encode_keys([text_hash(t) for t in split.texts]), split.texts
 
     def __call__(self, batch):
         import pyarrow.parquet as pq
@@ -405,13 +423,16 @@ class StoreWriterActor(EncodeActor):
         for path, group, start, count in zip(batch["path"], batch["group"], batch["start"], batch["rows"], strict=True):
             table = (pq.ParquetFile(str(path)).read_row_group(int(group), columns=["content_hash", "title", "text"])
                      .slice(int(start), int(count)))
-            keys = encode_keys(table.column("content_hash").to_pylist())
+            keys, window_texts = self._candidates(table)
             pos = np.minimum(np.searchsorted(self.wanted, keys), len(self.wanted) - 1)
             keep = np.flatnonzero(self.wanted[pos] == keys)
             if not len(keep):
                 continue
-            titles, texts = table.column("title").to_pylist(), table.column("text").to_pylist()
-            passages = [passage_text(titles[i], texts[i]) for i in keep]
+            if window_texts is not None:
+                passages = [window_texts[i] for i in keep]
+            else:
+                titles, texts = table.column("title").to_pylist(), table.column("text").to_pylist()
+                passages = [passage_text(titles[i], texts[i]) for i in keep]
             keys_out.append(keys[keep])
             vectors_out.append(_encode_here(self.model, passages, self.batch_size, self.prompt, self.label, progress=False))
         if keys_out:

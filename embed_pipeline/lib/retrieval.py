@@ -92,9 +92,12 @@ class RetrievalSpec:
                            f"with), depth {depth} and precision {precision} (the config's)")
 
 
-def exact_index(vectors: np.ndarray, passage_ids: list[str]) -> LoadedIndex:
-    """Exact inner-product search over `vectors` (row i is `passage_ids[i]`), with the served index's API."""
-    return LoadedIndex(build_faiss_index(vectors, "flat"), np.asarray(passage_ids, dtype=object), {"type": "flat"})
+def exact_index(vectors: np.ndarray, passage_ids: list[str], windows: dict | None = None) -> LoadedIndex:
+    """Exact inner-product search over `vectors` (row i is `passage_ids[i]`), with the served index's API.
+    With `windows` (rows are passage windows, a passage's id repeated) a passage ranks once, at its
+    best window, as in the served index (`LoadedIndex.search_ids`)."""
+    return LoadedIndex(build_faiss_index(vectors, "flat"), np.asarray(passage_ids, dtype=object),
+                       {"type": "flat", "windows": windows})
 
 
 def dense_candidates(dense_index, query_vectors: np.ndarray, k: int) -> Ranked:

@@ -31,6 +31,8 @@ from embed_pipeline.lib.encoding import (
     encode_pool,
 )
 from embed_pipeline.lib.corpus import passage_text
+from embed_pipeline.lib.text import text_hash
+from embed_pipeline.lib.windows import WindowSpec, split_windows
 from embed_pipeline.lib.io import atomic_path
 from embed_pipeline.lib.progress import ProgressLine
 from embed_pipeline.lib.vector_store import KEY_BYTES, encode_keys
@@ -56,6 +58,8 @@ class ShardEmbeddings:
     reused: int
     removed: int
     precision: str
+    long_passages: int = 0  # passages split into windows (lib/windows.py); 0 with windows off
+    rows: int = 0  # vectors written: one per window with windows on, else one per passage
 
 
 def _write_shard_file(target: Path, batches: Iterator[tuple[list[str], np.ndarray]], precision: str, fingerprint: str,
@@ -177,8 +181,13 @@ def embed_shards(
     threads: int = 0,
     on_progress: Callable[[str], None] | None = None,
     cluster=None,
+    windows: WindowSpec | None = None,
 ) -> dict[str, ShardEmbeddings]:
     """Embed the shards `keys` of a `CorpusDataset` into `out_dir/<key>.arrow` with one loaded model.
+
+    With `windows` (a `lib.windows.WindowSpec`), a passage longer than the window is written as
+    one row per window (its id repeated, keyed in the store by the window's text hash), see
+    `_windowed_shard`.
 
     Passages whose content hash the store already holds for this model are not re-encoded, so a
     shard with 1 edited passage out of 1,000 costs one forward pass, not a thousand. `precision` as
@@ -188,6 +197,9 @@ def embed_shards(
     `on_progress` gets one line on what is to encode over all the shards, then lines with an ETA.
     """
     out_dir = Path(out_dir)
+    if windows is not None:
+        return _embed_shards_windowed(model, fingerprint, dataset, keys, out_dir, cache_root, batch_size, prompt, precision,
+                                      processes, threads, on_progress, cluster, windows)
     with encode_pool(model, processes, threads, cluster) as pool:
         label = _pool_precision(pool, precision, model)
         store = EmbeddingCache(cache_root, fingerprint, prompt, label)
@@ -211,7 +223,105 @@ def embed_shards(
 
             rows = _write_shard_file(target, batches(), label, fingerprint, dim)
             need = needs[key]
-            done[key] = ShardEmbeddings(target, rows, need.missing, need.unique - need.missing, len(previous - current), label)
+            done[key] = ShardEmbeddings(target, rows, need.missing, need.unique - need.missing, len(previous - current), label,
+                                        rows=rows)
+    return done
+
+
+@dataclass
+class WindowTally:
+    """What a windowed pass saw: passages, those longer than the window, windows, distinct window
+    texts, and how many of those the store lacked (encoded by this pass)."""
+
+    passages: int = 0
+    long_passages: int = 0
+    windows: int = 0
+    unique: int = 0
+    missing: int = 0
+
+    def as_dict(self, spec: WindowSpec) -> dict:
+        return {**spec.as_dict(), "passages": self.passages, "long_passages": self.long_passages, "windows": self.windows}
+
+
+def _window_batches(tokenizer, dataset, keys: list[str], spec: WindowSpec, chunk: int):
+    """(passage ids per window, window texts, 16-byte store keys, `Windows`) per batch of `chunk`
+    passages of the shards `keys`. A passage that fits is one window whose text is `passage_text`
+    itself, so its key is the dataset's `content_hash`: windows on or off share those vectors."""
+    for frame in dataset.batches(["passage_id", "title", "text"], keys, batch_rows=chunk):
+        split = split_windows(tokenizer, list(frame["title"]), list(frame["text"]), spec)
+        ids = frame["passage_id"].to_numpy(dtype=object)[split.owner]
+        yield ids, split.texts, encode_keys([text_hash(t) for t in split.texts]), split
+
+
+def _windowed_shard(model, dataset, key: str, spec: WindowSpec, store, batch_size: int, prompt: str, precision: str, pool,
+                    line, tally: WindowTally, chunk: int = WRITE_BATCH):
+    """(passage ids, vectors) of one shard's windows, batch by batch: the windows the store lacks
+    are encoded and put first (each distinct text once), then every window's vector is read back."""
+    for ids, texts, store_keys, split in _window_batches(model.tokenizer, dataset, [key], spec, chunk):
+        tally.passages += split.passages
+        tally.long_passages += split.long_passages
+        tally.windows += split.count
+        distinct, first = np.unique(store_keys, return_index=True)
+        tally.unique += len(distinct)
+        absent = ~store.contains(distinct)
+        if absent.any():
+            take = first[absent]
+            store.put(distinct[absent], encode(model, [texts[i] for i in take], batch_size, prompt, False, precision, pool, None))
+            tally.missing += int(absent.sum())
+        if line is not None:
+            line.advance(split.passages)
+        found, vectors = store.lookup(store_keys)
+        if not found.all():
+            raise RuntimeError(f"{key}: {int((~found).sum())} window vectors missing from the store after encoding")
+        yield list(ids), vectors
+
+
+def _fill_store_windowed_on_cluster(model, dataset, keys: list[str], spec: WindowSpec, store, batch_size: int, prompt: str,
+                                    label: str, pool, on_progress) -> dict[str, ShardNeeds]:
+    """With a Ray cluster: one pass here finds the window keys the store lacks (tokenizing, not
+    encoding), then the nodes read their row groups, split them the same way and encode those.
+    Returns per shard its distinct window texts and how many the store lacked."""
+    lacking, needs = [], {}
+    for key in keys:
+        distinct = np.unique(np.concatenate([k for _, _, k, _ in _window_batches(model.tokenizer, dataset, [key], spec, LOCAL_CHUNK)]
+                                            or [np.array([], dtype=f"S{KEY_BYTES}")]))
+        absent = distinct[~store.contains(distinct)] if len(distinct) else distinct
+        needs[key] = ShardNeeds(len(distinct), len(absent))
+        lacking.append(absent)
+    wanted = np.unique(np.concatenate(lacking)) if lacking else np.array([], dtype=f"S{KEY_BYTES}")
+    if len(wanted):
+        line = ProgressLine(on_progress, "encoding", len(wanted)) if on_progress is not None else None
+        pool.fill_store_from_dataset([dataset.shard_path(k) for k in keys if needs[k].missing], wanted, store, batch_size,
+                                     prompt, label, line, windows=spec)
+    return needs
+
+
+def _embed_shards_windowed(model, fingerprint, dataset, keys, out_dir, cache_root, batch_size, prompt, precision, processes,
+                           threads, on_progress, cluster, spec: WindowSpec) -> dict[str, ShardEmbeddings]:
+    """`embed_shards` with passages split into windows: one stream per shard that tokenizes a batch,
+    encodes the windows the store lacks and writes every window's row."""
+    with encode_pool(model, processes, threads, cluster) as pool:
+        label = _pool_precision(pool, precision, model)
+        store = EmbeddingCache(cache_root, fingerprint, prompt, label)
+        total = sum(dataset.shard_rows(k) for k in keys)
+        if on_progress is not None:
+            on_progress(f"embedding {len(keys)} shard(s) of {total} passages in windows of {spec.tokens} tokens "
+                        f"(stride {spec.stride}); windows the store holds are not encoded again")
+        line = ProgressLine(on_progress, "embedding", total, unit="passages") if on_progress is not None else None
+        needs = (_fill_store_windowed_on_cluster(model, dataset, keys, spec, store, batch_size, prompt, label, pool, on_progress)
+                 if hasattr(pool, "fill_store_from_dataset") else None)
+        dim = model.get_embedding_dimension()
+        done = {}
+        for key in keys:
+            target = out_dir / f"{key}{SHARD_SUFFIX}"
+            previous = set(shard_ids(target)) if target.exists() else set()
+            tally = WindowTally()
+            batches = _windowed_shard(model, dataset, key, spec, store, batch_size, prompt, precision, pool, line, tally)
+            rows = _write_shard_file(target, batches, label, fingerprint, dim)
+            current = set(shard_ids(target))
+            missing = needs[key].missing if needs is not None else tally.missing  # the cluster encoded them, or this pass did
+            done[key] = ShardEmbeddings(target, tally.passages, missing, tally.unique - missing,
+                                        len(previous - current), label, tally.long_passages, rows)
     return done
 
 
@@ -282,17 +392,36 @@ def fill_store(model, dataset, keys: list[str], store, batch_size: int, prompt: 
 
 def encode_dataset(model, fingerprint: str, dataset, cache_root: Path, batch_size: int = DEFAULT_BATCH_SIZE,
                    prompt: str = "", precision: str = "auto", pool=None, on_progress: Callable[[str], None] | None = None,
-                   cluster: bool = False):
-    """Every passage of a `CorpusDataset` as vectors, through the store: (passage ids, vectors, `EncodeStats`).
+                   cluster: bool = False, windows: WindowSpec | None = None):
+    """Every passage of a `CorpusDataset` as vectors, through the store: (row ids, vectors, `EncodeStats`,
+    `WindowTally` or None).
 
     Rows are in the dataset's order (shard after shard, as `dataset.column("passage_id")`). Only
     passages the store lacks are encoded (their texts read in a stream); the rest is one bulk
     lookup by content hash, so a stage that needs a corpus's vectors it already has reads no text.
+    With `windows`, a long passage is one row per window (its id repeated, windows in order) and
+    the texts are read and split on every call (the store still encodes each window once).
     """
     from embed_pipeline.lib.encoding import EncodeStats
 
     label = _pool_precision(pool, precision, model)
     store = EmbeddingCache(cache_root, fingerprint, prompt, label)
+    if windows is not None:
+        needs = (_fill_store_windowed_on_cluster(model, dataset, dataset.keys, windows, store, batch_size, prompt, label, pool,
+                                                 on_progress) if hasattr(pool, "fill_store_from_dataset") else None)
+        tally = WindowTally()
+        line = ProgressLine(on_progress, "embedding", len(dataset), unit="passages") if on_progress is not None else None
+        row_ids: list[str] = []
+        blocks = []
+        for key in dataset.keys:
+            for batch_ids, vectors in _windowed_shard(model, dataset, key, windows, store, batch_size, prompt, precision, pool,
+                                                      line, tally):
+                row_ids += batch_ids
+                blocks.append(np.array(vectors))
+        dim = model.get_embedding_dimension()
+        encoded = min(sum(n.missing for n in needs.values()), tally.unique) if needs is not None else tally.missing
+        stats = EncodeStats(tally.windows, tally.unique, encoded, tally.unique - encoded, label)
+        return row_ids, (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), stats, tally
     needs = fill_store(model, dataset, dataset.keys, store, batch_size, prompt, precision, pool, on_progress,
                        CLUSTER_CHUNK if cluster else LOCAL_CHUNK)
     all_hashes = encode_keys(dataset.column("content_hash"))
@@ -302,7 +431,7 @@ def encode_dataset(model, fingerprint: str, dataset, cache_root: Path, batch_siz
     unique = len(np.unique(all_hashes))
     encoded = sum(n.missing for n in needs.values())  # a text in two shards counts in each, as before
     stats = EncodeStats(len(all_hashes), unique, min(encoded, unique), unique - min(encoded, unique), label)
-    return dataset.column("passage_id"), vectors, stats
+    return dataset.column("passage_id"), vectors, stats, None
 
 
 def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:
@@ -317,22 +446,29 @@ def shard_paths(out_dir: Path, keys: list[str]) -> list[Path]:
 def embed_dataset_and_queries(model_ref: str, dataset, queries: list[str], cache_root: Path,
                               batch_size: int = DEFAULT_BATCH_SIZE, corpus_prompt: str = "", query_prompt: str = "",
                               threads: int = 0, precision: str = "auto", processes: int = 1,
-                              on_progress: Callable[[str], None] | None = None, cluster=None):
+                              on_progress: Callable[[str], None] | None = None, cluster=None,
+                              windows: Callable | None = None):
     """`encoding.embed_corpus_and_queries` for a `CorpusDataset`: load `model_ref` once, fingerprint it
     once, fill the store with what it lacks of the corpus, then read the corpus vectors by content
     hash (no text read for a corpus already encoded) and encode the queries here.
 
-    Corpus vectors are row-aligned with `dataset.column("passage_id")`.
+    Corpus vectors are row-aligned with `dataset.column("passage_id")`, except with `windows` (a
+    function of the loaded model returning its `WindowSpec` or None, e.g. `lib.windows.windows_for`
+    with the config bound): then long passages are one row per window, `corpus_ids` names each
+    row's passage and `windows` counts them.
     """
     from embed_pipeline.lib.encoding import PRECISION_OF_LABEL, CorpusAndQueries, load_model, model_fingerprint
 
     model = load_model(model_ref, threads=threads)
     fingerprint = model_fingerprint(model)
     with encode_pool(model, processes, threads, cluster) as pool:
-        _, corpus_vectors, corpus_stats = encode_dataset(model, fingerprint, dataset, cache_root, batch_size, corpus_prompt,
-                                                         precision, pool, on_progress, cluster is not None)
+        spec = windows(model) if windows is not None else None
+        row_ids, corpus_vectors, corpus_stats, tally = encode_dataset(model, fingerprint, dataset, cache_root, batch_size,
+                                                                      corpus_prompt, precision, pool, on_progress,
+                                                                      cluster is not None, spec)
     # As in embed_corpus_and_queries: with a cluster, queries take the corpus side's autocast.
     query_precision = PRECISION_OF_LABEL.get(corpus_stats.precision, precision) if cluster is not None else precision
     query_vectors, _ = encode_cached(model, queries, cache_root, fingerprint, batch_size, query_prompt,
                                      progress=False, precision=query_precision, on_progress=on_progress)
-    return CorpusAndQueries(fingerprint, corpus_vectors, query_vectors, corpus_stats)
+    return CorpusAndQueries(fingerprint, corpus_vectors, query_vectors, corpus_stats,
+                            corpus_ids=list(row_ids), windows=tally.as_dict(spec) if tally is not None else None)

@@ -13,6 +13,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from embed_pipeline.lib.windows import max_pool
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`'\"(])")
 
 
@@ -56,12 +58,17 @@ def round_trip_filter(queries: pd.DataFrame, query_vectors: np.ndarray, passage_
     """
     if len(queries) == 0:
         return queries.copy(), pd.Series([], dtype=int)
-    position = {pid: i for i, pid in enumerate(passage_ids)}
+    # With passage windows (lib/windows.py) a passage's id repeats on adjacent rows: it scores as its best window.
+    owner, unique_ids = pd.factorize(pd.Series(passage_ids, dtype=object), sort=False)
+    windowed = len(unique_ids) < len(passage_ids)
+    position = {pid: i for i, pid in enumerate(unique_ids)}
     target = np.array([position.get(p, -1) for p in queries["passage_id"]])
-    k = min(k, len(passage_ids))
+    k = min(k, len(unique_ids))
     ranks = np.full(len(queries), k + 1, dtype=int)
     for start in range(0, len(queries), chunk):
         scores = query_vectors[start : start + chunk] @ corpus_vectors.T
+        if windowed:
+            scores = max_pool(scores, owner, len(unique_ids))
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.argsort(-scores, axis=1)
         for row, candidates in enumerate(top):
             want = target[start + row]

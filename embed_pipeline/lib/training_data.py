@@ -111,8 +111,12 @@ def training_columns(
             if candidate not in positives[row.query] and candidate not in negatives:
                 negatives.append(candidate)
                 padded += 1
+        # Mined with passage windows, a long negative brings its best window's text (lib/windows.py).
+        window_texts = getattr(row, "negative_texts", None)
+        window_texts = [] if window_texts is None else list(window_texts)
         for i, nid in enumerate(negatives):
-            columns[f"negative_{i + 1}"].append(passage_text[nid])
+            own = window_texts[i] if i < len(window_texts) else ""
+            columns[f"negative_{i + 1}"].append(own if isinstance(own, str) and own else passage_text[nid])
     return columns, padded
 
 

@@ -60,13 +60,14 @@ def load_eval_set(config: PipelineConfig, passage_ids: set[str], curated: PairsH
 def embed(config: PipelineConfig, model_ref: str, dataset, queries: list[str], on_progress=None, cluster=None):
     """`embed_dataset_and_queries` with the config's cache, batch size, prompts, threads and precision
     (`on_progress`: where its progress lines go, e.g. `context.log.info`; the corpus side on
-    `cluster`, a `ray_encoding(...)`, when given). Corpus vectors are in `dataset`'s row order."""
+    `cluster`, a `ray_encoding(...)`, when given). Corpus vectors are in `dataset`'s row order, one
+    row per window of a long passage with `index.passage_windows` (`corpus_ids` names each row's passage)."""
     from embed_pipeline.lib.shards import embed_dataset_and_queries
 
     return embed_dataset_and_queries(model_ref, dataset, queries, cache_dir(config),
                                      config.encode_batch_size, config.corpus_prompt, config.query_prompt,
                                      config.index.encode_threads, config.index.encode_precision, config.index.encode_processes,
-                                     on_progress=on_progress, cluster=cluster)
+                                     on_progress=on_progress, cluster=cluster, windows=lambda model: passage_windows(config, model))
 
 
 def ray_encoding(context: dg.AssetExecutionContext, config: PipelineConfig):
@@ -87,9 +88,29 @@ def ray_metadata(cluster) -> dict:
     return meta
 
 
-def shard_dir(config: PipelineConfig, fingerprint: str) -> Path:
-    """Per-shard embedding files of one model (by content fingerprint; content-addressed, shared)."""
-    return config.artifacts_dir / "embeddings" / fingerprint
+def shard_dir(config: PipelineConfig, fingerprint: str, windows=None) -> Path:
+    """Per-shard embedding files of one model (by content fingerprint; content-addressed, shared);
+    with passage windows (a `WindowSpec`) in a subfolder named by the spec (`w254s127`), so files of
+    another window never mix into one index."""
+    folder = config.artifacts_dir / "embeddings" / fingerprint
+    return folder / windows.tag if windows is not None else folder
+
+
+def window_meta(windows) -> dict | None:
+    """The index meta's `windows` block (the spec; the index build adds the counts), None with windows off."""
+    return windows.as_dict() if windows is not None else None
+
+
+def md_window(windows) -> str:
+    """The window setting as a metadata line."""
+    return f"{windows.tokens} tokens, stride {windows.stride}" if windows is not None else "off (passages read up to the model's window)"
+
+
+def passage_windows(config: PipelineConfig, model):
+    """The `WindowSpec` the config asks of a loaded model (`index.passage_windows`), or None."""
+    from embed_pipeline.lib.windows import windows_for
+
+    return windows_for(model, config.index, config.corpus_prompt)
 
 
 def served_model_ref(config: PipelineConfig) -> str:

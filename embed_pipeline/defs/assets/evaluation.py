@@ -106,7 +106,9 @@ def eval_report(
 
     def encode(model_ref: str, queries: list[str]):
         vectors = embed(config, model_ref, dataset, queries, context.log.info, cluster)
-        return vectors.query_vectors, vectors.corpus_vectors
+        if vectors.windows is None:
+            return vectors.query_vectors, vectors.corpus_vectors
+        return vectors.query_vectors, vectors.corpus_vectors, vectors.corpus_ids, vectors.windows
 
     models = {"base": config.base_model,
               "champion": ({k: champion[k] for k in ("name", "version", "run_id")} if champion else
@@ -124,6 +126,9 @@ def eval_report(
                           config.gate, models, precision=served_index.meta.get("encode_precision", "unrecorded"),
                           lexical=lexical, dev_queries=dev_queries or (), dev_relevant=dev_relevant, general=general)
     report = evaluation.report
+    # How the candidate's index read long passages (lib/windows.py): counted by the index build.
+    report["windows"] = served_index.meta.get("windows") or {"enabled": False, "reason": (
+        "index.passage_windows is off" if not config.index.passage_windows else "the model reads any length")}
     report["leakage"] = {"mode": config.leakage.on_leak, **leakage_block(training_pairs.files.get("leaks"), training_pairs.quarantined)}
     folder = output_dir(context, config)
     # Rows of the inputs set aside (each with its reason in a file), counted in the report beside the metrics.

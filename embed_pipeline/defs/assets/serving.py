@@ -2,7 +2,17 @@
 
 import dagster as dg
 
-from embed_pipeline.defs.assets.common import cache_dir, output_dir, ray_encoding, ray_metadata, served_model_ref, shard_dir
+from embed_pipeline.defs.assets.common import (
+    cache_dir,
+    md_window,
+    output_dir,
+    passage_windows,
+    ray_encoding,
+    ray_metadata,
+    served_model_ref,
+    shard_dir,
+    window_meta,
+)
 from embed_pipeline.defs.partitions import corpus_shards
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import IndexHandle
@@ -32,9 +42,10 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
     context.log.info(f"corpus_embeddings: {len(wanted)} shard(s), {sum(dataset.shard_rows(k) for k in wanted)} passages, "
                      f"model {model_ref}")
     cluster = ray_encoding(context, config)
-    done = embed_shards(model, fingerprint, dataset, wanted, shard_dir(config, fingerprint), cache_dir(config),
+    windows = passage_windows(config, model)
+    done = embed_shards(model, fingerprint, dataset, wanted, shard_dir(config, fingerprint, windows), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
-                        config.index.encode_processes, config.index.encode_threads, context.log.info, cluster)
+                        config.index.encode_processes, config.index.encode_threads, context.log.info, cluster, windows)
     rows = ["| shard | passages | encoded | from cache | removed |", "|---|---|---|---|---|"]
     rows += [f"| {k} | {s.passages} | {s.encoded} | {s.reused} | {s.removed} |" for k, s in done.items()]
     # No value: one run may materialise many partitions, which Dagster's IO managers cannot store.
@@ -48,7 +59,9 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
             "shards": len(done),
             "model": model_ref,
             "model_fingerprint": fingerprint,
-            "dir": dg.MetadataValue.path(str(shard_dir(config, fingerprint))),
+            "long_passages": sum(s.long_passages for s in done.values()),
+            "window": md_window(windows),
+            "dir": dg.MetadataValue.path(str(shard_dir(config, fingerprint, windows))),
             "per_shard": dg.MetadataValue.md("\n".join(rows)),
             **ray_metadata(cluster),
         },
@@ -61,10 +74,13 @@ def served_index(context: dg.AssetExecutionContext, pipeline: PipelineResource) 
     config = pipeline.config
     served = read_served(config.artifacts_dir)
     model_ref = served["model_dir"] if served else config.resolved_base_model
-    fingerprint = model_fingerprint(load_model(model_ref))
+    model = load_model(model_ref)
+    fingerprint = model_fingerprint(model)
+    windows = passage_windows(config, model)
     dataset = dataset_for(config, context.log.info)
-    built = build_index_from_shards(shard_paths(shard_dir(config, fingerprint), shard_keys(config.index.shards)), config.index,
-                                    {"model_dir": model_ref, "model_fingerprint": fingerprint}, output_dir(context, config),
+    built = build_index_from_shards(shard_paths(shard_dir(config, fingerprint, windows), shard_keys(config.index.shards)),
+                                    config.index, {"model_dir": model_ref, "model_fingerprint": fingerprint,
+                                                   "windows": window_meta(windows)}, output_dir(context, config),
                                     dataset, config.retrieval.lexical_language, context.log.info)
     switched = served is not None and record_reindex(
         config.artifacts_dir, served["model_version"], str(built.dense.path), str(built.lexical_path), by=f"run {context.run_id}"

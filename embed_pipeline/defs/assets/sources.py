@@ -156,7 +156,7 @@ def synthetic_pairs(context: dg.AssetExecutionContext, corpus: CorpusHandle, pip
     cluster = ray_encoding(context, config)
     if s.round_trip and len(pairs):
         base = embed(config, config.resolved_base_model, dataset, list(pairs["query"]), context.log.info, cluster)
-        kept, ranks = round_trip_filter(pairs, base.query_vectors, list(dataset.column("passage_id")), base.corpus_vectors,
+        kept, ranks = round_trip_filter(pairs, base.query_vectors, base.corpus_ids, base.corpus_vectors,
                                         s.round_trip_k)
         round_trip_md = {"round_trip_k": s.round_trip_k, "generated": len(pairs), "kept_by_round_trip": len(kept),
                          "round_trip_keep_rate": round(len(kept) / len(pairs), 4),
