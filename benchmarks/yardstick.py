@@ -214,6 +214,9 @@ class Study:
         if path.is_file():
             say(f"{variant} / {dev_split} dev split / {fold}: kept record {path.name}")
             return json.loads(path.read_text())
+        if args.report_only:
+            say(f"{variant} / {dev_split} dev split / {fold}: no record yet, left out (--report-only)")
+            return None
         with tempfile.TemporaryDirectory(prefix="yardstick-", dir=args.out) as scratch:
             config = pipeline_config(args.data, Path(scratch), training, args.overrides["mining"])
             triples = self.mine(train, config)
@@ -309,6 +312,8 @@ def main() -> int:
                         help="smoke runs: the claims' cited abstracts plus the first N others (0: the whole corpus)")
     parser.add_argument("--limit-sts", type=int, default=0, help="smoke runs: the first N STS-B dev pairs (0: all)")
     parser.add_argument("--no-sts", action="store_true", help="skip the STS-B forgetting measurement")
+    parser.add_argument("--report-only", action="store_true",
+                        help="print the table from the records kept so far (train nothing; arms without a record are left out)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a training/mining default in every variant, e.g. training.epochs=1")
     args = parser.parse_args()
@@ -358,7 +363,9 @@ def main() -> int:
     if not args.cv:
         for dev_split in args.dev_splits:
             for variant in args.variants:
-                records.append(study.arm(variant, dev_split, "holdout", train, held_out))
+                record = study.arm(variant, dev_split, "holdout", train, held_out)
+                if record is not None:
+                    records.append(record)
     agreement = rank_agreement(records) if records else {}
     cv = cross_validate(study, qrels, groups, list(args.cv), args.dev_splits[0]) if args.cv else None
     text = markdown(records, agreement, stock, cv)

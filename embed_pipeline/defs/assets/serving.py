@@ -20,7 +20,7 @@ from embed_pipeline.lib.corpus import dataset_for, shard_keys
 from embed_pipeline.lib.encoding import load_model, model_fingerprint
 from embed_pipeline.lib.indexing import build_index_from_shards
 from embed_pipeline.lib.promotion import read_served, record_reindex
-from embed_pipeline.lib.shards import embed_shards, shard_paths
+from embed_pipeline.lib.shards import SHARD_SUFFIX, embed_shards, shard_paths
 
 
 @dg.asset(
@@ -43,6 +43,13 @@ def corpus_embeddings(context: dg.AssetExecutionContext, pipeline: PipelineResou
                      f"model {model_ref}")
     cluster = ray_encoding(context, config)
     windows = passage_windows(config, model)
+    # Shards this model has no file for under the current window setting (a setting changed, or
+    # files pruned) are embedded too: the served index is built from every shard's file.
+    absent = [k for k in dataset.keys if k not in wanted and not (shard_dir(config, fingerprint, windows) / f"{k}{SHARD_SUFFIX}").exists()]
+    if absent:
+        context.log.info(f"corpus_embeddings: {len(absent)} more shard(s) have no embeddings with this model and window "
+                         f"setting yet; embedding them too")
+        wanted += absent
     done = embed_shards(model, fingerprint, dataset, wanted, shard_dir(config, fingerprint, windows), cache_dir(config),
                         config.encode_batch_size, config.corpus_prompt, config.index.encode_precision,
                         config.index.encode_processes, config.index.encode_threads, context.log.info, cluster, windows)
