@@ -256,7 +256,8 @@ def _window_batches(tokenizer, dataset, keys: list[str], spec: WindowSpec, chunk
 def _windowed_shard(model, dataset, key: str, spec: WindowSpec, store, batch_size: int, prompt: str, precision: str, pool,
                     line, tally: WindowTally, chunk: int = WRITE_BATCH):
     """(passage ids, vectors) of one shard's windows, batch by batch: the windows the store lacks
-    are encoded and put first (each distinct text once), then every window's vector is read back."""
+    are encoded and put first (each distinct text once), then every window's vector is read back.
+    `line` (a `ProgressLine`) is told of each batch's windows to encode and advances as they are."""
     for ids, texts, store_keys, split in _window_batches(model.tokenizer, dataset, [key], spec, chunk):
         tally.passages += split.passages
         tally.long_passages += split.long_passages
@@ -266,10 +267,10 @@ def _windowed_shard(model, dataset, key: str, spec: WindowSpec, store, batch_siz
         absent = ~store.contains(distinct)
         if absent.any():
             take = first[absent]
-            store.put(distinct[absent], encode(model, [texts[i] for i in take], batch_size, prompt, False, precision, pool, None))
+            if line is not None:
+                line.expect(len(take))
+            store.put(distinct[absent], encode(model, [texts[i] for i in take], batch_size, prompt, False, precision, pool, line))
             tally.missing += int(absent.sum())
-        if line is not None:
-            line.advance(split.passages)
         found, vectors = store.lookup(store_keys)
         if not found.all():
             raise RuntimeError(f"{key}: {int((~found).sum())} window vectors missing from the store after encoding")
@@ -307,7 +308,7 @@ def _embed_shards_windowed(model, fingerprint, dataset, keys, out_dir, cache_roo
         if on_progress is not None:
             on_progress(f"embedding {len(keys)} shard(s) of {total} passages in windows of {spec.tokens} tokens "
                         f"(stride {spec.stride}); windows the store holds are not encoded again")
-        line = ProgressLine(on_progress, "embedding", total, unit="passages") if on_progress is not None else None
+        line = ProgressLine(on_progress, "encoding", 0, unit="windows") if on_progress is not None else None
         needs = (_fill_store_windowed_on_cluster(model, dataset, keys, spec, store, batch_size, prompt, label, pool, on_progress)
                  if hasattr(pool, "fill_store_from_dataset") else None)
         dim = model.get_embedding_dimension()
@@ -410,7 +411,7 @@ def encode_dataset(model, fingerprint: str, dataset, cache_root: Path, batch_siz
         needs = (_fill_store_windowed_on_cluster(model, dataset, dataset.keys, windows, store, batch_size, prompt, label, pool,
                                                  on_progress) if hasattr(pool, "fill_store_from_dataset") else None)
         tally = WindowTally()
-        line = ProgressLine(on_progress, "embedding", len(dataset), unit="passages") if on_progress is not None else None
+        line = ProgressLine(on_progress, "encoding", 0, unit="windows") if on_progress is not None else None
         row_ids: list[str] = []
         blocks = []
         for key in dataset.keys:
