@@ -301,7 +301,7 @@ def _window_counts(ids: list[str], windows: dict | None) -> dict | None:
     counts = codes.value_counts(sort=False)
     if runs != len(counts):
         raise ValueError(mixed)
-    return {**windows, "passages": len(counts), "long_passages": int((counts > 1).sum()), "rows": len(ids)}
+    return {"enabled": True, **windows, "passages": len(counts), "long_passages": int((counts > 1).sum()), "rows": len(ids)}
 
 
 def build_index_from_shards(shard_files: list[Path], config: IndexConfig, meta: dict, target: Path,

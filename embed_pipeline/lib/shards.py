@@ -240,7 +240,8 @@ class WindowTally:
     missing: int = 0
 
     def as_dict(self, spec: WindowSpec) -> dict:
-        return {**spec.as_dict(), "passages": self.passages, "long_passages": self.long_passages, "windows": self.windows}
+        """The `windows` block as the index meta and the report hold it (`rows`: one per window)."""
+        return {**spec.as_dict(), "passages": self.passages, "long_passages": self.long_passages, "rows": self.windows}
 
 
 def _window_batches(tokenizer, dataset, keys: list[str], spec: WindowSpec, chunk: int):
@@ -317,9 +318,15 @@ def _embed_shards_windowed(model, fingerprint, dataset, keys, out_dir, cache_roo
             target = out_dir / f"{key}{SHARD_SUFFIX}"
             previous = set(shard_ids(target)) if target.exists() else set()
             tally = WindowTally()
-            batches = _windowed_shard(model, dataset, key, spec, store, batch_size, prompt, precision, pool, line, tally)
-            rows = _write_shard_file(target, batches, label, fingerprint, dim)
-            current = set(shard_ids(target))
+            current: set[str] = set()
+
+            def batches(key=key, tally=tally, current=current):
+                for ids, vectors in _windowed_shard(model, dataset, key, spec, store, batch_size, prompt, precision, pool, line,
+                                                    tally):
+                    current.update(ids)
+                    yield ids, vectors
+
+            rows = _write_shard_file(target, batches(), label, fingerprint, dim)
             missing = needs[key].missing if needs is not None else tally.missing  # the cluster encoded them, or this pass did
             done[key] = ShardEmbeddings(target, tally.passages, missing, tally.unique - missing,
                                         len(previous - current), label, tally.long_passages, rows)

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.defs import metadata as md
-from embed_pipeline.defs.assets.common import embed, output_dir, passage_windows, ray_encoding, ray_metadata, read_corpus
+from embed_pipeline.defs.assets.common import embed, output_dir, ray_encoding, ray_metadata, read_corpus
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline.lib.artifacts import CorpusHandle, NegativesHandle, PairsHandle
 from embed_pipeline.lib.encoding import load_model
@@ -14,7 +14,7 @@ from embed_pipeline.lib.io import write_parquet
 from embed_pipeline.lib.negatives import mine_hard_negatives
 from embed_pipeline.lib.plots import score_histogram_png
 from embed_pipeline.lib.text import text_hash
-from embed_pipeline.lib.windows import with_window_texts
+from embed_pipeline.lib.windows import WindowSpec, with_window_texts
 
 
 @dg.asset(group_name="pairs", kinds={"faiss", "parquet"})
@@ -39,8 +39,9 @@ def hard_negatives(
     mined = mine_hard_negatives(pairs, query_texts, query_vectors, base.corpus_ids, corpus_vectors, config.mining, extra)
     triples = mined.triples.merge(pairs[["query", "passage_id", "source", "positive_text"]], on=["query", "passage_id"], how="left")
     if base.windows is not None:  # train on the window that matters: each positive's and negative's best window
-        model = load_model(config.resolved_base_model)
-        triples = with_window_texts(triples, dataset, model.tokenizer, passage_windows(config, model))
+        # The windows the mining ranked (their spec recorded by `embed`); the tokenizer splits the named passages again.
+        spec = WindowSpec(base.windows["tokens"], base.windows["stride"])
+        triples = with_window_texts(triples, dataset, load_model(config.resolved_base_model).tokenizer, spec)
         context.log.info(f"passage windows: {base.windows['long_passages']} of {base.windows['passages']} passages longer than "
                          f"the base model's window ({base.windows['tokens']} tokens); training reads each positive's and "
                          "negative's best window")
